@@ -1,0 +1,1 @@
+"""Benchmarks of occle: latency, throughput and scaling tables (run by ``occle-bench``)."""

@@ -1,0 +1,119 @@
+"""Checkpoints: one file holding config, class table, grid and weights.
+
+Written atomically (temporary file in the same folder, fsync, ``os.replace``) so a crash mid-write leaves
+the previous checkpoint intact; read with ``torch.load(..., weights_only=True)`` so a file that would run
+code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from occle_core.geometry import VoxelGrid
+from occle_core.labels import ClassTable
+
+FORMAT = "occle-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, damaged, unsafe or does not fit the requested model."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then atomically replace ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_checkpoint(
+    config: dict,
+    classes: ClassTable,
+    grid: VoxelGrid,
+    model_state: dict[str, torch.Tensor],
+    **extra: Any,
+) -> dict:
+    """Assemble the checkpoint dict (extra keys: optimizer, scheduler, step, rng, metrics...)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config,
+        "classes": {"dataset": classes.name, "names": list(classes.names), "empty_index": classes.empty_index},
+        "grid": grid.to_dict(),
+        "model": model_state,
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    """Write ``checkpoint`` (from :func:`make_checkpoint`) atomically."""
+    if checkpoint.get("format") != FORMAT:
+        raise CheckpointError("save_checkpoint expects a dict built by make_checkpoint")
+    atomic_torch_save(checkpoint, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check an occle checkpoint with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: truncated/corrupt file, a pickle that needs code to load, or not an occle checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} refused: it holds objects other than weights and plain data "
+            f"(weights_only=True): {str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or not a torch file: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an occle checkpoint (no format={FORMAT!r} entry)")
+    for key in ("config", "classes", "grid", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} lacks the {key!r} entry")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, classes: ClassTable | None = None, grid: VoxelGrid | None = None) -> None:
+    """Raise :class:`CheckpointError` when ``ckpt`` was trained for other classes or another grid."""
+    if classes is not None:
+        names = list(ckpt["classes"]["names"])
+        if names != list(classes.names):
+            raise CheckpointError(
+                f"checkpoint has {len(names)} classes of {ckpt['classes']['dataset']!r}, "
+                f"expected {classes.num_classes} classes of {classes.name!r}"
+            )
+    if grid is not None:
+        have = VoxelGrid.from_dict(ckpt["grid"])
+        if have != grid:
+            raise CheckpointError(
+                f"checkpoint grid {have.to_dict()} does not match the requested grid {grid.to_dict()}"
+            )

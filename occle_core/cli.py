@@ -1,0 +1,40 @@
+"""Console scripts. Each entry point imports its module lazily so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def synth_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-synth``: write procedural driving scenes in the SemanticKITTI layout."""
+    from occle_core.data.synthetic import main
+
+    return main(argv)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-train``: label-efficient training (single process or torchrun)."""
+    from occle_core.train import main
+
+    return main(argv)
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-eval``: IoU / mIoU over a split, JSON and PNG output."""
+    from occle_core.evaluate import main
+
+    return main(argv)
+
+
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-predict``: run a checkpoint on frames of a sequence and write labels / PNGs."""
+    from occle_core.predictor import main
+
+    return main(argv)
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-bench``: latency, throughput and scaling tables."""
+    from benchmarks.run import main
+
+    return main(argv)

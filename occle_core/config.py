@@ -1,0 +1,187 @@
+"""Dataclass configs, loaded from YAML: dataset/grid, model size, losses and training.
+
+A YAML file may set any subset of the fields; the rest keep their defaults. ``model.size`` picks a preset
+(``tiny`` for CPU tests and the demo, ``paper`` for the published scale on a GPU) whose values individual
+keys can still override. Unknown keys are an error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from occle_core.geometry import VoxelGrid
+from occle_core.labels import DATASETS, ClassTable, class_table
+
+
+@dataclass
+class DataConfig:
+    """Dataset and input geometry.
+
+    Attributes:
+        dataset: class table / reader (``semantic_kitti`` or ``occ3d_nuscenes``).
+        root: dataset root (SemanticKITTI: the folder holding ``sequences/``).
+        grid: output voxel grid; ``None`` takes the dataset's standard grid.
+        image_size: (H, W) the network sees; images and calibration are resized to it.
+        train_sequences / val_sequences: sequence ids of each split.
+        max_points: points kept per scan (random subset beyond it), bounds memory.
+        label_ratio: share of valid labelled voxels kept for supervision (OccLE: 0.1).
+        label_seed: seed of the label-budget sampling.
+    """
+
+    dataset: str = "semantic_kitti"
+    root: str = ""
+    grid: dict | None = None
+    image_size: tuple[int, int] = (188, 620)
+    train_sequences: list[str] = field(default_factory=lambda: ["00"])
+    val_sequences: list[str] = field(default_factory=lambda: ["08"])
+    max_points: int = 160_000
+    label_ratio: float = 0.1
+    label_seed: int = 0
+
+    def voxel_grid(self) -> VoxelGrid:
+        """The output grid: ``grid`` when set, else the dataset's standard grid."""
+        if self.grid is not None:
+            return VoxelGrid.from_dict(self.grid)
+        from occle_core.resources import config_path
+
+        with open(config_path(DATASETS[self.dataset])) as f:
+            return VoxelGrid.from_dict(yaml.safe_load(f)["grid"])
+
+    def classes(self) -> ClassTable:
+        """The dataset's class table."""
+        return class_table(self.dataset)
+
+
+@dataclass
+class ModelConfig:
+    """Network widths and switches. ``size`` selects a preset from :data:`MODEL_PRESETS`."""
+
+    size: str = "tiny"
+    image_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    feat_dim: int = 16
+    lidar_channels: list[int] = field(default_factory=lambda: [8, 16, 32])
+    lidar_backend: str = "auto"  # auto | spconv | dense
+    mamba_dim: int = 32
+    mamba_layers: int = 1
+    mamba_state: int = 8
+    token_stride: int = 8  # voxel grid downsampling before the Dual Mamba token sequence
+    use_semantic_branch: bool = True
+    use_dual_mamba: bool = True  # False: plain conv fusion (ablation)
+    use_image: bool = True  # False: LiDAR-only baseline
+    pretrained_image: str = ""  # local path of backbone weights; nothing is downloaded
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "paper": {
+        "image_channels": [64, 128, 256, 512],
+        "feat_dim": 64,
+        "lidar_channels": [32, 64, 128],
+        "mamba_dim": 128,
+        "mamba_layers": 2,
+        "mamba_state": 16,
+        "token_stride": 4,
+    },
+}
+
+
+@dataclass
+class LossConfig:
+    """Loss weights; a weight of 0 switches that term off (ablations)."""
+
+    voxel_ce: float = 1.0
+    lovasz: float = 1.0
+    pseudo_2d: float = 0.5
+    pseudo_3d: float = 0.5
+    geometry: float = 1.0
+    teacher: float = 0.5
+    projection: float = 0.5
+    teacher_threshold: float = 0.9
+    class_weighted: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule and bookkeeping."""
+
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    schedule: str = "onecycle"  # onecycle | cosine
+    grad_clip: float = 5.0
+    amp: bool = True  # used on CUDA only
+    num_workers: int = 0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    ckpt_every: int = 100
+    out_dir: str = "runs/occle"
+
+
+@dataclass
+class OccleConfig:
+    """The whole configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/JSON/checkpoint friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OccleConfig:
+        """Build from a nested dict; unknown sections or keys raise ``ValueError`` naming them."""
+        d = dict(d or {})
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(sections)}")
+        model_d = dict(d.get("model") or {})
+        size = model_d.get("size", ModelConfig.size)
+        if size not in MODEL_PRESETS:
+            raise ValueError(f"model.size must be one of {sorted(MODEL_PRESETS)}, got {size!r}")
+        model_d = {**MODEL_PRESETS[size], **model_d}
+        return cls(
+            data=_build(DataConfig, d.get("data"), "data"),
+            model=_build(ModelConfig, model_d, "model"),
+            loss=_build(LossConfig, d.get("loss"), "loss"),
+            train=_build(TrainConfig, d.get("train"), "train"),
+        )
+
+
+def _build(kind: type, values: dict | None, section: str) -> Any:
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in config section {section!r}; expected {sorted(names)}")
+    obj = kind(**values)
+    if isinstance(obj, DataConfig):
+        if obj.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {sorted(DATASETS)}, got {obj.dataset!r}")
+        obj.image_size = tuple(int(v) for v in obj.image_size)
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> OccleConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply nested ``overrides``."""
+    doc: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        doc = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise ValueError(f"config file {path} must hold a mapping at the top level")
+    for section, values in (overrides or {}).items():
+        doc.setdefault(section, {}).update(values)
+    return OccleConfig.from_dict(doc)

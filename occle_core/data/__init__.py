@@ -1,0 +1,1 @@
+"""Dataset readers, synthetic scenes and label budgets."""

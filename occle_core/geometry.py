@@ -1,0 +1,246 @@
+"""Grids, voxelisation, camera projection and frustum masks.
+
+Conventions: LiDAR frame x forward, y left, z up. A grid index (i, j, k) covers
+``origin + (i, j, k) * voxel_size`` to ``origin + (i + 1, j + 1, k + 1) * voxel_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VoxelGrid:
+    """An axis-aligned voxel grid in the LiDAR frame.
+
+    Attributes:
+        origin: (3,) metres of the grid's minimum corner.
+        voxel_size: edge of one cubic voxel in metres.
+        shape: (X, Y, Z) voxel counts.
+    """
+
+    origin: tuple[float, float, float]
+    voxel_size: float
+    shape: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        if len(self.origin) != 3 or len(self.shape) != 3:
+            raise ValueError(f"grid origin and shape need 3 values, got {self.origin} and {self.shape}")
+        if not self.voxel_size > 0:
+            raise ValueError(f"grid voxel_size must be > 0, got {self.voxel_size}")
+        if min(self.shape) < 1:
+            raise ValueError(f"grid shape must be positive, got {self.shape}")
+        object.__setattr__(self, "origin", tuple(float(v) for v in self.origin))
+        object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VoxelGrid:
+        """Build from ``{"origin": [...], "voxel_size": s, "shape": [...]}``."""
+        return cls(tuple(d["origin"]), float(d["voxel_size"]), tuple(d["shape"]))
+
+    def to_dict(self) -> dict:
+        """Plain-dict form, the inverse of :meth:`from_dict`."""
+        return {"origin": list(self.origin), "voxel_size": self.voxel_size, "shape": list(self.shape)}
+
+    @property
+    def num_voxels(self) -> int:
+        """X * Y * Z."""
+        return int(np.prod(self.shape))
+
+    @property
+    def upper(self) -> np.ndarray:
+        """(3,) metres of the maximum corner."""
+        return np.asarray(self.origin) + np.asarray(self.shape) * self.voxel_size
+
+    def scaled(self, factor: int) -> VoxelGrid:
+        """The same extent with voxels ``factor`` times larger (shape divided by ``factor``)."""
+        if any(s % factor for s in self.shape):
+            raise ValueError(f"grid shape {self.shape} is not divisible by {factor}")
+        return VoxelGrid(self.origin, self.voxel_size * factor, tuple(s // factor for s in self.shape))
+
+    def point_indices(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Voxel index of each point.
+
+        Args:
+            points: (N, >=3) array, x y z in the first three columns.
+
+        Returns:
+            idx: (M, 3) int64 voxel indices of the points inside the grid.
+            inside: (N,) bool, which points are inside.
+        """
+        ijk = np.floor((points[:, :3] - np.asarray(self.origin, np.float32)) / np.float32(self.voxel_size))
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(self.shape)), axis=1)
+        return ijk[inside].astype(np.int64), inside
+
+    def flat_index(self, ijk: np.ndarray) -> np.ndarray:
+        """(M, 3) indices -> (M,) C-order flat indices into a (X, Y, Z) array."""
+        return np.ravel_multi_index((ijk[:, 0], ijk[:, 1], ijk[:, 2]), self.shape)
+
+    def centers(self) -> np.ndarray:
+        """(X, Y, Z, 3) float32 voxel centres in metres."""
+        axes = [
+            (np.arange(n, dtype=np.float32) + 0.5) * np.float32(self.voxel_size) + np.float32(o)
+            for n, o in zip(self.shape, self.origin)
+        ]
+        return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+
+    def centers_of(self, ijk: np.ndarray) -> np.ndarray:
+        """(M, 3) indices -> (M, 3) float32 centres in metres."""
+        return ((ijk + 0.5) * self.voxel_size + np.asarray(self.origin)).astype(np.float32)
+
+
+SEMANTIC_KITTI_GRID = VoxelGrid((0.0, -25.6, -2.0), 0.2, (256, 256, 32))
+OCC3D_GRID = VoxelGrid((-40.0, -40.0, -1.0), 0.4, (200, 200, 16))
+
+
+@dataclass(frozen=True)
+class Calib:
+    """Camera model of one frame.
+
+    Attributes:
+        P: (3, 4) projection matrix of the (rectified) camera, pixels = P @ X_cam.
+        T_cam_lidar: (4, 4) rigid transform LiDAR frame -> camera frame.
+        image_size: (H, W) in pixels of the image that P refers to.
+    """
+
+    P: np.ndarray
+    T_cam_lidar: np.ndarray
+    image_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        P = np.asarray(self.P, np.float64)
+        T = np.asarray(self.T_cam_lidar, np.float64)
+        if P.shape != (3, 4):
+            raise ValueError(f"calib P must be 3x4, got shape {P.shape}")
+        if T.shape != (4, 4):
+            raise ValueError(f"calib T_cam_lidar must be 4x4, got shape {T.shape}")
+        if not (np.all(np.isfinite(P)) and np.all(np.isfinite(T))):
+            raise ValueError("calib P and T_cam_lidar must be finite")
+        if P[0, 0] <= 0 or P[1, 1] <= 0:
+            raise ValueError(f"calib P must have positive focal lengths, got fx={P[0, 0]} fy={P[1, 1]}")
+        h, w = (int(v) for v in self.image_size)
+        if h < 1 or w < 1:
+            raise ValueError(f"calib image_size must be positive (H, W), got {self.image_size}")
+        object.__setattr__(self, "P", P)
+        object.__setattr__(self, "T_cam_lidar", T)
+        object.__setattr__(self, "image_size", (h, w))
+
+    @property
+    def lidar_to_image(self) -> np.ndarray:
+        """(3, 4) matrix mapping homogeneous LiDAR points to homogeneous pixels."""
+        return self.P @ self.T_cam_lidar
+
+    def resized(self, height: int, width: int) -> Calib:
+        """The calibration of the image resized to (height, width)."""
+        sy, sx = height / self.image_size[0], width / self.image_size[1]
+        S = np.diag([sx, sy, 1.0])
+        return Calib(S @ self.P, self.T_cam_lidar, (height, width))
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Project LiDAR-frame points into the image.
+
+        Args:
+            points: (N, >=3) x y z in the LiDAR frame.
+
+        Returns:
+            uv: (N, 2) float pixel coordinates (column, row).
+            depth: (N,) depth along the camera axis in metres.
+            visible: (N,) bool, in front of the camera (depth > 0.1 m) and inside the image.
+        """
+        M = self.lidar_to_image.astype(np.float32)
+        xyz = np.asarray(points[:, :3], np.float32)
+        hom = xyz @ M[:, :3].T + M[:, 3]
+        depth = hom[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = hom[:, :2] / depth[:, None]
+        h, w = self.image_size
+        visible = (depth > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        return uv, depth, visible
+
+
+def frustum_mask(grid: VoxelGrid, calib: Calib) -> np.ndarray:
+    """(X, Y, Z) bool: voxels whose centre projects inside the image, in front of the camera."""
+    _, _, visible = calib.project(grid.centers().reshape(-1, 3))
+    return visible.reshape(grid.shape)
+
+
+def voxelize_labels(
+    grid: VoxelGrid, points: np.ndarray, labels: np.ndarray, num_classes: int, ignore_index: int = 255
+) -> np.ndarray:
+    """Majority label per voxel of labelled points (vectorised, no per-point loop).
+
+    Args:
+        points: (N, >=3) LiDAR-frame points.
+        labels: (N,) int class per point; ``ignore_index`` points are skipped.
+
+    Returns:
+        (X, Y, Z) uint8, ``ignore_index`` where no labelled point falls.
+    """
+    ijk, inside = grid.point_indices(points)
+    lab = np.asarray(labels)[inside].astype(np.int64)
+    keep = lab != ignore_index
+    flat = grid.flat_index(ijk[keep])
+    lab = lab[keep]
+    out = np.full(grid.num_voxels, ignore_index, np.uint8)
+    if flat.size == 0:
+        return out.reshape(grid.shape)
+    key = flat * num_classes + lab
+    uniq, counts = np.unique(key, return_counts=True)
+    vox, cls = uniq // num_classes, uniq % num_classes
+    # stable: sort by (voxel, count) so the last entry of each voxel is its majority class
+    order = np.lexsort((counts, vox))
+    vox, cls = vox[order], cls[order]
+    last = np.r_[vox[1:] != vox[:-1], True]
+    out[vox[last]] = cls[last].astype(np.uint8)
+    return out.reshape(grid.shape)
+
+
+def read_kitti_calib(path: str | Path, image_size: tuple[int, int] = (376, 1241)) -> Calib:
+    """Read a KITTI odometry ``calib.txt`` (P0..P3 and Tr) into the calibration of camera 2 (image_2).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: naming the file and the key that is missing or malformed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration file not found: {path}")
+    values: dict[str, np.ndarray] = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        key, _, rest = line.partition(":")
+        try:
+            values[key.strip()] = np.array([float(v) for v in rest.split()], np.float64)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{line_no}: key {key.strip()!r} has a non-numeric value") from exc
+    for key in ("P2", "Tr"):
+        if key not in values:
+            raise ValueError(f"{path}: missing key {key!r} (expected P0..P3 and Tr, 12 values each)")
+        if values[key].size != 12:
+            raise ValueError(f"{path}: key {key!r} has {values[key].size} values, expected 12")
+    T = np.eye(4)
+    T[:3] = values["Tr"].reshape(3, 4)
+    return Calib(values["P2"].reshape(3, 4), T, image_size)
+
+
+def write_kitti_calib(path: str | Path, calib: Calib, P0: np.ndarray | None = None) -> None:
+    """Write a KITTI odometry ``calib.txt`` with P0..P3 and Tr (P2 = ``calib.P``).
+
+    P0/P1/P3 are derived from P2 by removing / shifting its baseline term, as in KITTI (cam0 has zero
+    offset, cam1/cam3 a stereo baseline of 0.54 m).
+    """
+    P2 = calib.P
+    base = P2.copy() if P0 is None else np.asarray(P0, np.float64)
+    if P0 is None:
+        base[:, 3] = 0.0
+    P1 = base.copy()
+    P1[0, 3] = -0.54 * base[0, 0]
+    P3 = P2.copy()
+    P3[0, 3] = P2[0, 3] - 0.54 * P2[0, 0]
+    rows = {"P0": base, "P1": P1, "P2": P2, "P3": P3, "Tr": calib.T_cam_lidar[:3]}
+    text = "".join(f"{k}: " + " ".join(f"{v:.12e}" for v in m.reshape(-1)) + "\n" for k, m in rows.items())
+    Path(path).write_text(text)

@@ -1,0 +1,1 @@
+"""The OccLE network, one idea per module."""
