@@ -43,7 +43,7 @@ setup(
             "ros-nav-msgs",
             "ros-diagnostic-msgs",
         ],
-        "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.5", "spconv==2.3.8"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.5", "spconv==2.3.8", "transformers>=4.40"],
         # GPU hosts: CUDA kernels for the selective scan and sparse convolution.
         "cuda": ["mamba-ssm>=2", "spconv-cu120>=2.3"],
     },
