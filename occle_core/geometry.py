@@ -244,3 +244,106 @@ def write_kitti_calib(path: str | Path, calib: Calib, P0: np.ndarray | None = No
     rows = {"P0": base, "P1": P1, "P2": P2, "P3": P3, "Tr": calib.T_cam_lidar[:3]}
     text = "".join(f"{k}: " + " ".join(f"{v:.12e}" for v in m.reshape(-1)) + "\n" for k, m in rows.items())
     Path(path).write_text(text)
+
+
+def free_space_mask(
+    grid: VoxelGrid,
+    points: np.ndarray,
+    origin: tuple[float, float, float] | np.ndarray = (0.0, 0.0, 0.0),
+    step: float | None = None,
+    max_samples_per_chunk: int = 4_000_000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels hit by LiDAR points and voxels crossed by their rays before the hit.
+
+    Each point defines the segment ``origin -> point``. The segment is clipped to the grid box and sampled at
+    ``step`` (default: half a voxel) from its entry, at ``t_enter + (k + 0.5) * step``; every voxel holding a
+    sample is free unless a point lies in it. Voxels a ray only clips at a corner may be skipped (a smaller
+    ``step`` catches them). Sampling is vectorised: rays are bucketed by their sample count (ratio 1.25) into
+    dense (rays, samples) blocks of at most ``max_samples_per_chunk`` samples, so memory stays bounded and
+    there is no per-ray Python loop (about 0.22 s CPU for a 120k-point scan in the SemanticKITTI grid).
+
+    Args:
+        grid: the voxel grid, in the same frame as ``points`` and ``origin``.
+        points: (N, >=3) hit points, x y z in the first three columns.
+        origin: (3,) sensor position the rays start from.
+        step: sampling distance along the rays in metres; ``None`` = ``grid.voxel_size / 2``.
+        max_samples_per_chunk: memory bound of one vectorised chunk.
+
+    Returns:
+        occupied: (X, Y, Z) bool, voxels that contain at least one point.
+        free: (X, Y, Z) bool, voxels traversed by a ray before its hit, never ``occupied``.
+    """
+    pts = np.asarray(points, np.float32)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise ValueError(f"points must have shape (N, >=3), got {pts.shape}")
+    o = np.asarray(origin, np.float64).reshape(-1)
+    if o.shape != (3,) or not np.all(np.isfinite(o)):
+        raise ValueError(f"origin must be 3 finite values, got {origin!r}")
+    vs = float(grid.voxel_size)
+    step = vs / 2.0 if step is None else float(step)
+    if not step > 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    shape = grid.shape
+    occupied = np.zeros(grid.num_voxels, bool)
+    free = np.zeros(grid.num_voxels, bool)
+    pts = pts[np.all(np.isfinite(pts[:, :3]), axis=1)]
+    ijk, _ = grid.point_indices(pts)
+    occupied[grid.flat_index(ijk)] = True
+
+    # rays in voxel-index units: q(t) = q0 + u * t, t in metres along the unit direction
+    q0 = (o - np.asarray(grid.origin)) / vs  # (3,)
+    d = pts[:, :3].astype(np.float64) - o  # (N, 3)
+    length = np.linalg.norm(d, axis=1)  # (N,)
+    keep = length > 1e-6
+    d, length = d[keep], length[keep]
+    u = d / length[:, None]  # (R, 3) unit directions
+    # slab clip of [0, length] to the grid box [0, shape] in index space
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / (u / vs)  # (R, 3)
+        ta = (0.0 - q0) * inv
+        tb = (np.asarray(shape, np.float64) - q0) * inv
+    tmin = np.where(np.isnan(ta), -np.inf, np.minimum(ta, tb))
+    tmax = np.where(np.isnan(ta), np.inf, np.maximum(ta, tb))
+    # a direction component of 0 only passes if the origin lies inside that slab
+    flat_axis = u == 0.0
+    inside_slab = (q0 >= 0) & (q0 < np.asarray(shape))
+    tmin = np.where(flat_axis, np.where(inside_slab, -np.inf, np.inf), tmin)
+    tmax = np.where(flat_axis, np.where(inside_slab, np.inf, -np.inf), tmax)
+    t_enter = np.maximum(tmin.max(axis=1), 0.0)  # (R,)
+    t_exit = np.minimum(tmax.min(axis=1), length)  # (R,)
+    n = np.floor((t_exit - t_enter) / step + 0.5).astype(np.int64)  # samples at t_enter + (k + 0.5) * step
+    n = np.maximum(n, 0)
+    rays = np.flatnonzero(n)
+    if rays.size == 0:
+        return occupied.reshape(shape), free.reshape(shape)
+    n, t_enter, u = n[rays], t_enter[rays], u[rays] / vs
+    start = (q0 + u * (t_enter + 0.5 * step)[:, None]).astype(np.float32)  # (R, 3) first sample, index units
+    delta = (u * step).astype(np.float32)  # (R, 3) index-space advance per sample
+    if grid.num_voxels >= 1 << 24:
+        raise ValueError(f"free_space_mask supports grids of fewer than 2**24 voxels, got shape {shape}")
+    free_ext = np.zeros(grid.num_voxels + 1, bool)  # last slot absorbs padded samples
+    # rays bucketed by sample count (ratio 1.25) -> dense (rays, samples) blocks with little padding
+    bucket = np.floor(np.log(n) / np.log(1.25)).astype(np.int64)
+    order = np.argsort(bucket, kind="stable")
+    edges = np.flatnonzero(np.diff(bucket[order])) + 1
+    for group in np.split(order, edges):
+        n_max = int(n[group].max())
+        rows = max(1, max_samples_per_chunk // n_max)
+        k = np.arange(n_max, dtype=np.float32)  # (S,)
+        for g0 in range(0, len(group), rows):
+            sel = group[g0 : g0 + rows]
+            buf = np.empty((len(sel), n_max), np.float32)  # (r, S) sample coordinate along one axis
+            flat = np.zeros((len(sel), n_max), np.float32)  # (r, S) flat voxel index, exact in float32
+            for ax in range(3):
+                # samples lie in [0, shape] by the slab clip; floor, then clamp the top edge
+                np.multiply(delta[sel, ax, None], k, out=buf)
+                buf += start[sel, ax, None]
+                np.floor(buf, out=buf)
+                np.minimum(buf, shape[ax] - 1, out=buf)
+                flat *= shape[ax]
+                flat += buf
+            flat[k[None, :] >= n[sel, None]] = grid.num_voxels
+            free_ext[flat.astype(np.int64).ravel()] = True
+    free[:] = free_ext[:-1]
+    free &= ~occupied
+    return occupied.reshape(shape), free.reshape(shape)

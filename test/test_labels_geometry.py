@@ -21,9 +21,7 @@ from occle_core.geometry import (
 from occle_core.labels import class_table
 
 # KITTI odometry sequence 00 calibration (camera 2 and velodyne -> cam0).
-P2 = np.array(
-    [[718.856, 0.0, 607.1928, 45.38225], [0.0, 718.856, 185.2157, -0.1130887], [0.0, 0.0, 1.0, 0.003779761]]
-)
+P2 = np.array([[718.856, 0.0, 607.1928, 45.38225], [0.0, 718.856, 185.2157, -0.1130887], [0.0, 0.0, 1.0, 0.003779761]])
 TR = np.array(
     [
         [4.276802385584e-04, -9.999672484946e-01, -8.084491683471e-03, -1.198459927713e-02],
