@@ -391,3 +391,38 @@ def render_comparison(
     if path is not None:
         save_png(out, path)
     return out
+
+
+def _fit_width(img: np.ndarray, width: int) -> np.ndarray:
+    height = max(1, round(img.shape[0] * width / img.shape[1]))
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.BILINEAR))
+
+
+def render_sample_overview(
+    image: np.ndarray,
+    labels: np.ndarray,
+    classes: ClassTable,
+    pseudo2d: np.ndarray | None = None,
+    path: str | Path | None = None,
+) -> np.ndarray:
+    """One frame for people: camera image, 2D pseudo labels (if any), voxel labels in perspective and BEV.
+
+    Args:
+        image: (H, W, 3) uint8 RGB camera image.
+        labels: (X, Y, Z) voxel classes (255 = ignored, not drawn).
+        pseudo2d: (H, W) uint8 pseudo labels or None.
+
+    Returns:
+        The (H', W, 3) uint8 figure, also written to ``path`` when given.
+    """
+    width = image.shape[1]
+    rows = [image] + ([classes.colorize(pseudo2d)] if pseudo2d is not None else [])
+    persp, bev = render_perspective(labels, classes), render_bev(labels, classes)
+    left_w = round(width * persp.shape[1] / (persp.shape[1] + bev.shape[1] * persp.shape[0] / bev.shape[0]))
+    left, right = _fit_width(persp, left_w), _fit_width(bev, width - left_w)
+    h = max(left.shape[0], right.shape[0])
+    pad = [np.pad(a, ((0, h - a.shape[0]), (0, 0), (0, 0)), constant_values=255) for a in (left, right)]
+    out = np.concatenate([*rows, np.concatenate(pad, axis=1)], axis=0)
+    if path is not None:
+        save_png(out, path)
+    return out

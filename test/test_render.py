@@ -186,3 +186,17 @@ def test_comparison_mask_and_input_checks(tmp_path):
         save_png(np.zeros((4, 4, 3), np.float32), tmp_path / "x.png")
     p = save_png(np.zeros((4, 5), np.uint8), tmp_path / "a" / "b.png")
     assert Image.open(p).size == (5, 4)
+
+
+def test_sample_overview_stacks_image_pseudo_and_views(tmp_path) -> None:
+    from occle_core.render import render_sample_overview
+
+    table = class_table("semantic_kitti")
+    labels = np.zeros((32, 32, 8), np.uint8)
+    labels[:, 10:20, 0] = 9  # a road strip
+    image = np.full((40, 120, 3), 90, np.uint8)
+    pseudo = np.full((40, 120), 9, np.uint8)
+    out = render_sample_overview(image, labels, table, pseudo, tmp_path / "o.png")
+    assert out.shape[1] == 120 and out.shape[0] > 80
+    assert (out[:40] == 90).all() and (out[40:80] == table.colors[9]).all()
+    assert (tmp_path / "o.png").is_file()

@@ -1988,6 +1988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--window-stride", type=int, default=2, help="frames between accumulated scans (default 2)")
     p.add_argument("--azimuth-steps", type=int, default=2000, help="LiDAR columns per turn (default 2000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--preview", metavar="PNG", help="also render frame 0 (image, pseudo labels, voxels) to PNG")
     args = p.parse_args(argv)
     if args.frames < 1:
         p.error(f"--frames must be >= 1, got {args.frames}")
@@ -2017,4 +2018,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.quiet:
         print(f"wrote {args.frames} frames to {seq_dir}")
+    if args.preview:
+        from occle_core.data.semantic_kitti import SemanticKittiDataset
+        from occle_core.render import render_sample_overview
+
+        sample = SemanticKittiDataset(args.out, [args.sequence])[0]
+        render_sample_overview(
+            sample.image, sample.voxel_labels, class_table("semantic_kitti"), sample.pseudo2d, args.preview
+        )
     return 0
