@@ -70,6 +70,8 @@ class ModelConfig:
     mamba_layers: int = 1
     mamba_state: int = 8
     token_stride: int = 8  # voxel grid downsampling before the Dual Mamba token sequence
+    feature_stride: int = 2  # 3D feature grids run at the output grid / feature_stride (heads upsample)
+    proj_stride: int = 4  # scatter-accumulated projection maps at the image size / proj_stride
     use_semantic_branch: bool = True
     use_dual_mamba: bool = True  # False: plain conv fusion (ablation)
     use_image: bool = True  # False: LiDAR-only baseline
@@ -122,6 +124,12 @@ class TrainConfig:
     eval_every: int = 200
     ckpt_every: int = 100
     out_dir: str = "runs/occle"
+    warmup: float = 0.1  # share of the steps spent warming up (onecycle pct_start / cosine linear warm-up)
+    amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16 + GradScaler) | bf16 | fp16
+    teacher: str = "self"  # self: own detached predictions | ema: EMA copy of the model (one more forward)
+    ema_decay: float = 0.999
+    eval_frames: int = 0  # val frames evaluated during training (0 = the whole split)
+    class_weight_frames: int = 64  # training frames whose labelled voxels give the class weights
 
 
 @dataclass

@@ -7,6 +7,7 @@ puts them (the ROS ament layout).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,12 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def share_dirs() -> list[Path]:
     """Candidate roots holding ``config/``, ``launch/``, ``rviz/`` and ``models/``, most specific first."""
-    return [_REPO_ROOT, Path(sys.prefix) / "share" / PACKAGE_NAME]
+    dirs = [_REPO_ROOT, Path(sys.prefix) / "share" / PACKAGE_NAME]
+    # a colcon install space (its prefix is not sys.prefix): the ament prefixes, as the ament index reads them
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            dirs.append(Path(prefix) / "share" / PACKAGE_NAME)
+    return dirs
 
 
 def resource_path(*parts: str) -> Path:

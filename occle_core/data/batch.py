@@ -1,0 +1,218 @@
+"""Batches: a list of :class:`~occle_core.data.sample.Sample` -> the tensors the network and the losses read.
+
+:func:`collate` resizes each image (and its calibration) to ``cfg.data.image_size``, keeps the LiDAR points
+inside the output grid (a random subset beyond ``cfg.data.max_points``), and builds the voxel targets: labels
+(invalid voxels set to 255), the label-budget mask, the lifted 3D pseudo labels and the LiDAR free-space masks.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from occle_core.config import OccleConfig
+from occle_core.data.sample import Sample
+from occle_core.geometry import Calib, VoxelGrid
+from occle_core.labels import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Batch:
+    """Network inputs and training targets of B frames (see ``notes/INTERFACES.md``).
+
+    Attributes:
+        image: (B, 3, H, W) float32, ImageNet-normalised, (H, W) = ``cfg.data.image_size``.
+        points: (M, 5) float32 ``[batch_index, x, y, z, intensity]`` in the LiDAR frame, inside the grid.
+        lidar_to_image: (B, 3, 4) float32, homogeneous LiDAR point -> homogeneous pixel of the resized image.
+        voxel_labels: (B, X, Y, Z) int64, 255 = ignore (invalid voxels included); None when unlabelled.
+        label_mask: (B, X, Y, Z) bool voxels inside the label budget; None when unlabelled.
+        pseudo2d: (B, H, W) int64 2D pseudo labels, 255 = none; None when absent.
+        pseudo3d: (B, X, Y, Z) int64 lifted 3D pseudo labels, 255 = none; None when absent.
+        occupied: (B, X, Y, Z) bool voxels hit by the LiDAR scan; None when not computed.
+        free: (B, X, Y, Z) bool voxels crossed by a LiDAR ray before its hit; None when not computed.
+        frame_ids: the B frame ids.
+    """
+
+    image: Tensor
+    points: Tensor
+    lidar_to_image: Tensor
+    voxel_labels: Tensor | None = None
+    label_mask: Tensor | None = None
+    pseudo2d: Tensor | None = None
+    pseudo3d: Tensor | None = None
+    occupied: Tensor | None = None
+    free: Tensor | None = None
+    frame_ids: list[str] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        """B."""
+        return int(self.image.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor moved to ``device``."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                value = value.to(device, non_blocking=non_blocking)
+            moved[f.name] = value
+        return Batch(**moved)
+
+
+def _free_space_fn():
+    """``occle_core.geometry.free_space_mask`` when the installed geometry module provides it, else None."""
+    from occle_core import geometry
+
+    return getattr(geometry, "free_space_mask", None)
+
+
+def image_to_tensor(image: np.ndarray, size: tuple[int, int]) -> Tensor:
+    """(H, W, 3) uint8 RGB -> (3, h, w) float32 ImageNet-normalised, bilinearly resized to ``size`` = (h, w)."""
+    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+    if tuple(x.shape[1:]) != tuple(size):
+        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W) label image to ``size`` = (h, w) (pixel-centre sampling)."""
+    H, W = labels.shape
+    h, w = size
+    if (h, w) == (H, W):
+        return labels
+    rows = np.minimum(((np.arange(h) + 0.5) * (H / h)).astype(np.int64), H - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * (W / w)).astype(np.int64), W - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def validate_sample(sample: Sample, grid: VoxelGrid) -> None:
+    """Raise ``ValueError`` naming the field when ``sample`` does not match the documented shapes/dtypes."""
+    img = sample.image
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be an (H, W, 3) array, got shape {getattr(img, 'shape', None)}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got dtype {img.dtype}")
+    if tuple(img.shape[:2]) != tuple(sample.calib.image_size):
+        raise ValueError(
+            f"calib image_size {sample.calib.image_size} does not match the image size {tuple(img.shape[:2])}"
+        )
+    pts = sample.points
+    if not isinstance(pts, np.ndarray) or pts.ndim != 2 or pts.shape[1] < 4:
+        raise ValueError(f"points must be an (N, >=4) array (x, y, z, intensity), got {getattr(pts, 'shape', None)}")
+    for name in ("voxel_labels", "invalid", "label_mask"):
+        value = getattr(sample, name)
+        if value is not None and tuple(value.shape) != tuple(grid.shape):
+            raise ValueError(f"{name} has shape {tuple(value.shape)}, expected the grid shape {grid.shape}")
+    if sample.pseudo2d is not None and tuple(sample.pseudo2d.shape) != tuple(img.shape[:2]):
+        raise ValueError(f"pseudo2d has shape {sample.pseudo2d.shape}, expected the image size {img.shape[:2]}")
+
+
+def _finite(points: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points[:, :4], np.float32)
+    return pts[np.all(np.isfinite(pts), axis=1)]
+
+
+def select_points(points: np.ndarray, grid: VoxelGrid, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, >=4) -> (M, 4) float32 finite points inside ``grid``, a random subset of ``max_points`` beyond it."""
+    pts = _finite(points)
+    _, inside = grid.point_indices(pts)
+    pts = pts[inside]
+    if max_points > 0 and len(pts) > max_points:
+        keep = np.sort(rng.choice(len(pts), max_points, replace=False))
+        pts = pts[keep]
+    return pts
+
+
+def _frame_rng(frame_id: str, seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(frame_id.encode())])
+
+
+def collate(
+    samples: list[Sample],
+    cfg: OccleConfig,
+    rng: np.random.Generator | None = None,
+    with_targets: bool = True,
+) -> Batch:
+    """Build a :class:`Batch` from ``samples``.
+
+    Args:
+        samples: B frames; images may differ in size (each is resized to ``cfg.data.image_size``).
+        cfg: the configuration (grid, classes, image size, ``max_points``).
+        rng: generator of the random point subset; None draws it reproducibly from each frame id.
+        with_targets: False skips every target (labels, pseudo labels, free space): inference input only.
+
+    Returns:
+        the batch; a target is None when no sample carries it, and 255-filled for samples without it
+        when others have it.
+
+    Raises:
+        ValueError: empty list, or a sample whose arrays do not match the documented shapes.
+    """
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    grid = cfg.data.voxel_grid()
+    num_classes = cfg.data.classes().num_classes
+    size = tuple(int(v) for v in cfg.data.image_size)
+    free_space = _free_space_fn() if with_targets else None
+    B = len(samples)
+
+    images, l2i, point_rows = [], [], []
+    labels = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8)
+    masks = np.zeros((B, *grid.shape), bool)
+    pseudo2d = np.full((B, *size), IGNORE_INDEX, np.uint8)
+    pseudo3d = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8)
+    occupied = np.zeros((B, *grid.shape), bool)
+    free = np.zeros((B, *grid.shape), bool)
+    has_labels = has_p2d = False
+    for b, s in enumerate(samples):
+        validate_sample(s, grid)
+        images.append(image_to_tensor(s.image, size))
+        calib: Calib = s.calib.resized(*size)
+        l2i.append(torch.from_numpy(calib.lidar_to_image.astype(np.float32)))
+        gen = rng if rng is not None else _frame_rng(s.frame_id, cfg.data.label_seed)
+        pts = select_points(s.points, grid, cfg.data.max_points, gen)  # (M_b, 4)
+        point_rows.append(np.concatenate([np.full((len(pts), 1), b, np.float32), pts], axis=1))
+        if with_targets and s.voxel_labels is not None:
+            has_labels = True
+            lab = np.asarray(s.voxel_labels, np.uint8).copy()
+            if s.invalid is not None:
+                lab[np.asarray(s.invalid, bool)] = IGNORE_INDEX
+            labels[b] = lab
+            valid = lab != IGNORE_INDEX
+            masks[b] = valid if s.label_mask is None else (np.asarray(s.label_mask, bool) & valid)
+        if with_targets and s.pseudo2d is not None:
+            has_p2d = True
+            pseudo2d[b] = resize_nearest(np.asarray(s.pseudo2d, np.uint8), size)
+            from occle_core.pseudo.lift import lift_to_voxels
+
+            pseudo3d[b] = lift_to_voxels(
+                _finite(s.points), np.asarray(s.pseudo2d, np.uint8), s.calib, grid, num_classes
+            )
+        if free_space is not None:
+            # every finite return: rays of points beyond the grid still cross (and free) voxels inside it
+            occupied[b], free[b] = free_space(grid, _finite(s.points)[:, :3])
+
+    points = torch.from_numpy(np.concatenate(point_rows, axis=0)) if point_rows else torch.zeros(0, 5)
+    return Batch(
+        image=torch.stack(images),
+        points=points.reshape(-1, 5),
+        lidar_to_image=torch.stack(l2i),
+        voxel_labels=torch.from_numpy(labels).long() if has_labels else None,
+        label_mask=torch.from_numpy(masks) if has_labels else None,
+        pseudo2d=torch.from_numpy(pseudo2d).long() if has_p2d else None,
+        pseudo3d=torch.from_numpy(pseudo3d).long() if has_p2d else None,
+        occupied=torch.from_numpy(occupied) if free_space is not None else None,
+        free=torch.from_numpy(free) if free_space is not None else None,
+        frame_ids=[s.frame_id for s in samples],
+    )

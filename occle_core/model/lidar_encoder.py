@@ -1,0 +1,368 @@
+"""LiDAR encoder: points -> voxel features -> submanifold + strided sparse 3D convolutions.
+
+The points are voxelised at the feature resolution (the output grid coarsened by ``stride``); each active
+voxel holds the mean of its points' features (offset from the voxel centre, intensity), its point count,
+its height, and which of its ``stride**3`` output-resolution children are hit (space-to-depth occupancy, so
+no output-resolution detail is lost while the 3D convolutions run on a grid ``stride**3`` times smaller).
+
+Two interchangeable backends run the sparse convolutions:
+
+- ``spconv``: ``spconv.pytorch`` ``SubMConv3d`` / ``SparseConv3d`` on the active voxels. The CPU wheel only
+  runs the forward pass (its backward asserts CUDA), so it is the CUDA training / inference path.
+- ``dense``: ``Conv3d`` on the dense grid multiplied by the occupancy mask. At active sites a submanifold
+  convolution is exactly a dense convolution of the zero-filled grid; a strided convolution's output sites
+  are those whose receptive field holds an active input (a max-pool of the mask). This is the CPU path.
+
+spconv 2.3.8's CPU convolutions race when torch runs more than one intra-op thread (wrong, non-deterministic
+sums), so the spconv path runs single-threaded on CPU.
+
+Both read the same parameters, stored in spconv's layout (weight ``(out, k, k, k, in)``), so one state dict
+loads into either; ``lidar_backend="auto"`` picks spconv on CUDA when it is importable, dense otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from occle_core.geometry import VoxelGrid
+from occle_core.model.layers import PointwiseConv3d, to_cl
+
+BACKENDS = ("auto", "spconv", "dense")
+POINT_FEATURES = 6  # offset xyz (voxel units), mean intensity, log1p(count), height in the grid
+
+
+def spconv_available() -> bool:
+    """True when ``spconv.pytorch`` imports."""
+    try:
+        import spconv.pytorch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def in_channels_for(stride: int) -> int:
+    """Per-voxel input channels of the encoder at feature ``stride``: point features + stride**3 occupancy bits."""
+    return POINT_FEATURES + stride**3
+
+
+@dataclass
+class VoxelFeatures:
+    """Active voxels of a batch at the feature resolution.
+
+    Attributes:
+        coords: (N, 4) int64 ``[batch, i, j, k]`` unique active voxel indices.
+        feats: (N, C_in) float32 input features.
+        spatial_shape: (Xs, Ys, Zs) of the feature grid.
+        batch_size: B.
+    """
+
+    coords: Tensor
+    feats: Tensor
+    spatial_shape: tuple[int, int, int]
+    batch_size: int
+
+    def dense(self) -> tuple[Tensor, Tensor]:
+        """Zero-filled dense grid (B, C, Xs, Ys, Zs) (channels-last memory) and its mask (B, 1, Xs, Ys, Zs) float."""
+        B, C = self.batch_size, self.feats.shape[1]
+        Xs, Ys, Zs = self.spatial_shape
+        flat = _flat(self.coords, self.spatial_shape)  # (N,)
+        grid = self.feats.new_zeros(B * Xs * Ys * Zs, C)
+        grid.index_copy_(0, flat, self.feats)
+        mask = self.feats.new_zeros(B * Xs * Ys * Zs)
+        mask[flat] = 1.0
+        grid = grid.view(B, Xs, Ys, Zs, C).permute(0, 4, 1, 2, 3)  # (B, C, Xs, Ys, Zs), channels-last
+        return grid, mask.view(B, 1, Xs, Ys, Zs)
+
+
+def _flat(coords: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    X, Y, Z = shape
+    return ((coords[:, 0] * X + coords[:, 1]) * Y + coords[:, 2]) * Z + coords[:, 3]
+
+
+def voxelize_points(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int) -> VoxelFeatures:
+    """Mean point features per active voxel of ``grid`` coarsened by ``stride`` (vectorised scatter).
+
+    Args:
+        points: (M, 5) ``[batch_index, x, y, z, intensity]``; points outside the grid (or the batch) are dropped.
+        grid: the output grid; the feature grid is ``grid.scaled(stride)``.
+        stride: coarsening factor (1, 2, 4...).
+        batch_size: B (frames without points simply have no active voxel).
+
+    Returns:
+        the active voxels with features ``[dx, dy, dz, intensity, log1p(count), height, occ_0..occ_{s^3-1}]``:
+        mean offset from the voxel centre in voxel units, mean intensity, point count, the voxel's normalised
+        height in the grid (-1 bottom .. 1 top), and which output-resolution children hold a point.
+    """
+    if points.ndim != 2 or points.shape[1] != 5:
+        raise ValueError(f"points must be (M, 5) [batch, x, y, z, intensity], got {tuple(points.shape)}")
+    device = points.device
+    shape = torch.tensor(grid.shape, device=device)
+    coarse_shape = tuple(s // stride for s in grid.shape)
+    if any(s % stride for s in grid.shape):
+        raise ValueError(f"grid shape {grid.shape} is not divisible by the feature stride {stride}")
+    origin = torch.tensor(grid.origin, dtype=torch.float32, device=device)
+    pts = points.float()
+    fine = torch.floor((pts[:, 1:4] - origin) / grid.voxel_size).long()  # (M, 3) output-resolution index
+    frame = pts[:, 0]
+    keep = ((fine >= 0) & (fine < shape)).all(1) & torch.isfinite(pts).all(1) & (frame >= 0) & (frame < batch_size)
+    pts, fine = pts[keep], fine[keep]
+    b = pts[:, 0].long()
+    coarse = torch.div(fine, stride, rounding_mode="floor")  # (M, 3)
+    coords4 = torch.cat([b[:, None], coarse], 1)  # (M, 4)
+    key = _flat(coords4, coarse_shape)
+    uniq, inverse = torch.unique(key, return_inverse=True)  # (N,), (M,)
+    n = uniq.numel()
+    Xs, Ys, Zs = coarse_shape
+    coords = torch.stack([uniq // (Xs * Ys * Zs), (uniq // (Ys * Zs)) % Xs, (uniq // Zs) % Ys, uniq % Zs], 1)  # (N, 4)
+    cell = grid.voxel_size * stride
+    centre = origin + (coarse.float() + 0.5) * cell  # (M, 3)
+    per_point = torch.cat([(pts[:, 1:4] - centre) / cell, pts[:, 4:5], torch.ones_like(pts[:, :1])], 1)  # (M, 5)
+    sums = pts.new_zeros(n, 5).index_add_(0, inverse, per_point)
+    count = sums[:, 4:5].clamp_min(1.0)
+    height = (coords[:, 3:4].float() + 0.5) / Zs * 2.0 - 1.0
+    child = ((fine % stride) * torch.tensor([stride * stride, stride, 1], device=device)).sum(1)  # (M,)
+    occ = pts.new_zeros(n, stride**3)
+    occ[inverse, child] = 1.0
+    feats = torch.cat([sums[:, :4] / count, torch.log1p(sums[:, 4:5]), height, occ], 1)  # (N, 6 + s^3)
+    return VoxelFeatures(coords, feats, coarse_shape, batch_size)
+
+
+@contextmanager
+def _single_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run spconv's CPU kernels with one intra-op thread: spconv 2.3.8's CPU convolutions race with more than one
+    (non-deterministic, wrong sums; checked against a float64 dense reference), so they run single-threaded."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class SparseBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the active voxels only (same state dict as ``nn.BatchNorm1d``).
+
+    ``forward`` takes (N, C) features (spconv path); :meth:`dense` takes a zero-filled dense grid and its mask
+    and computes the statistics over the active sites only, so both paths agree. With fewer than two active
+    voxels in training the running statistics are used (and not updated).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C)
+        if self.training and x.shape[0] >= 2:
+            return super().forward(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def dense(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, C, X, Y, Z) zero at inactive sites, mask (B, 1, X, Y, Z) -> normalised x, zero where inactive."""
+        n = mask.sum()
+        shape = (1, -1, 1, 1, 1)
+        if self.training and float(n) >= 2:
+            dims = (0, 2, 3, 4)
+            xf = x.float()  # statistics in float32 (sums of squares overflow float16 under autocast)
+            mean = (xf * mask).sum(dims) / n  # (C,)
+            var = (((xf - mean.view(shape)) * mask) ** 2).sum(dims) / n  # (C,) biased
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+                self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = self.weight / torch.sqrt(var + self.eps)  # (C,)
+        shift = self.bias - mean * scale
+        return ((x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)) * mask).to(x.dtype)
+
+
+class SparseConv3d(nn.Module):
+    """A submanifold (``subm=True``, stride 1) or strided sparse 3D convolution with both backends.
+
+    Parameters are stored in spconv's layout: ``weight`` (out, k, k, k, in), ``bias`` (out,).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        subm: bool = True,
+        indice_key: str | None = None,
+    ) -> None:
+        super().__init__()
+        if subm and stride != 1:
+            raise ValueError("a submanifold convolution has stride 1")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.subm = kernel_size, stride, subm
+        self.padding = kernel_size // 2
+        self.indice_key = indice_key
+        k = kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, k, k, k, in_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        fan_in = in_channels * k**3
+        nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_in))
+
+    def dense_weight(self) -> Tensor:
+        """The weight in ``Conv3d`` layout (out, in, k, k, k)."""
+        return self.weight.permute(0, 4, 1, 2, 3)
+
+    def forward_dense(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, C, X, Y, Z) zero at inactive sites, mask (B, 1, X, Y, Z) -> (output grid, output mask)."""
+        if not self.subm:
+            mask = F.max_pool3d(mask, self.kernel_size, self.stride, self.padding)
+        y = F.conv3d(x, self.dense_weight(), self.bias, self.stride, self.padding)
+        return y * mask, mask
+
+    def spconv_module(self) -> nn.Module:
+        """The spconv module running this layer, sharing this layer's parameters (built once, not a child)."""
+        mod = self.__dict__.get("_spconv")
+        if mod is None:
+            import spconv.pytorch as spc
+
+            cls = spc.SubMConv3d if self.subm else spc.SparseConv3d
+            kw = {"indice_key": self.indice_key} if self.subm else {}
+            mod = cls(
+                self.in_channels,
+                self.out_channels,
+                self.kernel_size,
+                stride=self.stride,
+                padding=self.padding,
+                bias=True,
+                **kw,
+            )
+            if tuple(mod.weight.shape) != tuple(self.weight.shape):
+                raise RuntimeError(
+                    f"installed spconv stores conv weights as {tuple(mod.weight.shape)}, expected the "
+                    f"(out, k, k, k, in) layout {tuple(self.weight.shape)} of spconv 2.x"
+                )
+            self.__dict__["_spconv"] = mod
+        mod.weight = self.weight
+        mod.bias = self.bias
+        return mod
+
+    def extra_repr(self) -> str:
+        kind = "subm" if self.subm else f"stride={self.stride}"
+        return f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, {kind}"
+
+
+class SparseBlock(nn.Module):
+    """SparseConv3d -> SparseBatchNorm -> ReLU."""
+
+    def __init__(self, conv: SparseConv3d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.bn = SparseBatchNorm(conv.out_channels)
+
+    def forward_dense(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        y, mask = self.conv.forward_dense(x, mask)
+        return F.relu(self.bn.dense(y, mask)), mask
+
+    def forward_spconv(self, x):  # spconv.SparseConvTensor -> SparseConvTensor
+        y = self.conv.spconv_module()(x)
+        return y.replace_feature(F.relu(self.bn(y.features)))
+
+
+class LidarEncoder(nn.Module):
+    """Sparse 3D encoder of the LiDAR scan, densified into a feature grid.
+
+    Levels ``l = 0..L-1`` have ``channels[l]`` channels at ``stride * 2**l`` of the output grid: level 0 is two
+    submanifold convolutions, every further level a strided sparse convolution and a submanifold one. The
+    levels are densified, mapped to ``out_channels`` (1x1) and summed at level 0's resolution.
+
+    Args:
+        grid: the output voxel grid.
+        channels: channels per level, e.g. ``[8, 16, 32]``.
+        out_channels: channels of the output grid.
+        stride: feature stride relative to the output grid (2: a 256x256x32 grid gives 128x128x16 features).
+        backend: ``auto`` | ``spconv`` | ``dense``.
+    """
+
+    def __init__(
+        self, grid: VoxelGrid, channels: list[int], out_channels: int, stride: int = 2, backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"model.lidar_backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "spconv" and not spconv_available():
+            raise ValueError("model.lidar_backend 'spconv' requested but spconv.pytorch is not importable")
+        self.grid, self.stride, self.backend = grid, stride, backend
+        self.in_channels = in_channels_for(stride)
+        self.feature_shape = tuple(s // stride for s in grid.shape)
+        self.levels = nn.ModuleList()
+        prev = self.in_channels
+        for level, ch in enumerate(channels):
+            key = f"subm{level}"
+            first = SparseConv3d(prev, ch, 3, 1, True, key) if level == 0 else SparseConv3d(prev, ch, 3, 2, False)
+            self.levels.append(nn.Sequential(SparseBlock(first), SparseBlock(SparseConv3d(ch, ch, 3, 1, True, key))))
+            prev = ch
+        self.lateral = nn.ModuleList(PointwiseConv3d(ch, out_channels) for ch in channels)
+        self.out_norm = nn.BatchNorm3d(out_channels)
+
+    def resolve_backend(self, device: torch.device) -> str:
+        """The backend that runs on ``device``: ``auto`` -> spconv on CUDA when importable, else dense."""
+        if self.backend == "auto":
+            return "spconv" if device.type == "cuda" and spconv_available() else "dense"
+        return self.backend
+
+    def encode_levels(self, vox: VoxelFeatures, backend: str) -> list[tuple[Tensor, Tensor]]:
+        """Per level the dense features (B, C_l, ...) zero at inactive sites and the mask (B, 1, ...)."""
+        if backend == "spconv" and vox.coords.shape[0] > 0:
+            return self._levels_spconv(vox)
+        x, mask = vox.dense()
+        out = []
+        for level in self.levels:
+            for block in level:
+                x, mask = block.forward_dense(x, mask)
+            out.append((x, mask))
+        return out
+
+    def _levels_spconv(self, vox: VoxelFeatures) -> list[tuple[Tensor, Tensor]]:
+        import spconv.pytorch as spc
+
+        if self.training and torch.is_grad_enabled() and vox.feats.device.type != "cuda":
+            raise RuntimeError(
+                "the spconv backend cannot train on CPU (the CPU wheel has no backward); "
+                "set model.lidar_backend to 'dense' or 'auto'"
+            )
+        x = spc.SparseConvTensor(vox.feats, vox.coords.int(), list(vox.spatial_shape), vox.batch_size)
+        out = []
+        with _single_thread_on_cpu(vox.feats.device):
+            for level in self.levels:
+                for block in level:
+                    x = block.forward_spconv(x)
+                dense = to_cl(x.dense())  # (B, C, ...)
+                idx = x.indices.long()
+                mask = dense.new_zeros(dense.shape[0], 1, *dense.shape[2:])
+                mask[idx[:, 0], 0, idx[:, 1], idx[:, 2], idx[:, 3]] = 1.0
+                out.append((dense, mask))
+        return out
+
+    def forward(self, points: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Encode a batch of scans.
+
+        Args:
+            points: (M, 5) ``[batch_index, x, y, z, intensity]`` (M may be 0).
+            batch_size: B.
+
+        Returns:
+            features (B, out_channels, Xs, Ys, Zs) and the level-0 occupancy mask (B, 1, Xs, Ys, Zs) float.
+        """
+        vox = voxelize_points(points, self.grid, self.stride, batch_size)
+        levels = self.encode_levels(vox, self.resolve_backend(points.device))
+        size = levels[0][0].shape[2:]
+        out = None
+        for (feat, _), lateral in zip(levels, self.lateral):
+            y = lateral(feat)
+            if tuple(y.shape[2:]) != tuple(size):
+                y = to_cl(F.interpolate(y, size=size, mode="nearest"))
+            out = y if out is None else out + y
+        return F.relu(self.out_norm(out)), levels[0][1]

@@ -1,0 +1,261 @@
+"""OccLE: camera image + LiDAR scan -> 3D semantic occupancy logits (B, K, X, Y, Z).
+
+Data flow (``F`` = ``cfg.model.feat_dim``, ``s`` = ``cfg.model.feature_stride``, grid (X, Y, Z)):
+
+- LiDAR encoder: points -> sparse 3D convs -> dense grid (B, F, X/s, Y/s, Z/s).
+- Image encoder: image (B, 3, H, W) -> FPN features (B, F, H/4, W/4) and 2D logits ``sem2d`` (B, K, H, W);
+  the features are lifted along camera rays into the feature grid (B, F, X/s, Y/s, Z/s).
+- Semantic branch: LiDAR + lifted image features -> semantic grid -> ``sem3d`` (B, K, X, Y, Z).
+- Geometric branch: tri-plane cross-plane attention -> geometry grid -> occupancy logit ``geo`` (B, 1, X, Y, Z).
+- Fusion: both grids average-pooled to the token grid (grid / ``token_stride``), mixed by the Dual Mamba
+  (or a conv fusion), upsampled, merged with both grids and decoded to ``logits`` (B, K, X, Y, Z).
+- Projection: the class probabilities of the feature voxels (softmax of the logits averaged over each feature
+  voxel's ``s^3`` output voxels) scatter-accumulated onto the image plane at ``H / proj_stride`` with the
+  occupancy ``1 - p(empty)`` as visibility (``proj``, ``proj_weight``).
+
+The ``logits`` and ``geo`` heads predict the output grid from the feature grid by a 1x1 convolution to
+``out * s**3`` channels followed by a depth-to-space rearrangement (a transposed convolution with kernel =
+stride = ``s``): every output voxel gets its own prediction at the cost of one small matrix product, and the
+LiDAR encoder's space-to-depth occupancy input carries the output-resolution detail. The auxiliary ``sem3d``
+head predicts at the feature resolution and is upsampled (nearest): its pseudo-label supervision is coarse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from occle_core.config import OccleConfig
+from occle_core.data.batch import Batch
+from occle_core.model.geometric_branch import GeometricBranch
+from occle_core.model.image_encoder import ImageEncoder
+from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
+from occle_core.model.lidar_encoder import LidarEncoder
+from occle_core.model.projection import LayoutCache, composite, gather_voxels
+from occle_core.model.semantic_branch import SemanticBranch, lift_image_features
+
+PARAMETER_GROUPS = ("image_encoder", "lidar_encoder", "semantic_branch", "geometric_branch", "fusion", "heads")
+
+
+@dataclass
+class OccleOutput:
+    """Network outputs (see ``notes/INTERFACES.md``).
+
+    Attributes:
+        logits: (B, K, X, Y, Z) final semantic occupancy logits (K includes the empty class).
+        sem2d: (B, K, H, W) image-head logits; None without the image.
+        sem3d: (B, K, X, Y, Z) semantic-branch logits; None without the semantic branch or in inference mode.
+        geo: (B, 1, X, Y, Z) occupancy logit of the geometric branch.
+        proj: (B, K, Hp, Wp) scatter-accumulated class probabilities; None in inference mode.
+        proj_weight: (B, 1, Hp, Wp) accumulated visibility weight (0 where no voxel projects); None likewise.
+        proj_stride: Hp = H // proj_stride, Wp = W // proj_stride.
+    """
+
+    logits: Tensor
+    sem2d: Tensor | None
+    sem3d: Tensor | None
+    geo: Tensor
+    proj: Tensor | None
+    proj_weight: Tensor | None
+    proj_stride: int
+
+
+def _fusion_classes():
+    from occle_core.model.dual_mamba import ConvFusion, DualMamba
+
+    return DualMamba, ConvFusion
+
+
+class OccLE(nn.Module):
+    """The whole network; grid and class count come from ``cfg.data``, widths and switches from ``cfg.model``.
+
+    Switches: ``use_image`` False gives the LiDAR-only model (no image encoder, no ``sem2d``);
+    ``use_semantic_branch`` False drops the semantic branch (the fusion reads the LiDAR grid instead, no
+    ``sem3d``); ``use_dual_mamba`` False replaces the Dual Mamba by a conv fusion (ablation).
+    """
+
+    def __init__(self, cfg: OccleConfig) -> None:
+        super().__init__()
+        m = cfg.model
+        self.grid = cfg.data.voxel_grid()
+        self.classes = cfg.data.classes()
+        K, Fd, s = self.classes.num_classes, m.feat_dim, m.feature_stride
+        if s < 1 or any(n % s for n in self.grid.shape):
+            raise ValueError(f"model.feature_stride {s} must divide the grid shape {self.grid.shape}")
+        if m.token_stride % s or m.token_stride < s:
+            raise ValueError(f"model.token_stride {m.token_stride} must be a multiple of feature_stride {s}")
+        if m.proj_stride < 1:
+            raise ValueError(f"model.proj_stride must be >= 1, got {m.proj_stride}")
+        self.num_classes, self.feature_stride, self.proj_stride = K, s, m.proj_stride
+        self.token_pool = m.token_stride // s
+        self.feature_shape = tuple(n // s for n in self.grid.shape)
+        self.empty_index = self.classes.empty_index
+
+        self.image_encoder = ImageEncoder(m.image_channels, Fd, K, m.pretrained_image) if m.use_image else None
+        self.lidar_encoder = LidarEncoder(self.grid, m.lidar_channels, Fd, s, m.lidar_backend)
+        self.semantic_branch = SemanticBranch(Fd, K, m.use_image) if m.use_semantic_branch else None
+        self.geometric_branch = GeometricBranch(Fd, m.use_image)
+        DualMamba, ConvFusion = _fusion_classes()
+        mixer = DualMamba if m.use_dual_mamba else ConvFusion
+        self.fusion = nn.ModuleDict(
+            {
+                "mixer": mixer(Fd, Fd, Fd, m.mamba_dim, m.mamba_layers, m.mamba_state),
+                "merge": conv3d_bn_relu(3 * Fd, Fd, 1),
+            }
+        )
+        heads: dict[str, nn.Module] = {"logits": UpsampleHead(Fd, K, s), "geo": UpsampleHead(Fd, 1, s)}
+        if self.semantic_branch is not None:
+            heads["sem3d"] = PointwiseConv3d(Fd, K)  # at the feature resolution, upsampled (nearest)
+        self.heads = nn.ModuleDict(heads)
+
+        # (Xs*Ys*Zs, 3) centres of the feature voxels: lifting and projection targets, built once, not saved
+        coarse = self.grid.scaled(s)
+        self.register_buffer("feature_centers", torch.from_numpy(coarse.centers().reshape(-1, 3)), persistent=False)
+        self._layouts = LayoutCache()
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters per branch: image_encoder, lidar_encoder, semantic_branch, geometric_branch, fusion, heads
+        (absent branches are left out)."""
+        groups = {}
+        for name in PARAMETER_GROUPS:
+            module = getattr(self, name)
+            if module is not None:
+                groups[name] = list(module.parameters())
+        return groups
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        if self.token_pool == 1:
+            return x
+        return F.avg_pool3d(x, self.token_pool, self.token_pool, ceil_mode=True)
+
+    def project(self, fused: Tensor, lidar_to_image: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Scatter-accumulated projection of the class probabilities at the feature resolution.
+
+        The logits of each feature voxel are the mean of its ``s^3`` output voxels' logits (the logits head
+        averaged over its children, no output-resolution grid is built); their softmax is composited along the
+        camera rays with the occupancy ``1 - p(empty)`` as visibility, at the image size / ``proj_stride``.
+
+        Args:
+            fused: (B, F, Xs, Ys, Zs) fused features (the input of the logits head).
+
+        Returns:
+            maps (B, K, H // proj_stride, W // proj_stride) and weight (B, 1, ...).
+        """
+        ps = self.proj_stride
+        hw = (image_hw[0] // ps, image_hw[1] // ps)
+        scale = torch.tensor([1.0 / ps, 1.0 / ps, 1.0], device=lidar_to_image.device).view(1, 3, 1)
+        l2i = lidar_to_image.float() * scale  # (B, 3, 4) pixels of the strided image
+        layout = self._layouts.get(self.feature_centers, l2i, hw)
+        coarse = self.heads["logits"].coarse(fused)  # (B, K, Xs, Ys, Zs), channels-last memory
+        probs = gather_voxels(coarse, layout).float().softmax(1)  # (N, K) projected voxels only
+        occ = 1.0 - probs[:, self.empty_index]  # (N,)
+        return composite(probs, occ, layout, fused.shape[0], hw)
+
+    def forward(self, batch: Batch, inference: bool = False) -> OccleOutput:
+        """Run the network on a batch.
+
+        Args:
+            batch: inputs (``image``, ``points``, ``lidar_to_image``); targets are not read.
+            inference: True skips the training-only outputs (``sem3d`` and the projection).
+        """
+        B = batch.image.shape[0]
+        H, W = batch.image.shape[-2:]
+        s = self.feature_stride
+        lidar, _ = self.lidar_encoder(batch.points, B)  # (B, F, Xs, Ys, Zs)
+        sem2d = img_vox = valid = None
+        if self.image_encoder is not None:
+            feat2d, sem2d = self.image_encoder(batch.image)  # (B, F, H/4, W/4), (B, K, H, W)
+            img_vox, valid = lift_image_features(
+                feat2d, self.feature_centers, batch.lidar_to_image, (H, W), self.feature_shape
+            )  # (B, F, Xs, Ys, Zs), (B, 1, Xs, Ys, Zs)
+        sem3d = None
+        if self.semantic_branch is not None:
+            sem_feat = self.semantic_branch(lidar, img_vox, valid)  # (B, F, Xs, Ys, Zs)
+            if not inference:
+                sem3d = self.heads["sem3d"](sem_feat).contiguous()  # (B, K, Xs, Ys, Zs)
+                if s > 1:
+                    sem3d = F.interpolate(sem3d, scale_factor=s, mode="nearest")  # (B, K, X, Y, Z)
+        else:
+            sem_feat = lidar
+        geo_feat = self.geometric_branch(lidar, img_vox, valid)  # (B, F, Xs, Ys, Zs)
+        geo = self.heads["geo"](geo_feat)  # (B, 1, X, Y, Z)
+        mixed = self.fusion["mixer"](self._tokens(sem_feat), self._tokens(geo_feat))  # (B, F, x, y, z) tokens
+        if mixed.shape[2:] != sem_feat.shape[2:]:
+            mixed = F.interpolate(mixed, size=sem_feat.shape[2:], mode="trilinear", align_corners=False)
+        fused = self.fusion["merge"](cat_cl([sem_feat, geo_feat, mixed]))  # (B, F, Xs, Ys, Zs)
+        logits = self.heads["logits"](fused)  # (B, K, X, Y, Z)
+        proj = proj_weight = None
+        if not inference:
+            proj, proj_weight = self.project(fused, batch.lidar_to_image, (H, W))
+        return OccleOutput(logits, sem2d, sem3d, geo, proj, proj_weight, self.proj_stride)
+
+
+def model_summary(cfg: OccleConfig, batch: Batch | None = None, num_points: int = 20_000) -> dict:
+    """Parameter count and FLOPs of one forward pass (``torch.utils.flop_counter.FlopCounterMode``).
+
+    Args:
+        cfg: configuration of the model to build.
+        batch: the input to count on; None builds a synthetic one (``num_points`` random points in the grid,
+            a random image at ``cfg.data.image_size``, a forward-looking camera).
+
+    Returns:
+        ``{"params": int, "params_by_group": {group: int}, "flops": int, "flops_by_module": {group: int}}``
+        (FLOPs of matrix products and convolutions, a multiply-add counting 2, per parameter group; sparse
+        LiDAR convolutions are counted as the dense backend runs them; elementwise work such as the selective
+        scan recurrence is not counted).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = OccLE(cfg).eval()
+    if batch is None:
+        batch = synthetic_batch(cfg, num_points)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(batch)
+    counts = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
+    by_module: dict[str, int] = {}
+    for name, flops in counts.items():
+        parts = name.split(".")
+        # top-most counted modules below the model (children of ModuleDicts such as fusion / heads included)
+        ancestors = (".".join(parts[:i]) for i in range(2, len(parts)))
+        if len(parts) >= 2 and parts[0] == "OccLE" and not any(a in counts for a in ancestors):
+            by_module[parts[1]] = by_module.get(parts[1], 0) + flops
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "params_by_group": {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()},
+        "flops": int(counter.get_total_flops()),
+        "flops_by_module": by_module,
+    }
+
+
+def synthetic_batch(cfg: OccleConfig, num_points: int = 20_000, batch_size: int = 1, seed: int = 0) -> Batch:
+    """A random batch shaped like ``cfg`` (points uniform in the grid, a KITTI-like forward camera).
+
+    Meant for shape checks, FLOP counts and timings, not for training.
+    """
+    g = torch.Generator().manual_seed(seed)
+    grid = cfg.data.voxel_grid()
+    H, W = cfg.data.image_size
+    lo = torch.tensor(grid.origin)
+    hi = torch.from_numpy(grid.upper).float()
+    xyz = lo + torch.rand(batch_size * num_points, 3, generator=g) * (hi - lo)
+    b = torch.arange(batch_size).repeat_interleave(num_points).float()[:, None]
+    points = torch.cat([b, xyz, torch.rand(batch_size * num_points, 1, generator=g)], 1)
+    l2i = torch.from_numpy(forward_camera(H, W)).float().expand(batch_size, 3, 4).contiguous()
+    image = torch.randn(batch_size, 3, H, W, generator=g)
+    return Batch(
+        image=image, points=points, lidar_to_image=l2i, frame_ids=[f"synthetic/{i}" for i in range(batch_size)]
+    )
+
+
+def forward_camera(height: int, width: int) -> np.ndarray:
+    """(3, 4) LiDAR -> pixel matrix of a KITTI-like camera (x forward, 90 degree horizontal field of view)."""
+    f = width / 2.0
+    K = np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1.0]])
+    # LiDAR (x fwd, y left, z up) -> camera (x right, y down, z fwd)
+    R = np.array([[0, -1.0, 0], [0, 0, -1.0], [1.0, 0, 0]])
+    return K @ np.concatenate([R, np.zeros((3, 1))], 1)

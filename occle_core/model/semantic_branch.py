@@ -1,0 +1,92 @@
+"""Semantic branch: image features lifted into the voxel grid along camera rays, fused with LiDAR features.
+
+Each voxel centre is projected with the frame's ``lidar_to_image`` matrix; the image feature at that pixel is
+sampled bilinearly (``grid_sample``), so every voxel on one camera ray receives the same feature. Voxels
+behind the camera or outside the image get zeros and a 0 in the validity channel. The lifted features and
+the LiDAR features are fused by 3D convolutions into the semantic feature grid, and a 3D semantic head
+predicts class logits (supervised by the lifted 3D pseudo labels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from occle_core.model.layers import cat_cl, context_block, conv3d_bn_relu, to_cl
+
+MIN_DEPTH = 0.1  # metres in front of the camera
+
+
+def project_points(centers: Tensor, lidar_to_image: Tensor) -> tuple[Tensor, Tensor]:
+    """Project LiDAR-frame points with per-frame matrices.
+
+    Args:
+        centers: (V, 3) points.
+        lidar_to_image: (B, 3, 4).
+
+    Returns:
+        uv (B, V, 2) pixel coordinates (column, row), depth (B, V).
+    """
+    dtype = torch.float64 if centers.dtype == torch.float64 else torch.float32
+    with torch.autocast(centers.device.type, enabled=False):  # pixel coordinates need float32 (not fp16/bf16)
+        M = lidar_to_image.to(dtype)
+        hom = torch.einsum("vc,brc->bvr", centers.to(dtype), M[:, :, :3]) + M[:, None, :, 3]  # (B, V, 3)
+        depth = hom[..., 2]
+        uv = hom[..., :2] / depth.clamp_min(1e-6).unsqueeze(-1)
+    return uv, depth
+
+
+def lift_image_features(
+    feat2d: Tensor, centers: Tensor, lidar_to_image: Tensor, image_hw: tuple[int, int], grid_shape: tuple[int, ...]
+) -> tuple[Tensor, Tensor]:
+    """Sample image features at the projection of every voxel centre.
+
+    Args:
+        feat2d: (B, C, h, w) features covering the whole image (any stride).
+        centers: (X*Y*Z, 3) voxel centres in the LiDAR frame, C-order of ``grid_shape``.
+        lidar_to_image: (B, 3, 4) LiDAR -> pixels of the image of size ``image_hw`` = (H, W).
+        grid_shape: (X, Y, Z).
+
+    Returns:
+        features (B, C, X, Y, Z) (channels-last memory), zero outside the camera frustum, and validity
+        (B, 1, X, Y, Z) float.
+    """
+    B, C = feat2d.shape[:2]
+    H, W = image_hw
+    uv, depth = project_points(centers, lidar_to_image)  # (B, V, 2), (B, V)
+    valid = (depth > MIN_DEPTH) & (uv[..., 0] >= 0) & (uv[..., 0] < W) & (uv[..., 1] >= 0) & (uv[..., 1] < H)
+    # pixel i covers [i, i + 1) (as in Calib.project); image edges 0 and W map to -1 and 1 (align_corners=False)
+    norm = torch.stack([2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1], -1)  # (B, V, 2)
+    norm = torch.where(valid.unsqueeze(-1), norm, torch.full_like(norm, -2.0)).to(feat2d.dtype)
+    sampled = F.grid_sample(feat2d, norm.unsqueeze(1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    vmask = valid.to(feat2d.dtype).view(B, 1, *grid_shape)
+    return to_cl(sampled.view(B, C, *grid_shape) * vmask), vmask
+
+
+class SemanticBranch(nn.Module):
+    """Fuse lifted image features with LiDAR features into a semantic feature grid + 3D semantic logits.
+
+    Args:
+        feat_dim: channels of the LiDAR grid, the lifted image grid and the output.
+        num_classes: K.
+        use_image: False: LiDAR features only (the LiDAR-only baseline).
+    """
+
+    def __init__(self, feat_dim: int, num_classes: int, use_image: bool = True) -> None:
+        super().__init__()
+        self.use_image = use_image
+        cin = 2 * feat_dim + 1 if use_image else feat_dim
+        self.fuse = conv3d_bn_relu(cin, feat_dim, 1)
+        self.context = context_block(feat_dim)
+
+    def forward(self, lidar: Tensor, image: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+        """lidar (B, F, X, Y, Z), lifted image (B, F, X, Y, Z) and its validity (B, 1, X, Y, Z) -> (B, F, X, Y, Z)."""
+        if self.use_image:
+            if image is None or valid is None:
+                raise ValueError("SemanticBranch built with use_image=True needs the lifted image features")
+            x = cat_cl([lidar, image, valid])  # (B, 2F + 1, X, Y, Z)
+        else:
+            x = to_cl(lidar)
+        x = self.fuse(x)
+        return x + self.context(x)

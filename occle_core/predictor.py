@@ -1,0 +1,289 @@
+"""Inference API: load a checkpoint once, then ``predict(image, points, calib) -> (X, Y, Z) uint8 labels``.
+
+This is what the ROS node and ``occle-predict`` call. The checkpoint (config, class table, grid, weights) is
+read once with ``weights_only=True``; the network is built from its config, put in eval mode and run under
+``torch.inference_mode``. Inputs are checked and turned into a :class:`~occle_core.data.batch.Batch` by the
+same :func:`~occle_core.data.batch.collate` as in training (image and calibration resized to the configured
+size, points outside the grid dropped), so training and inference preprocess identically.
+
+Devices: ``"auto"`` takes CUDA when available, else the CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` raise
+``ValueError("device 'cuda' requested but CUDA is not available")`` on a host without CUDA (or naming the
+missing index).
+
+``occle-predict --checkpoint C --data ROOT --sequence SS [--frames 0 5 10-20] --out DIR`` runs a checkpoint on
+frames of a SemanticKITTI-layout sequence and writes ``DIR/sequences/SS/predictions/NNNNNN.label`` (uint16
+raw SemanticKITTI ids, the benchmark's submission format; learning ids for tables without a raw map) and a PNG
+per frame under ``DIR/png/`` (prediction beside the ground truth when the frame has voxel labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from occle_core.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from occle_core.config import OccleConfig
+from occle_core.data.batch import collate
+from occle_core.data.sample import Sample
+from occle_core.geometry import Calib, VoxelGrid
+from occle_core.labels import ClassTable
+from occle_core.model.occle import OccLE
+
+DEFAULT_CHECKPOINT = ("models", "occle_tiny_synthetic.pt")
+
+
+def default_checkpoint() -> Path:
+    """Path of the shipped checkpoint ``models/occle_tiny_synthetic.pt`` (FileNotFoundError when absent)."""
+    from occle_core.resources import resource_path
+
+    return resource_path(*DEFAULT_CHECKPOINT)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` -> ``torch.device``.
+
+    Raises:
+        ValueError: an unknown name, CUDA requested on a host without it, or a CUDA index that does not exist.
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise ValueError(f"device {device!r} is not valid: expected 'cuda:N' with an integer N")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device(name)
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def build_model_from_checkpoint(ckpt: dict) -> tuple[OccLE, OccleConfig]:
+    """Build :class:`OccLE` from a loaded checkpoint dict and load its weights.
+
+    The pretrained-backbone path of the stored config is ignored (the weights come from the checkpoint).
+
+    Raises:
+        CheckpointError: the config, classes, grid or weights do not fit the network.
+    """
+    try:
+        cfg = OccleConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint config is not a valid occle config: {exc}") from exc
+    cfg.model.pretrained_image = ""
+    grid = cfg.data.voxel_grid()
+    cfg.data.grid = grid.to_dict()  # no YAML lookup per frame
+    check_compatible(ckpt, cfg.data.classes(), grid)
+    model = OccLE(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit the network of its config: {exc}") from exc
+    return model, cfg
+
+
+class Predictor:
+    """Semantic occupancy from one camera image and one LiDAR scan.
+
+    Args:
+        checkpoint: an occle checkpoint; None takes the shipped default (``models/occle_tiny_synthetic.pt``).
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Attributes:
+        grid: the output voxel grid; classes: the class table; config: the model's config; device.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        CheckpointError: it is damaged, unsafe, or does not fit the network.
+        ValueError: unknown or unavailable device.
+    """
+
+    grid: VoxelGrid
+    classes: ClassTable
+    config: OccleConfig
+    device: torch.device
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "auto") -> None:
+        dev = resolve_device(device)
+        path = default_checkpoint() if checkpoint is None else Path(checkpoint)
+        model, cfg = build_model_from_checkpoint(load_checkpoint(path, map_location="cpu"))
+        self.checkpoint_path: Path | None = path
+        self._setup(model, cfg, dev)
+
+    @classmethod
+    def from_model(cls, model: OccLE, cfg: OccleConfig, device: str = "auto") -> Predictor:
+        """A predictor around an already built network (tests, benchmarks, right after training)."""
+        self = cls.__new__(cls)
+        self.checkpoint_path = None
+        cfg = copy.deepcopy(cfg)
+        cfg.data.grid = cfg.data.voxel_grid().to_dict()
+        self._setup(model, cfg, resolve_device(device))
+        return self
+
+    def _setup(self, model: OccLE, cfg: OccleConfig, device: torch.device) -> None:
+        self.config = cfg
+        self.device = device
+        self.grid = cfg.data.voxel_grid()
+        self.classes = cfg.data.classes()
+        self.model = model.to(device).eval()
+
+    def validate(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> np.ndarray:
+        """Check the inputs; returns the finite points as (N, 4) float32.
+
+        Raises:
+            ValueError: naming the field and the expected shape / dtype / size.
+        """
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got shape {getattr(image, 'shape', None)}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
+        if image.shape[0] < 8 or image.shape[1] < 8:
+            raise ValueError(f"image must be at least 8x8 pixels, got {image.shape[:2]}")
+        if not isinstance(calib, Calib):
+            raise ValueError(f"calib must be an occle_core.geometry.Calib, got {type(calib).__name__}")
+        if tuple(calib.image_size) != tuple(image.shape[:2]):
+            raise ValueError(f"calib image_size {calib.image_size} does not match the image size {image.shape[:2]}")
+        if not isinstance(points, np.ndarray) or points.ndim != 2 or points.shape[1] < 4:
+            raise ValueError(
+                f"points must be an (N, >=4) array of x, y, z, intensity, got shape {getattr(points, 'shape', None)}"
+            )
+        if not np.issubdtype(points.dtype, np.floating):
+            raise ValueError(f"points must be floating point (float32), got dtype {points.dtype}")
+        pts = np.asarray(points[:, :4], np.float32)
+        return pts[np.all(np.isfinite(pts), axis=1)]
+
+    @torch.inference_mode()
+    def predict_logits(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> torch.Tensor:
+        """(K, X, Y, Z) float logits on the predictor's device (same validation as :meth:`predict`)."""
+        pts = self.validate(image, points, calib)
+        batch = collate([Sample("predict", image, pts, calib)], self.config, with_targets=False)
+        out = self.model(batch.to(self.device), inference=True)
+        return out.logits[0]
+
+    def predict(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> np.ndarray:
+        """Semantic occupancy of one frame.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            points: (N, >=4) float x, y, z, intensity in the LiDAR frame (rows with NaN/Inf are dropped).
+            calib: the camera model of ``image`` (``calib.image_size`` must equal the image size).
+
+        Returns:
+            (X, Y, Z) uint8 class ids of ``self.classes``; ``classes.empty_index`` marks free space.
+        """
+        logits = self.predict_logits(image, points, calib)
+        with torch.inference_mode():
+            return logits.argmax(0).to(torch.uint8).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def parse_frames(tokens: Sequence[str]) -> list[int]:
+    """``["0", "5", "10-12"]`` -> ``[0, 5, 10, 11, 12]`` (ranges inclusive, order kept, duplicates dropped)."""
+    out: list[int] = []
+    for tok in tokens:
+        for part in str(tok).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            if not lo.isdigit() or (sep and not hi.isdigit()):
+                raise ValueError(f"--frames entries must be N or A-B (inclusive), got {part!r}")
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if last < first:
+                raise ValueError(f"--frames range {part!r} is empty (end before start)")
+            out.extend(i for i in range(first, last + 1) if i not in out)
+    return out
+
+
+def _raw_ids(labels: np.ndarray, classes: ClassTable) -> np.ndarray:
+    """Learning classes -> raw SemanticKITTI ids (uint16) when the table has a raw map, else learning ids."""
+    if classes.learning_map_inv is None:
+        return labels.astype(np.uint16)
+    return np.asarray(classes.learning_map_inv, np.uint16)[labels]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``occle-predict``: predictions and PNGs for frames of a SemanticKITTI-layout sequence; returns 0 on success."""
+    p = argparse.ArgumentParser(prog="occle-predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None, help="occle checkpoint (default: the shipped tiny model)")
+    p.add_argument("--data", required=True, help="dataset root holding sequences/")
+    p.add_argument("--sequence", required=True, help="sequence id, e.g. 08")
+    p.add_argument("--frames", nargs="*", default=None, help="frame numbers or ranges A-B (default: every frame)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--no-png", action="store_true", help="write the .label files only")
+    args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as exc:  # CheckpointError is a ValueError
+        print(f"occle-predict: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from occle_core.data.semantic_kitti import SemanticKittiDataset, sequence_dir, write_voxel_labels
+    from occle_core.render import render_comparison, render_sample_overview
+
+    predictor = Predictor(args.checkpoint, args.device)
+    data = SemanticKittiDataset(args.data, [args.sequence], with_labels=False)
+    index = {int(frame): i for i, (_, frame) in enumerate(data.frames)}
+    if args.frames:
+        wanted = parse_frames(args.frames)
+        missing = [f for f in wanted if f not in index]
+        if missing:
+            raise ValueError(
+                f"frames {missing[:5]} not in sequence {args.sequence} (it has frames {min(index)}..{max(index)})"
+            )
+    else:
+        wanted = sorted(index)
+    out = Path(args.out)
+    seq = data.frames[0][0]
+    label_dir = out / "sequences" / seq / "predictions"
+    label_dir.mkdir(parents=True, exist_ok=True)
+    classes = predictor.classes
+    times = []
+    for n, frame in enumerate(wanted):
+        sample = data[index[frame]]
+        t0 = time.perf_counter()
+        labels = predictor.predict(sample.image, sample.points, sample.calib)
+        times.append(time.perf_counter() - t0)
+        name = f"{frame:06d}"
+        write_voxel_labels(label_dir / f"{name}.label", _raw_ids(labels, classes))
+        if not args.no_png:
+            png = out / "png" / f"{seq}_{name}.png"
+            truth = _truth(data, sequence_dir(args.data, seq), name, labels.shape)
+            if truth is not None:
+                gt, invalid = truth
+                render_comparison(labels, gt, classes, png, title=f"{seq}/{name}", mask=~invalid, grid=predictor.grid)
+            else:
+                render_sample_overview(sample.image, labels, classes, sample.pseudo2d, path=png)
+        print(f"[{n + 1}/{len(wanted)}] {seq}/{name}: {times[-1] * 1000:.0f} ms", flush=True)
+    print(
+        f"wrote {len(wanted)} predictions to {label_dir}; mean {np.mean(times) * 1000:.0f} ms per frame "
+        f"on {predictor.device}"
+    )
+    return 0
+
+
+def _truth(data, seq_dir: Path, name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Ground-truth labels and invalid mask of a frame when it has voxel labels of the predicted grid shape."""
+    vox = seq_dir / "voxels"
+    if not (vox / f"{name}.label").is_file() or not (vox / f"{name}.invalid").is_file():
+        return None
+    labels, invalid = data.read_labels(seq_dir.name, name)
+    if labels.shape != tuple(shape):
+        return None
+    return labels, invalid

@@ -1,0 +1,187 @@
+"""The whole OccLE network: shapes from the dataset config, switches, gradients per branch, speed, sizes."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from occle_core.config import OccleConfig
+from occle_core.data.batch import Batch
+from occle_core.geometry import OCC3D_GRID, SEMANTIC_KITTI_GRID
+from occle_core.model.lidar_encoder import spconv_available
+from occle_core.model.occle import PARAMETER_GROUPS, OccLE, OccleOutput, model_summary, synthetic_batch
+
+SMALL_GRID = {"origin": [0.0, -6.4, -2.0], "voxel_size": 0.2, "shape": [64, 64, 16]}
+
+
+def _cfg(dataset: str = "semantic_kitti", grid: dict | None = SMALL_GRID, size: str = "tiny", **model) -> OccleConfig:
+    return OccleConfig.from_dict(
+        {"data": {"dataset": dataset, "grid": grid, "image_size": [64, 192]}, "model": {"size": size, **model}}
+    )
+
+
+def _loss(out: OccleOutput, seed: int = 0) -> torch.Tensor:
+    """Touches every output like the training losses do (CE on voxels and pixels, BCE, projection NLL)."""
+    g = torch.Generator().manual_seed(seed)
+    K = out.logits.shape[1]
+    target = torch.randint(0, K, out.logits.shape[:1] + out.logits.shape[2:], generator=g)
+    loss = F.cross_entropy(out.logits, target) + F.binary_cross_entropy_with_logits(out.geo[:, 0], (target > 0).float())
+    if out.sem3d is not None:
+        loss = loss + F.cross_entropy(out.sem3d, target)
+    if out.sem2d is not None:
+        loss = loss + F.cross_entropy(out.sem2d, torch.randint(0, K, out.sem2d.shape[:1] + out.sem2d.shape[2:]))
+    if out.proj is not None:
+        seen = out.proj_weight[:, 0] > 1e-4
+        p = out.proj.movedim(1, -1)[seen] / out.proj_weight[:, 0][seen][:, None]
+        loss = loss - torch.log(p[:, 0] + 1e-6).mean()
+    return loss
+
+
+@pytest.mark.parametrize(
+    "dataset, grid, classes", [("semantic_kitti", SEMANTIC_KITTI_GRID, 20), ("occ3d_nuscenes", OCC3D_GRID, 18)]
+)
+def test_grid_and_classes_come_from_the_dataset_config(dataset, grid, classes):
+    full = OccLE(_cfg(dataset, grid=None))
+    assert full.grid == grid and full.num_classes == classes
+    model = OccLE(_cfg(dataset)).eval()
+    batch = synthetic_batch(_cfg(dataset), 3000, batch_size=2)
+    with torch.no_grad():
+        out = model(batch)
+    assert out.logits.shape == (2, classes, 64, 64, 16)
+    assert out.sem3d.shape == (2, classes, 64, 64, 16) and out.geo.shape == (2, 1, 64, 64, 16)
+    assert out.sem2d.shape == (2, classes, 64, 192)
+    assert out.proj.shape == (2, classes, 16, 48) and out.proj_weight.shape == (2, 1, 16, 48)
+    assert out.proj_stride == 4
+    # the maps are visibility-weighted sums of probabilities: they sum to the weight per pixel
+    torch.testing.assert_close(out.proj.sum(1, keepdim=True), out.proj_weight, atol=1e-5, rtol=1e-5)
+    assert float(out.proj_weight.max()) <= 1.0 + 1e-5 and float(out.proj_weight.max()) > 0
+
+
+def test_full_occ3d_grid_forward():
+    cfg = _cfg("occ3d_nuscenes", grid=None)
+    model = OccLE(cfg).eval()
+    with torch.no_grad():
+        out = model(synthetic_batch(cfg, 20_000), inference=True)
+    assert out.logits.shape == (1, 18, 200, 200, 16) and out.proj is None and out.sem3d is None
+
+
+@pytest.mark.parametrize(
+    "switches, has_sem2d, has_sem3d",
+    [
+        ({}, True, True),
+        ({"use_dual_mamba": False}, True, True),
+        ({"use_semantic_branch": False}, True, False),
+        ({"use_image": False}, False, True),
+        ({"use_image": False, "use_semantic_branch": False}, False, False),  # LiDAR-only baseline
+    ],
+)
+def test_switches_and_gradients_reach_every_branch(switches, has_sem2d, has_sem3d):
+    torch.manual_seed(0)
+    cfg = _cfg(**switches)
+    model = OccLE(cfg).train()
+    out = model(synthetic_batch(cfg, 4000))
+    assert (out.sem2d is not None) == has_sem2d and (out.sem3d is not None) == has_sem3d
+    assert out.logits.shape == (1, 20, 64, 64, 16) and out.proj is not None
+    _loss(out).backward()
+    groups = model.parameter_groups()
+    expected = {g for g in PARAMETER_GROUPS if getattr(model, g) is not None}
+    assert set(groups) == expected
+    assert ("image_encoder" in groups) == has_sem2d and ("semantic_branch" in groups) == has_sem3d
+    for name, params in groups.items():
+        grads = [p.grad for p in params]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, f"no gradient in {name}"
+        # nearly every tensor of the branch learns (a few biases before batch norms are exempt by design)
+        nonzero = sum(bool(g.abs().sum() > 0) for g in grads)
+        assert nonzero >= 0.7 * len(grads), f"{name}: {nonzero}/{len(grads)} parameters with a gradient"
+
+
+def test_empty_scan_and_batch_of_two_frames_with_different_cameras():
+    cfg = _cfg()
+    model = OccLE(cfg).eval()
+    batch = synthetic_batch(cfg, 1000, batch_size=2)
+    batch.lidar_to_image[1, 0, 3] += 40.0  # second camera shifted
+    with torch.no_grad():
+        out = model(batch)
+        empty = Batch(image=batch.image[:1], points=torch.zeros(0, 5), lidar_to_image=batch.lidar_to_image[:1])
+        out_empty = model(empty)
+    assert not torch.equal(out.proj_weight[0], out.proj_weight[1])
+    assert torch.isfinite(out_empty.logits).all() and out_empty.logits.shape == (1, 20, 64, 64, 16)
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv.pytorch not installed")
+def test_whole_network_agrees_across_lidar_backends():
+    torch.manual_seed(0)
+    dense = OccLE(_cfg(lidar_backend="dense")).eval()
+    sparse = OccLE(_cfg(lidar_backend="spconv")).eval()
+    sparse.load_state_dict(dense.state_dict())
+    batch = synthetic_batch(_cfg(), 3000)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # spconv's own deprecation warnings
+        a = dense(batch, inference=True).logits
+        b = sparse(batch, inference=True).logits
+    assert float((a - b).abs().max()) < 1e-3
+
+
+def test_bad_strides_are_refused():
+    with pytest.raises(ValueError, match="token_stride"):
+        OccLE(_cfg(token_stride=3))
+    with pytest.raises(ValueError, match="feature_stride"):
+        OccLE(_cfg(feature_stride=3))
+
+
+def test_paper_size_builds_counts_and_runs_on_cpu():
+    cfg = _cfg(size="paper")
+    summary = model_summary(cfg, synthetic_batch(cfg, 3000))
+    tiny = model_summary(_cfg(), synthetic_batch(_cfg(), 3000))
+    assert summary["params"] > 10 * tiny["params"] and summary["flops"] > 10 * tiny["flops"]
+    assert set(summary["params_by_group"]) == set(PARAMETER_GROUPS)
+    assert sum(summary["params_by_group"].values()) == summary["params"]
+    assert summary["params"] > 10_000_000  # ResNet-18-sized image backbone alone has ~11M
+    assert set(summary["flops_by_module"]) == set(PARAMETER_GROUPS)
+    assert 0.95 * summary["flops"] <= sum(summary["flops_by_module"].values()) <= summary["flops"]
+
+
+def test_tiny_semantic_kitti_step_under_10_s_on_2_cores():
+    """Acceptance: tiny forward + backward of one SemanticKITTI-shaped sample (256x256x32, 120k points, image at
+    the configured 188x620) on 2 CPU threads in under 10 s (about 3.5 s on two idle cores).
+
+    The first run also builds oneDNN kernels and is not timed; the best of up to 4 timed runs counts, stopping
+    at the first one under the limit, so a burst of load from other processes on a shared host does not fail
+    the test while a real slowdown (every run over 10 s) does.
+    """
+    cfg = OccleConfig.from_dict({})
+    assert cfg.data.voxel_grid() == SEMANTIC_KITTI_GRID and tuple(cfg.data.image_size) == (188, 620)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        model = OccLE(cfg).train()
+        batch = synthetic_batch(cfg, 120_000)
+        times = []
+        for run in range(5):
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            out = model(batch)
+            _loss(out).backward()
+            if run > 0:
+                times.append(time.perf_counter() - t0)
+                if times[-1] < 10.0:
+                    break
+    finally:
+        torch.set_num_threads(threads)
+    assert out.logits.shape == (1, 20, 256, 256, 32)
+    assert all(p.grad is not None for p in model.parameters())
+    assert min(times) < 10.0, f"tiny fwd+bwd took {[round(t, 2) for t in times]} s"
+
+
+def test_full_size_kitti_image_works():
+    cfg = OccleConfig.from_dict({"data": {"image_size": [376, 1241], "grid": SMALL_GRID}})
+    model = OccLE(cfg).train()
+    out = model(synthetic_batch(cfg, 5000))
+    assert out.sem2d.shape == (1, 20, 376, 1241) and out.proj.shape == (1, 20, 94, 310)
+    _loss(out).backward()
