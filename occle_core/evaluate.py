@@ -1,0 +1,284 @@
+"""Evaluation of an OccLE checkpoint over a split: IoU, mIoU, per-class table, JSON and PNGs.
+
+Rules (SemanticKITTI SSC / Occ3D): voxels whose label is 255 (invalid: never observed) are not counted;
+for Occ3D the camera mask restricts the counted voxels as well. Scores come from one confusion matrix over
+the whole split (:class:`occle_core.metrics.SSCMetrics`), summed over ranks when distributed.
+
+``occle-eval --checkpoint C --data D --split val [--out DIR] [--frames N]`` prints the table and writes
+``DIR/metrics.json`` and ``DIR/frames/<frame>.png`` (prediction vs truth) for the first few frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from occle_core.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from occle_core.config import OccleConfig
+from occle_core.metrics import SSCMetrics
+
+
+class _EvalCollate:
+    """Picklable collate: the batch plus each frame's camera mask (Occ3D) for the metrics."""
+
+    def __init__(self, cfg: OccleConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, samples: list) -> tuple[Any, list[np.ndarray | None]]:
+        from occle_core.data.batch import collate
+
+        return collate(samples, self.cfg), [s.camera_mask for s in samples]
+
+
+def frame_indices(n: int, frames: int = 0) -> list[int]:
+    """``frames`` evenly spaced indices of ``n`` (all when ``frames`` is 0 or >= n)."""
+    if frames <= 0 or frames >= n:
+        return list(range(n))
+    return np.unique(np.linspace(0, n - 1, frames).round().astype(np.int64)).tolist()
+
+
+def _safe_name(frame_id: str) -> str:
+    return frame_id.replace("/", "_").replace("\\", "_")
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: OccleConfig,
+    device: torch.device | str = "cpu",
+    frames: int = 0,
+    batch_size: int = 1,
+    amp_dtype: torch.dtype | None = None,
+    render_dir: str | Path | None = None,
+    render_count: int = 3,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[dict, list[np.ndarray]]:
+    """Run ``model`` over ``dataset`` and score it.
+
+    Args:
+        model: an OccLE (not DDP-wrapped); put in eval mode here and back in its previous mode afterwards.
+        dataset: labelled frames (a reader of the split).
+        cfg: the model's config (grid, classes, image size).
+        frames: evaluate this many evenly spaced frames (0 = all).
+        amp_dtype: autocast dtype on CUDA (None = float32).
+        render_dir: where to write prediction-vs-truth PNGs of the first ``render_count`` frames (rank 0).
+        rank / world: shard of the frames this process evaluates; the confusion matrices are all-reduced.
+
+    Returns:
+        scores: :meth:`SSCMetrics.compute` output plus ``table`` (printable), ``frames`` and ``s_per_frame``.
+        images: the rendered figures ((H, W, 3) uint8) of the first frames (rank 0).
+    """
+    classes = cfg.data.classes()
+    grid = cfg.data.voxel_grid()
+    device = torch.device(device)
+    idx = frame_indices(len(dataset), frames)
+    shard = idx[rank::world]
+    loader = DataLoader(
+        Subset(dataset, shard),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=_EvalCollate(cfg),
+        num_workers=num_workers,
+    )
+    metrics = SSCMetrics(classes)
+    images: list[np.ndarray] = []
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=amp_dtype)
+        if amp_dtype is not None and device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    it = loader
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        it = tqdm(loader, total=len(loader), unit="batch", desc="eval")
+    try:
+        for batch, cam_masks in it:
+            if batch.voxel_labels is None:
+                raise ValueError(f"frame {batch.frame_ids[0]} has no voxel labels: cannot evaluate it")
+            batch = batch.to(device)
+            with autocast:
+                logits = model(batch).logits  # (B, K, X, Y, Z)
+            pred = logits.argmax(1)  # (B, X, Y, Z)
+            target = batch.voxel_labels  # (B, X, Y, Z), invalid = 255
+            mask = target != classes.ignore_index
+            for b, cm in enumerate(cam_masks):
+                if cm is not None:
+                    mask[b] &= torch.as_tensor(np.asarray(cm, bool), device=device)
+            metrics.update(pred, target, mask)
+            if render_dir is not None and len(images) < render_count:
+                from occle_core.render import render_comparison
+
+                for b in range(pred.shape[0]):
+                    if len(images) >= render_count:
+                        break
+                    frame_m = SSCMetrics(classes)
+                    frame_m.update(pred[b], target[b], mask[b])
+                    s = frame_m.compute()
+                    fid = batch.frame_ids[b]
+                    images.append(
+                        render_comparison(
+                            pred[b].cpu().numpy().astype(np.uint8),
+                            target[b].cpu().numpy().astype(np.uint8),
+                            classes,
+                            path=Path(render_dir) / f"{_safe_name(fid)}.png",
+                            title=f"{fid}: prediction (left) vs truth (right)",
+                            lines=[f"IoU {100 * s['iou']:.1f}   mIoU {100 * s['miou']:.1f}"],
+                            mask=mask[b].cpu().numpy(),
+                            grid=grid,
+                        )
+                    )
+    finally:
+        model.train(was_training)
+    metrics.all_reduce()
+    scores = metrics.compute()
+    scores["table"] = metrics.table(scores)
+    scores["frames"] = len(idx)
+    scores["s_per_frame"] = (time.perf_counter() - t0) / max(1, len(shard))
+    return scores, images
+
+
+def scores_to_json(scores: dict, **extra: Any) -> dict:
+    """JSON-friendly summary: IoU, mIoU, precision, recall, per-class IoU by name, confusion as lists."""
+
+    def num(v: float) -> float | None:
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    return {
+        **extra,
+        "iou": num(scores["iou"]),
+        "miou": num(scores["miou"]),
+        "precision": num(scores["precision"]),
+        "recall": num(scores["recall"]),
+        "per_class_iou": {n: num(v) for n, v in zip(scores["names"], scores["per_class_iou"])},
+        "num_voxels": int(scores["num_voxels"]),
+        "frames": int(scores["frames"]),
+        "s_per_frame": float(scores["s_per_frame"]),
+        "confusion": np.asarray(scores["confusion"]).tolist(),
+    }
+
+
+def load_model(
+    checkpoint: str | Path, device: torch.device | str = "cpu", expect: OccleConfig | None = None
+) -> tuple[nn.Module, OccleConfig, dict]:
+    """Build the OccLE of a checkpoint's config and load its weights (``weights_only=True``).
+
+    Args:
+        expect: when given, the checkpoint must be for its class table and grid.
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: unsafe, damaged, or not for ``expect``'s classes / grid,
+            or weights that do not fit the model of its own config.
+    """
+    from occle_core.model.occle import OccLE
+
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    cfg = OccleConfig.from_dict(ckpt["config"])
+    check_compatible(ckpt, cfg.data.classes(), cfg.data.voxel_grid())  # the file agrees with itself
+    if expect is not None:
+        check_compatible(ckpt, expect.data.classes(), expect.data.voxel_grid())
+    model = OccLE(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {checkpoint} weights do not fit the model of its config: {' '.join(first[:3])}"
+        ) from exc
+    return model.to(device).eval(), cfg, ckpt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="occle-eval", description="Evaluate an OccLE checkpoint: IoU, mIoU, per class.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (model.pt or checkpoint.pt of a run)")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="which split of the config to score")
+    p.add_argument("--sequences", nargs="+", help="override the split's sequences (SemanticKITTI ids)")
+    p.add_argument("--config", help="expected config (its classes and grid must match the checkpoint's)")
+    p.add_argument("--out", help="folder for metrics.json and frames/*.png")
+    p.add_argument("--frames", type=int, default=0, help="evaluate N evenly spaced frames (0 = all)")
+    p.add_argument("--render", type=int, default=3, help="PNGs of prediction vs truth for the first N frames")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu" or name.startswith("cuda"):
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r}: CUDA is not available on this host")
+        return torch.device(name)
+    raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``occle-eval``: 0 on success, 2 on a bad checkpoint / data / argument (one error line)."""
+    args = build_parser().parse_args(argv)
+    from occle_core.train import build_dataset
+
+    try:
+        if args.frames < 0 or args.render < 0 or args.batch_size < 1:
+            raise ValueError("--frames and --render must be >= 0 and --batch-size >= 1")
+        device = _device(args.device)
+        expect = None
+        if args.config:
+            from occle_core.config import load_config
+
+            expect = load_config(args.config)
+        model, cfg, ckpt = load_model(args.checkpoint, device, expect)
+        cfg.data.root = args.data
+        if args.sequences:
+            if args.split == "val":
+                cfg.data.val_sequences = list(args.sequences)
+            else:
+                cfg.data.train_sequences = list(args.sequences)
+        dataset = build_dataset(cfg, args.split)
+        out = Path(args.out) if args.out else None
+        scores, _ = evaluate_model(
+            model,
+            dataset,
+            cfg,
+            device,
+            frames=args.frames,
+            batch_size=args.batch_size,
+            render_dir=out / "frames" if out is not None and args.render else None,
+            render_count=args.render,
+            progress=sys.stderr.isatty(),
+        )
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"occle-eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {scores['frames']} frames, step {ckpt.get('step')})")
+    print(scores["table"])
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        doc = scores_to_json(
+            scores, checkpoint=str(args.checkpoint), data=str(args.data), split=args.split, step=ckpt.get("step")
+        )
+        (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
