@@ -89,7 +89,9 @@ def build_model_from_checkpoint(ckpt: dict) -> tuple[OccLE, OccleConfig]:
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit the network of its config: {exc}") from exc
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        raise CheckpointError(f"checkpoint weights do not fit the network of its config: {details[0]}{more}") from exc
     return model, cfg
 
 

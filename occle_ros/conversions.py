@@ -103,9 +103,14 @@ def pointfields_to_dtype(fields: Sequence[PointField], point_step: int, is_bigen
                 f"point_step {point_step}"
             )
         names.append(name)
-        formats.append(base if count == 1 else np.dtype((base, (count,))))
+        formats.append(base if count == 1 else (base, (count,)))
         offsets.append(int(f.offset))
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": int(point_step)})
+    try:
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": int(point_step)})
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. point_step >= 2**31: numpy's itemsize is a C int
+        raise ConversionError(
+            f"PointCloud2 point layout (point_step {point_step}) is not representable: {exc}"
+        ) from exc
 
 
 def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:

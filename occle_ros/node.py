@@ -309,7 +309,7 @@ class OccleNode(Node):
                 if not path:
                     raise StartupError("parameter extrinsics.calib_file is empty but extrinsics.source is calib_file")
                 self.T_cam_lidar = read_kitti_calib(path).T_cam_lidar
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # OSError: calib_file missing or unreadable
             raise StartupError(f"parameter extrinsics: {exc}") from exc
 
     def _load_predictor(self) -> Any:
@@ -367,18 +367,26 @@ class OccleNode(Node):
             frame = self._mailbox.take(timeout=0.5)
             if frame is None:
                 continue
-            try:
-                self.process(frame.image, frame.info, frame.cloud, frame.complete)
-            except FrameRejectedError as exc:
-                with self._lock:
-                    self.counters["rejected"] += 1
-                    self.counters[f"rejected.{exc.reason}"] += 1
-                self._log_throttled(exc.reason, f"frame skipped ({exc.reason}): {exc}")
-            except Exception as exc:  # keep the node alive whatever the model does
-                with self._lock:
-                    self.counters["rejected"] += 1
-                    self.counters["rejected.inference_error"] += 1
-                self._log_throttled("inference_error", f"frame skipped (inference_error): {type(exc).__name__}: {exc}")
+            self.handle_frame(frame.image, frame.info, frame.cloud, frame.complete)
+
+    def handle_frame(
+        self, image: Image, info: CameraInfo, cloud: PointCloud2, complete: float | None = None
+    ) -> np.ndarray | None:
+        """What the worker does with one synchronised set: :meth:`process` it, or count and log (throttled) why it
+        was skipped. Never raises for bad input or a failing model; returns the labels, or None when skipped."""
+        try:
+            return self.process(image, info, cloud, complete)
+        except FrameRejectedError as exc:
+            with self._lock:
+                self.counters["rejected"] += 1
+                self.counters[f"rejected.{exc.reason}"] += 1
+            self._log_throttled(exc.reason, f"frame skipped ({exc.reason}): {exc}")
+        except Exception as exc:  # keep the node alive whatever the model does
+            with self._lock:
+                self.counters["rejected"] += 1
+                self.counters["rejected.inference_error"] += 1
+            self._log_throttled("inference_error", f"frame skipped (inference_error): {type(exc).__name__}: {exc}")
+        return None
 
     def decode(self, image: Image, info: CameraInfo, cloud: PointCloud2) -> tuple[np.ndarray, np.ndarray, Calib]:
         """Messages -> (rgb (H, W, 3) uint8, points (N, 4) float32, calib); raises :class:`FrameRejectedError`."""
@@ -535,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         node = OccleNode()
     except StartupError as exc:
-        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr, flush=True)
+        one_line = " ".join(str(exc).split())  # multi-line causes (e.g. torch's state_dict report) on one line
+        print(f"{NODE_NAME}: error: {one_line}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 1
     executor = SingleThreadedExecutor()

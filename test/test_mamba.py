@@ -225,6 +225,31 @@ def test_mamba_block_shape_grads_and_init():
         assert p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("backward_inside", [False, True])
+@pytest.mark.parametrize("seqlen", [20, 150])
+def test_mamba_block_bf16_autocast_forward_backward(backward_inside, seqlen):
+    """Under CPU bf16 autocast the block trains: forward, then backward outside (the usual AMP pattern) or inside
+    the autocast region, with finite float32 parameter grads close to the float32 run's."""
+    torch.manual_seed(4)
+    block = MambaBlock(16, d_state=8)
+    x = torch.randn(2, seqlen, 16, requires_grad=True)
+    ref = block(x).float().square().mean()
+    ref_grads = torch.autograd.grad(ref, [x, *block.parameters()])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+        loss = y.float().square().mean()
+        if backward_inside:
+            loss.backward()
+    if not backward_inside:
+        loss.backward()
+    assert y.shape == (2, seqlen, 16)
+    assert x.grad is not None and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    for (name, p), g_ref in zip(block.named_parameters(), ref_grads[1:]):
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+        rel = (p.grad - g_ref).norm() / g_ref.norm().clamp_min(1e-12)
+        assert rel < 0.1, (name, float(rel))
+
+
 def test_mamba_block_is_causal():
     torch.manual_seed(1)
     block = MambaBlock(8, d_state=4)

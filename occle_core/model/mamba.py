@@ -155,7 +155,7 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         a, h, h0 = ctx.saved_tensors
-        grad_h = grad_h.contiguous()
+        grad_h = grad_h.to(h.dtype).contiguous()
         # Adjoint: g_t = grad_h_t + a_{t+1} g_{t+1}, g_{L-1} = grad_h_{L-1}  (a reverse scan).
         g = torch.empty_like(grad_h)  # (P, L, M)
         g[:, -1] = grad_h[:, -1]
@@ -263,13 +263,16 @@ class _SelectiveScanCore(torch.autograd.Function):
     @staticmethod
     def forward(ctx, delta: Tensor, u: Tensor, A: Tensor, B: Tensor, C: Tensor, radix: int) -> tuple[Tensor, Tensor]:
         # delta, u: (B, L, D); A: (D, N); B, C: (B, L, N); all contiguous, same dtype.
-        batch, seqlen, dim = u.shape
-        d_state = A.shape[1]
-        decay = torch.mul(delta.unsqueeze(-1), A).exp_()  # (B, L, D, N), in (0, 1] for A <= 0
-        h = torch.mul((delta * u).unsqueeze(-1), B.unsqueeze(2))  # (B, L, D, N) drive, scanned in place
-        flat = (batch, seqlen, dim * d_state)
-        _scan_into(decay.view(flat), h.view(flat), None, False, h.view(flat), radix)
-        y = torch.matmul(h, C.unsqueeze(-1)).squeeze(-1)  # (B, L, D)
+        # Autocast is off inside: the scan and its contractions stay in the inputs' dtype (float32/float64), so
+        # y and the saved tensors share one dtype and backward never mixes bf16/fp16 with float32.
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            batch, seqlen, dim = u.shape
+            d_state = A.shape[1]
+            decay = torch.mul(delta.unsqueeze(-1), A).exp_()  # (B, L, D, N), in (0, 1] for A <= 0
+            h = torch.mul((delta * u).unsqueeze(-1), B.unsqueeze(2))  # (B, L, D, N) drive, scanned in place
+            flat = (batch, seqlen, dim * d_state)
+            _scan_into(decay.view(flat), h.view(flat), None, False, h.view(flat), radix)
+            y = torch.matmul(h, C.unsqueeze(-1)).squeeze(-1)  # (B, L, D)
         ctx.radix = radix
         ctx.save_for_backward(delta, u, A, B, C, decay, h)
         return y, h[:, -1].clone()  # (B, L, D), (B, D, N)
@@ -277,8 +280,27 @@ class _SelectiveScanCore(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor, grad_last: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, None]:
         delta, u, A, B, C, decay, h = ctx.saved_tensors
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return _SelectiveScanCore._backward(ctx, grad_y, grad_last, delta, u, A, B, C, decay, h)
+
+    @staticmethod
+    def _backward(
+        ctx,
+        grad_y: Tensor,
+        grad_last: Tensor | None,
+        delta: Tensor,
+        u: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        decay: Tensor,
+        h: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, None]:
+        """Backward body, in the saved tensors' dtype (incoming grads may be bf16/fp16 under autocast)."""
         batch, seqlen, dim, d_state = h.shape
-        grad_y = grad_y.contiguous()  # (B, L, D)
+        grad_y = grad_y.to(h.dtype).contiguous()  # (B, L, D)
+        if grad_last is not None:
+            grad_last = grad_last.to(h.dtype)  # (B, D, N)
         grad_C = torch.matmul(grad_y.unsqueeze(-2), h).squeeze(-2)  # (B, L, N)
         g = torch.mul(grad_y.unsqueeze(-1), C.unsqueeze(2))  # (B, L, D, N) dL/dh
         if grad_last is not None:
