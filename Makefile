@@ -44,7 +44,7 @@ synth-data: install
 		--frames 10 --image-scale 0.5 --quiet; done
 
 # Retrain the shipped checkpoint (OccLE, tiny, 10% labels) from scratch.
-STEPS ?= 500
+STEPS ?= 250
 checkpoint: synth-data
 	OMP_NUM_THREADS=2 scripts/label_efficiency.sh occle_10 $(STEPS)
 	cp runs/table/occle_10/model.pt models/occle_tiny_synthetic.pt
