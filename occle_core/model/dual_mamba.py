@@ -95,6 +95,13 @@ class _DualLayer(nn.Module):
         return self.sem_stream(sem_in, geo_in), self.geo_stream(geo_in, sem_in)
 
 
+def _check_sizes(owner: str, **sizes: int) -> None:
+    """Raise ValueError naming the first size argument that is below 1."""
+    for name, value in sizes.items():
+        if int(value) < 1:
+            raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+
+
 class DualMamba(nn.Module):
     """Dual Mamba fusion: semantic and geometric grids -> fused feature grid of the same spatial size.
 
@@ -117,16 +124,15 @@ class DualMamba(nn.Module):
         d_state: int = 16,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("sem_channels", sem_channels),
-            ("geo_channels", geo_channels),
-            ("out_channels", out_channels),
-            ("d_model", d_model),
-            ("n_layers", n_layers),
-            ("d_state", d_state),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"DualMamba: {name} must be >= 1, got {value}")
+        _check_sizes(
+            "DualMamba",
+            sem_channels=sem_channels,
+            geo_channels=geo_channels,
+            out_channels=out_channels,
+            d_model=d_model,
+            n_layers=n_layers,
+            d_state=d_state,
+        )
         self.sem_channels, self.geo_channels, self.out_channels = sem_channels, geo_channels, out_channels
         self.sem_embed = nn.Linear(sem_channels, d_model)
         self.geo_embed = nn.Linear(geo_channels, d_model)
@@ -171,15 +177,14 @@ class ConvFusion(nn.Module):
         d_state: int = 16,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("sem_channels", sem_channels),
-            ("geo_channels", geo_channels),
-            ("out_channels", out_channels),
-            ("d_model", d_model),
-            ("n_layers", n_layers),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"ConvFusion: {name} must be >= 1, got {value}")
+        _check_sizes(
+            "ConvFusion",
+            sem_channels=sem_channels,
+            geo_channels=geo_channels,
+            out_channels=out_channels,
+            d_model=d_model,
+            n_layers=n_layers,
+        )
         self.sem_channels, self.geo_channels = sem_channels, geo_channels
         self.sem_proj = nn.Conv3d(sem_channels, d_model, 1)
         self.geo_proj = nn.Conv3d(geo_channels, d_model, 1)
