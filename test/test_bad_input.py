@@ -19,9 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("rclpy")
-
 import rclpy
 import torch
 from rclpy.node import Node

@@ -10,12 +10,8 @@ from __future__ import annotations
 import array
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-pytest.importorskip("sensor_msgs")
-
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from occle_ros import conversions as cv

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("rclpy")
-
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node

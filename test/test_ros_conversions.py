@@ -6,12 +6,9 @@ import time
 
 import numpy as np
 import pytest
+from geometry_msgs.msg import Point
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-pytest.importorskip("rclpy")
-
-from geometry_msgs.msg import Point
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from visualization_msgs.msg import Marker, MarkerArray

@@ -13,16 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("rclpy")
-
 import rclpy
-
-pytest.importorskip("occle_core.predictor")
-
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from occle_core.predictor import Predictor
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -34,6 +27,7 @@ from occle_core.checkpoint import make_checkpoint, save_checkpoint
 from occle_core.config import load_config
 from occle_core.geometry import Calib
 from occle_core.model.occle import OccLE
+from occle_core.predictor import Predictor
 from occle_ros import bag_player, kitti2bag
 from occle_ros import conversions as cv
 from occle_ros import node as occle_node
