@@ -408,8 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _stop(*_: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     status = 0
     try:
         player = BagPlayer(node, bag, args.rate, args.loop, args.start_offset, remap, args.clock, args.topics)
@@ -424,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"occle-play: error: {exc}", file=sys.stderr)
         status = 1
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -231,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _on_signal(signum: int, _frame: object) -> None:
         stopping["signal"] = signum
 
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     status = 0
     try:
         for spec in specs:
@@ -259,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 1
     finally:
         group.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return status
 
 
