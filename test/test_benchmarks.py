@@ -1,0 +1,282 @@
+"""Benchmarks: the helpers compute what they claim, and ``occle-bench --quick`` (CI smoke) produces every
+section's tables with the expected rows and sane numbers. The full run is marked ``bench`` (excluded by
+default; ``pytest -m bench``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import common
+from benchmarks.common import Check, Section, Table, growth_fit, growth_per_doubling, summarize, time_fn
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def test_summarize_median_p95():
+    t = summarize(list(range(1, 101)))  # 1..100
+    assert t.median == pytest.approx(50.5)
+    assert t.p95 == pytest.approx(95.05)
+    assert t.min == 1 and t.n == 100
+    with pytest.raises(ValueError, match="at least one"):
+        summarize([])
+
+
+def test_time_fn_counts_calls_and_rejects_bad_repeats():
+    calls = []
+    t = time_fn(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and t.n == 4 and t.median >= 0
+    with pytest.raises(ValueError, match="repeats"):
+        time_fn(lambda: None, repeats=0)
+
+
+def test_growth_factors():
+    xs = [1, 2, 4, 8]
+    assert growth_per_doubling(xs, [3, 6, 12, 24]) == [None, 2.0, 2.0, 2.0]  # linear
+    assert growth_per_doubling(xs, [1, 4, 16, 64])[1:] == [4.0, 4.0, 4.0]  # quadratic
+    assert growth_per_doubling([1, 4], [1, 4]) == [None, 2.0]  # per doubling, not per step
+    assert growth_fit(xs, [5, 5, 5, 5]) == 1.0
+    assert growth_fit(xs, [1, 4, 16, 64]) == 4.0
+    assert growth_fit([1], [1]) is None
+    with pytest.raises(ValueError, match="same length"):
+        growth_per_doubling([1, 2], [1])
+
+
+def test_rss_sampler_sees_an_allocation():
+    with common.RssSampler(interval=0.001) as rss:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
+        block.sum()
+    del block
+    assert rss.delta_mb > 32
+    assert common.peak_rss_mb() >= rss.peak_mb * 0.9
+
+
+def test_format_table_and_checks():
+    table = Table("T", ["name", "ms"], [{"name": "a", "ms": 1.23456}, {"name": "bb", "ms": None}], ["a note"])
+    text = common.format_table(table)
+    assert text.splitlines()[0] == "T" and "1.235" in text and "note: a note" in text and " -" in text
+    md = common.format_table(table, markdown=True)
+    assert "| name | ms |" in md and "| a | 1.235 |" in md
+    checks = [Check("x", "< 1", "0.5", True), Check("y", "< 1", "2", False), Check("z", "gpu", "none", None)]
+    assert [c.verdict for c in checks] == ["PASS", "FAIL", "SKIP"]
+    assert "[FAIL] y" in common.format_checks(checks)
+    section = Section("s", [table], checks)
+    assert [c["verdict"] for c in section.as_dict()["checks"]] == ["PASS", "FAIL", "SKIP"]
+    assert section.table("T") is table
+    with pytest.raises(KeyError, match="no table"):
+        section.table("missing")
+
+
+def test_machine_info_names_cpu_and_torch():
+    info = common.machine_info()
+    assert info["cores"] >= 1 and info["cpu"] and info["torch"] and len(info["load_average"]) == 3
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+
+
+def test_struct_unpack_baseline_matches_vectorised_decoder():
+    pytest.importorskip("rclpy")
+    from benchmarks.bench_messages import make_cloud_points, struct_unpack_xyzi
+    from occle_ros import conversions as cv
+
+    pts = make_cloud_points(500, seed=3)
+    pts[7, 0] = np.nan  # removed by both
+    # shuffled field order with padding, big endian: the baseline must follow the offsets
+    dtype = np.dtype({"names": ["intensity", "z", "x", "y"], "formats": ["<f4"] * 4, "offsets": [0, 8, 16, 20],
+                      "itemsize": 28})  # fmt: skip
+    arr = np.zeros(len(pts), dtype)
+    arr["x"], arr["y"], arr["z"], arr["intensity"] = pts.T
+    msg = cv.array_to_pointcloud2(arr, "velodyne", 0, is_bigendian=True)
+    ours, base = cv.pointcloud2_to_xyzi(msg), struct_unpack_xyzi(msg)
+    assert base.shape == (499, 4)
+    np.testing.assert_array_equal(ours, base)
+
+
+def test_marker_baselines_hold_every_voxel():
+    pytest.importorskip("rclpy")
+    from rclpy.serialization import deserialize_message
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    from benchmarks.bench_messages import make_occupancy, marker_per_voxel, points_cube_list
+    from occle_core.geometry import VoxelGrid
+    from occle_core.labels import class_table
+    from occle_ros import conversions as cv
+
+    grid = VoxelGrid((0.0, -3.2, -1.0), 0.2, (32, 32, 8))
+    classes = class_table("semantic_kitti")
+    labels = make_occupancy(300, grid, classes, seed=1)
+    assert int((labels != classes.empty_index).sum()) == 300
+    per_voxel = deserialize_message(marker_per_voxel(labels, grid, classes, "f"), MarkerArray)
+    assert sum(m.type == Marker.CUBE for m in per_voxel.markers) == 300
+    cube_list = deserialize_message(points_cube_list(labels, grid, classes, "f"), MarkerArray)
+    np.testing.assert_array_equal(cv.marker_array_to_occupancy(cube_list, grid, classes), labels)
+    with pytest.raises(ValueError, match="occupied"):
+        make_occupancy(grid.num_voxels + 1, grid, classes)
+
+
+def test_cdr_stamp_of_serialized_markers():
+    pytest.importorskip("rclpy")
+    from benchmarks.bench_pipeline import _cdr_header_stamp_ns
+    from occle_core.geometry import VoxelGrid
+    from occle_core.labels import class_table
+    from occle_ros import conversions as cv
+
+    grid = VoxelGrid((0.0, 0.0, 0.0), 0.5, (8, 8, 4))
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[1, 2, 3] = 9
+    stamp = 1_712_345_678_123_456_789
+    data = cv.serialize_occupancy_markers(labels, grid, class_table("semantic_kitti"), "f", stamp)
+    assert _cdr_header_stamp_ns(data) == stamp
+
+
+def test_resample_points_sizes():
+    from benchmarks.bench_pipeline import resample_points
+
+    pts = np.arange(40, dtype=np.float32).reshape(10, 4)
+    sub = resample_points(pts, 4)
+    assert sub.shape == (4, 4) and set(map(tuple, sub)) <= set(map(tuple, pts))
+    sup = resample_points(pts, 25)
+    assert sup.shape == (25, 4)
+    np.testing.assert_array_equal(sup[:10], pts)
+    assert not np.array_equal(sup[10:20, :3], pts[:, :3])  # jittered copies
+
+
+def test_cli_rejects_unknown_section(capsys):
+    from benchmarks.run import main
+
+    with pytest.raises(SystemExit):
+        main(["--only", "nonsense"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- smoke run
+
+
+PIPELINE_STAGES = [
+    "receive: deserialise image + camera_info + cloud",
+    "message -> numpy: image",
+    "message -> numpy: cloud",
+    "message -> numpy: camera_info -> calib",
+    "preprocess: crop points, resize image, calib",
+    "voxelisation (inside the forward)",
+    "model forward (incl. voxelisation)",
+    "argmax -> uint8 labels",
+    "occupied voxels by class",
+    "MarkerArray build (serialized)",
+    "MarkerArray publish",
+    "voxel PointCloud2 build",
+    "voxel PointCloud2 serialize_message",
+    "voxel PointCloud2 publish",
+    "model forward (excl. voxelisation)",
+    "non-model stages together",
+    "whole frame (sum of stages)",
+]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``occle-bench --quick`` once for the module (all sections), as JSON."""
+    pytest.importorskip("rclpy")
+    from benchmarks.run import main
+
+    out = tmp_path_factory.mktemp("bench")
+    status = main(["--quick", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"),
+                   "--workdir", str(out / "work")])  # fmt: skip
+    doc = json.loads((out / "bench.json").read_text())
+    return status, doc, (out / "bench.md").read_text()
+
+
+def _section(doc: dict, name: str) -> dict:
+    return next(s for s in doc["sections"] if s["name"] == name)
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_quick_run_has_every_section(quick_run):
+    status, doc, md = quick_run
+    assert doc["errors"] == {} and status == 0
+    assert [s["name"] for s in doc["sections"]] == ["pipeline", "node", "scaling", "messages", "scan"]
+    assert doc["machine"]["cpu"] and doc["machine"]["torch"]
+    for s in doc["sections"]:
+        assert s["tables"], s["name"]
+        assert s["seconds"] < 60, f"quick section {s['name']} took {s['seconds']:.0f} s"
+        assert all(c["verdict"] in ("PASS", "FAIL", "SKIP") for c in s["checks"])
+    assert "### pipeline" in md and "| stage |" in md
+
+
+def test_quick_pipeline_table(quick_run):
+    _, doc, _ = quick_run
+    sec = _section(doc, "pipeline")
+    rows = {r["stage"]: r for r in sec["tables"][0]["rows"]}
+    assert list(rows) == PIPELINE_STAGES
+    for r in rows.values():
+        assert r["median_ms"] >= 0 and r["p95_ms"] >= r["median_ms"] * 0.999, r
+    model = rows["model forward (excl. voxelisation)"]["median_ms"]
+    assert _positive(model) and rows["whole frame (sum of stages)"]["median_ms"] > model
+    assert rows["model forward (excl. voxelisation)"]["pct_of_model"] == 100.0
+    info = sec["info"]["target"]
+    assert info["occupied_voxels"] > 0 and info["peak_rss_mb"] > 50
+    assert info["predictor_agrees"] is True  # the staged path is the node's path
+    names = [c["name"] for c in sec["checks"]]
+    assert any(n.startswith("non-model stages vs tiny forward") for n in names)
+
+
+def test_quick_node_latency(quick_run):
+    _, doc, _ = quick_run
+    sec = _section(doc, "node")
+    rows = sec["tables"][0]["rows"]
+    e2e = rows[0]
+    assert e2e["measure"].startswith("end-to-end") and e2e["n"] >= 1 and _positive(e2e["median_ms"])
+    assert _positive(sec["info"]["node_model_ms"])
+    # the markers cannot arrive before the model has run on the frame
+    assert e2e["median_ms"] >= 0.5 * sec["info"]["node_model_ms"]
+
+
+def test_quick_scaling_tables(quick_run):
+    _, doc, _ = quick_run
+    sec = _section(doc, "scaling")
+    points, grids, pubs = sec["tables"]
+    assert [r["points"] for r in points["rows"]][-1] == "fit x2"
+    counts = [r["points"] for r in points["rows"][:-1]]
+    assert counts == sorted(counts) and len(counts) >= 2
+    assert all(_positive(r["decode_ms"]) and _positive(r["forward_ms"]) for r in points["rows"][:-1])
+    assert points["rows"][1]["decode_ms x2"] is not None
+    voxels = [r["voxels"] for r in grids["rows"][:-1]]
+    assert voxels == sorted(voxels) and len(voxels) >= 2
+    occupied = [r["occupied"] for r in pubs["rows"][:-1]]
+    assert 100_000 in occupied
+    assert all(r["markers_mb"] > 0 for r in pubs["rows"][:-1])
+    names = [c["name"] for c in sec["checks"]]
+    assert "MarkerArray of 100k occupied voxels built + published" in names
+
+
+def test_quick_message_ratios(quick_run):
+    _, doc, _ = quick_run
+    rows = _section(doc, "messages")["tables"][0]["rows"]
+    assert all(r["outputs_equal"] for r in rows)
+    decode = next(r for r in rows if r["bench"].startswith("PointCloud2"))
+    per_voxel = next(r for r in rows if r["baseline"] == "one CUBE Marker per voxel")
+    assert decode["speedup"] > 5 and per_voxel["speedup"] > 2
+
+
+def test_quick_scan_ratio(quick_run):
+    _, doc, _ = quick_run
+    rows = _section(doc, "scan")["tables"][0]["rows"]
+    assert any(r["bench"] == "selective_scan forward" for r in rows)
+    assert all(_positive(r["ms"]) for r in rows)
+
+
+@pytest.mark.bench
+def test_full_benchmark(tmp_path):
+    """The full ``occle-bench`` (minutes): every section runs; targets are printed, not asserted."""
+    from benchmarks.run import main
+
+    assert main(["--json", str(tmp_path / "bench.json"), "--workdir", str(tmp_path / "work")]) == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["errors"] == {} and len(doc["sections"]) == 5
