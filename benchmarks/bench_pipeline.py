@@ -611,6 +611,16 @@ def _cdr_header_stamp_ns(data: bytes) -> int:
     return int(sec) * 1_000_000_000 + int(nsec)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the benchmark process dies (no orphaned node)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
 def _node_params(path: Path, checkpoint: Path, T: np.ndarray) -> None:
     import yaml
 
@@ -660,7 +670,7 @@ def run_node(
     cmd = [sys.executable, "-m", "occle_ros.node", "--ros-args", "-r", f"__ns:={ns}", "-r", f"__node:={node_name}"]
     cmd += ["--params-file", str(params)]
     log = open(workdir / "node.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     section = Section("node")
@@ -728,6 +738,9 @@ def run_node(
             publish_frame()
             wait_for(i + 1, 60.0)
             warm.append((time.time_ns() - t0) / 1e6)
+            with lock:
+                if len(received) < i + 1:  # no answer within a minute: do not wait for the others
+                    break
         with lock:
             if len(received) < 3:
                 seen = {k: v for k, v in diag.items() if k.startswith(("received_", "sync_", "rejected"))}

@@ -215,6 +215,27 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _caches() -> str:
+    """``"L1d 32K, L2 512K, L3 8192K"`` from sysfs (per core / shared as the kernel reports them), or ""."""
+    out = []
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            if not entry.startswith("index"):
+                continue
+            with open(f"{base}/{entry}/level") as f:
+                level = f.read().strip()
+            with open(f"{base}/{entry}/type") as f:
+                kind = f.read().strip()
+            with open(f"{base}/{entry}/size") as f:
+                size = f.read().strip()
+            if kind != "Instruction":
+                out.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    except OSError:
+        return ""
+    return ", ".join(out)
+
+
 def machine_info() -> dict[str, Any]:
     """Where the numbers come from: CPU model, cores, memory, load, python / torch / numpy versions, threads,
     GPU (when CUDA is available) and the RMW implementation."""
@@ -223,6 +244,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "caches": _caches(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
