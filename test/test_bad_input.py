@@ -3,7 +3,7 @@
 Every row names what it sends, the counter that must increment and the log text (or exception) expected.
 Node rows go through ``OccleNode.handle_frame`` (what the worker does with a synchronised set) or the
 subscription callback ``OccleNode._on_msg``; the node must keep running after each. The small random-initialised
-checkpoint and the frame helpers are the ones of ``test_ros_node``.
+checkpoint (``conftest``) and the frame helpers (``helpers_ros``) are the ones of ``test_ros_node``.
 """
 
 from __future__ import annotations
@@ -11,19 +11,17 @@ from __future__ import annotations
 import array
 import os
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import torch
+from helpers_ros import HW, STAMP, frame_messages, make_frame, node_params, nonblank_lines, run_node_process, wait_until
 from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2, PointField
-from test_ros_node import HW, build_checkpoint, frame_messages, make_frame, node_params
 
 from occle_core.checkpoint import load_checkpoint, save_checkpoint
 from occle_core.geometry import Calib
@@ -32,7 +30,6 @@ from occle_ros import conversions as cv
 from occle_ros import node as occle_node
 
 pytestmark = pytest.mark.ros
-STAMP = 1_700_000_000_000_000_000
 
 
 class LogRecorder:
@@ -48,34 +45,25 @@ class LogRecorder:
         return "\n".join(t for _, t in self.lines)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def predictor(checkpoint) -> Predictor:
-    return Predictor(checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def ros_ctx():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
-
-@pytest.fixture
-def node(ros_ctx, checkpoint, predictor):
-    """A fresh node per row (counters start at 0), logging unthrottled into a recorder."""
+@contextmanager
+def recording_node(ctx, checkpoint: Path, predictor: Predictor, log_throttle: float) -> Iterator[occle_node.OccleNode]:
+    """An OccleNode (counters at 0) whose logger is a LogRecorder, ``node.log``; destroyed on exit."""
     n = occle_node.OccleNode(
-        predictor=predictor, context=ros_ctx, parameter_overrides=node_params(checkpoint, log_throttle=0.0)
+        predictor=predictor, context=ctx, parameter_overrides=node_params(checkpoint, log_throttle=log_throttle)
     )
     n.log = LogRecorder()
     n.get_logger = lambda: n.log
-    yield n
-    n.destroy_node()
+    try:
+        yield n
+    finally:
+        n.destroy_node()
+
+
+@pytest.fixture
+def node(ros_module_context, checkpoint, predictor):
+    """A fresh node per row (counters start at 0), logging unthrottled into a recorder."""
+    with recording_node(ros_module_context, checkpoint, predictor, log_throttle=0.0) as n:
+        yield n
 
 
 # -- message builders -------------------------------------------------------------------------------------------
@@ -232,21 +220,14 @@ def test_two_million_points_are_subsampled_in_bounded_time(node):
     assert elapsed < 20.0, elapsed
 
 
-def test_repeated_bad_input_is_throttled(ros_ctx, checkpoint, predictor):
-    n = occle_node.OccleNode(
-        predictor=predictor, context=ros_ctx, parameter_overrides=node_params(checkpoint, log_throttle=30.0)
-    )
-    n.log = LogRecorder()
-    n.get_logger = lambda: n.log
-    try:
+def test_repeated_bad_input_is_throttled(ros_module_context, checkpoint, predictor):
+    with recording_node(ros_module_context, checkpoint, predictor, log_throttle=30.0) as n:
         _, _, _, (image, info, _) = good_frame()
         empty = cv.xyzi_to_pointcloud2(np.zeros((0, 4), np.float32), "velo", STAMP)
         for _ in range(20):
             n.handle_frame(image, info, empty)
         assert n.statistics()["rejected.cloud_empty"] == 20
         assert len(n.log.lines) == 1  # once per log_throttle seconds per reason
-    finally:
-        n.destroy_node()
 
 
 # -- timing faults (through the subscription callback) ----------------------------------------------------------
@@ -258,15 +239,6 @@ def _send(node, stamp_ns: int, streams=(0, 1, 2), msgs=None) -> None:
         m = msgs[s]
         m.header.stamp.sec, m.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         node._on_msg(s, m)
-
-
-def _wait(cond, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _duplicate(node):
@@ -316,13 +288,13 @@ def test_timing_faults_are_counted(node, feed, counter, count, matched):
     s = node.statistics()
     assert s[counter] == count and s["sync_matched"] == matched, s
     assert max(node._sync.pending()) <= node.queue_size
-    assert _wait(lambda: node.statistics()["processed"] + node.statistics()["dropped_superseded"] == matched)
+    assert wait_until(lambda: node.statistics()["processed"] + node.statistics()["dropped_superseded"] == matched)
 
 
 def test_sensor_that_stops_gets_no_stale_republish(node):
     """After the cloud stops, images and camera_info keep coming: nothing more is processed or published."""
     _send(node, STAMP)
-    assert _wait(lambda: node.statistics()["processed"] == 1)
+    assert wait_until(lambda: node.statistics()["processed"] == 1)
     for i in range(1, 30):
         _send(node, STAMP + i * 100_000_000, streams=(0, 1))
     time.sleep(0.5)
@@ -331,13 +303,8 @@ def test_sensor_that_stops_gets_no_stale_republish(node):
     assert max(node._sync.pending()) <= node.queue_size
 
 
-def test_missing_camera_info_warns_throttled(ros_ctx, checkpoint, predictor):
-    n = occle_node.OccleNode(
-        predictor=predictor, context=ros_ctx, parameter_overrides=node_params(checkpoint, log_throttle=30.0)
-    )
-    n.log = LogRecorder()
-    n.get_logger = lambda: n.log
-    try:
+def test_missing_camera_info_warns_throttled(ros_module_context, checkpoint, predictor):
+    with recording_node(ros_module_context, checkpoint, predictor, log_throttle=30.0) as n:
         n._started -= 10.0  # past the 2 s start-up grace period
         for i in range(10):
             _send(n, STAMP + i * 100_000_000, streams=(0, 2))
@@ -345,8 +312,6 @@ def test_missing_camera_info_warns_throttled(ros_ctx, checkpoint, predictor):
         assert warnings == ["no camera_info received yet; waiting (frames need P)"]
         s = n.statistics()
         assert s["received_image"] == 10 and s["received_points"] == 10 and s["sync_matched"] == 0
-    finally:
-        n.destroy_node()
 
 
 # -- start-up: one error line, exit status 1, no traceback ------------------------------------------------------
@@ -438,7 +403,7 @@ def test_startup_error_is_one_line_and_exit_1(tmp_path, checkpoint, capfd, make,
     capfd.readouterr()
     assert occle_node.main(args) == 1
     err = capfd.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = nonblank_lines(err)
     assert len(lines) == 1 and lines[0].startswith("occle_node: error: "), err
     assert re.search(pattern, lines[0]), lines[0]
     assert "Traceback" not in err
@@ -448,15 +413,8 @@ def test_startup_error_is_one_line_and_exit_1(tmp_path, checkpoint, capfd, make,
 def test_startup_error_of_the_executable_has_no_traceback(tmp_path, checkpoint):
     """The same through a real process: `python -m occle_ros.node --ros-args -p checkpoint:=<truncated>`."""
     bad = _truncated(checkpoint, tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "occle_ros.node", "--ros-args", "-p", f"checkpoint:={bad}", "-p", "device:=cpu"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    proc, lines = run_node_process("-p", f"checkpoint:={bad}", "-p", "device:=cpu")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and "truncated.pt is truncated or not a torch file" in lines[0], proc.stderr
 
 
@@ -548,7 +506,7 @@ def test_corrupt_file_gives_a_clear_error_naming_it(tmp_path, read, exc, pattern
         read(tmp_path)
 
 
-def test_bag_with_unknown_message_types_is_skipped_with_a_warning(tmp_path, ros_ctx):
+def test_bag_with_unknown_message_types_is_skipped_with_a_warning(tmp_path, ros_module_context):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -564,7 +522,7 @@ def test_bag_with_unknown_message_types_is_skipped_with_a_warning(tmp_path, ros_
             t = 1_000_000_000 + i * 1_000_000
             w.write(c_custom, t, ts.serialize_cdr(ts.types["my_pkg/msg/Custom"](value=i), "my_pkg/msg/Custom"))
             w.write(c_str, t, ts.serialize_cdr(ts.types["std_msgs/msg/String"](data=f"m{i}"), "std_msgs/msg/String"))
-    player_node = Node("bad_bag_player", context=ros_ctx)
+    player_node = Node("bad_bag_player", context=ros_module_context)
     rec = LogRecorder()
     player_node.get_logger = lambda: rec
     try:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from helpers_ros import build_checkpoint, frame_messages, make_frame, node_params
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
-from test_ros_node import build_checkpoint, frame_messages, make_frame, node_params
 from visualization_msgs.msg import MarkerArray
 
 from occle_core.predictor import Predictor

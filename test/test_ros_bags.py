@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from helpers_ros import SEQ_T_AXES, Spinner, wait_until, write_sequence
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.highlevel import AnyReader
@@ -21,40 +20,10 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
-from occle_core.data.semantic_kitti import write_image, write_points, write_poses, write_times
-from occle_core.geometry import Calib, write_kitti_calib
 from occle_ros import bag_player, kitti2bag
 from occle_ros import conversions as cv
 
 pytestmark = pytest.mark.ros
-T_AXES = np.array([[0, -1, 0, 0.1], [0, 0, -1, -0.05], [1, 0, 0, -0.2], [0, 0, 0, 1]], np.float64)
-
-
-def write_sequence(root: Path, frames: int = 3, seed: int = 0, hw: tuple[int, int] = (24, 80)) -> Path:
-    """A tiny SemanticKITTI-layout sequence 00 (images, scans, calib, poses, times)."""
-    rng = np.random.default_rng(seed)
-    seq = root / "sequences" / "00"
-    (seq / "velodyne").mkdir(parents=True)
-    (seq / "image_2").mkdir()
-    P = np.array([[50.0, 0, hw[1] / 2, 0], [0, 50.0, hw[0] / 2, 0], [0, 0, 1, 0]])
-    write_kitti_calib(seq / "calib.txt", Calib(P, T_AXES, hw))
-    poses = np.tile(np.eye(4), (frames, 1, 1))
-    poses[:, 2, 3] = np.arange(frames) * 0.7  # cam0 drives along its z axis
-    write_poses(seq / "poses.txt", poses)
-    write_times(seq / "times.txt", np.arange(frames) * 0.1)
-    for i in range(frames):
-        pts = np.c_[rng.uniform([1, -10, -1.5], [40, 10, 2], (300 + 10 * i, 3)), rng.uniform(0, 1, 300 + 10 * i)]
-        write_points(seq / "velodyne" / f"{i:06d}.bin", pts.astype(np.float32))
-        write_image(seq / "image_2" / f"{i:06d}.png", rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
-    return seq
-
-
-@pytest.fixture
-def ros_context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
 
 
 class Collector:
@@ -66,22 +35,14 @@ class Collector:
         qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
         for topic, cls in topics.items():
             self.node.create_subscription(cls, topic, lambda m, t=topic: self.msgs[t].append(m), qos)
-        self.executor = SingleThreadedExecutor(context=ctx)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = Spinner(ctx, self.node)
 
     def wait(self, counts: dict[str, int], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(len(self.msgs[t]) >= n for t, n in counts.items()):
-                return True
-            time.sleep(0.02)
-        return False
+        """True once every topic in ``counts`` has at least its count of messages (False after ``timeout`` s)."""
+        return wait_until(lambda: all(len(self.msgs[t]) >= n for t, n in counts.items()), timeout)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
+        self.spinner.close()
 
 
 # ------------------------------------------------------------------------------------------------ kitti2bag
@@ -114,7 +75,7 @@ def test_kitti2bag_writes_every_topic(tmp_path):
     assert info.p[0] == 50.0 and (info.height, info.width) == (24, 80)
     static = by_topic["/tf_static"][0][1].transforms[0]
     assert (static.header.frame_id, static.child_frame_id) == ("velo_link", "camera_color_left")
-    assert static.transform.translation.x == pytest.approx(np.linalg.inv(T_AXES)[0, 3])
+    assert static.transform.translation.x == pytest.approx(np.linalg.inv(SEQ_T_AXES)[0, 3])
     odom = by_topic["/tf"][2][1].transforms[0]
     assert odom.child_frame_id == "velo_link" and odom.transform.translation.x == pytest.approx(1.4)
 

@@ -105,12 +105,11 @@ def test_occle_launch_runs_node_and_player_and_stops_on_sigterm(tmp_path):
     import time
 
     import rclpy
+    from helpers_ros import HW, build_checkpoint, write_sequence
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
-    from test_ros_bags import write_sequence
-    from test_ros_node import HW, build_checkpoint
 
     from occle_ros import kitti2bag
 

@@ -4,97 +4,34 @@ through the node."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
+from helpers_ros import (
+    HW,
+    STAMP,
+    Spinner,
+    frame_messages,
+    make_frame,
+    node_params,
+    run_node_process,
+    wait_until,
+    write_sequence,
+)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
-from occle_core.checkpoint import make_checkpoint, save_checkpoint
-from occle_core.config import load_config
-from occle_core.geometry import Calib
-from occle_core.model.occle import OccLE
-from occle_core.predictor import Predictor
 from occle_ros import bag_player, kitti2bag
 from occle_ros import conversions as cv
 from occle_ros import node as occle_node
 
 pytestmark = pytest.mark.ros
-GRID = {"origin": [0.0, -12.8, -2.0], "voxel_size": 0.4, "shape": [64, 64, 8]}
-T_AXES = np.array([[0, -1, 0, 0.0], [0, 0, -1, -0.1], [1, 0, 0, -0.3], [0, 0, 0, 1]], np.float64)
-HW = (48, 160)
-P = np.array([[80.0, 0, 80, 0], [0, 80.0, 24, 0], [0, 0, 1, 0]])
-
-
-def build_checkpoint(path: Path) -> Path:
-    """Write a random-initialised tiny OccLE on a 64 x 64 x 8 grid (fast on CPU) to ``path``."""
-    cfg = load_config(None, {"data": {"grid": GRID, "image_size": [48, 160]}})
-    torch.manual_seed(0)
-    model = OccLE(cfg)
-    with torch.no_grad():  # spread the logits so the argmax is not one class everywhere
-        for p in model.heads["logits"].parameters():
-            p.mul_(8.0)
-    save_checkpoint(path, make_checkpoint(cfg.to_dict(), cfg.data.classes(), cfg.data.voxel_grid(), model.state_dict()))
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def predictor(checkpoint) -> Predictor:
-    return Predictor(checkpoint, device="cpu")
-
-
-@pytest.fixture
-def ros_context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
-
-def make_frame(seed: int = 0, n: int = 3000):
-    rng = np.random.default_rng(seed)
-    pts = np.c_[rng.uniform([0.5, -12, -1.8], [25, 12, 1.0], (n, 3)), rng.uniform(0, 1, n)].astype(np.float32)
-    rgb = rng.integers(0, 256, (*HW, 3), dtype=np.uint8)
-    return rgb, pts, Calib(P, T_AXES, HW)
-
-
-def frame_messages(rgb, pts, stamp_ns: int, encoding: str = "rgb8"):
-    arr = rgb[:, :, ::-1].copy() if encoding == "bgr8" else rgb
-    image = cv.array_to_image(arr, encoding, "camera", stamp_ns)
-    info = cv.projection_to_camera_info(P, HW, "camera", stamp_ns)
-    cloud = cv.xyzi_to_pointcloud2(pts, "velo", stamp_ns)
-    return image, info, cloud
-
-
-def node_params(checkpoint, **extra) -> list[Parameter]:
-    values = {
-        "checkpoint": str(checkpoint),
-        "device": "cpu",
-        "extrinsics.source": "matrix",
-        "extrinsics.matrix": T_AXES.reshape(-1).tolist(),
-        "diagnostics_period": 0.2,
-        "log_throttle": 0.0,
-        **extra,
-    }
-    return [Parameter(k, value=v) for k, v in values.items()]
 
 
 class Harness:
@@ -117,11 +54,7 @@ class Harness:
         self.io.create_subscription(MarkerArray, "occupancy/markers", self.markers.append, qos)
         self.io.create_subscription(PointCloud2, "occupancy/voxels", self.voxels.append, qos)
         self.io.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 10)
-        self.executor = SingleThreadedExecutor(context=ctx)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.io)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = Spinner(ctx, self.node, self.io)
         assert self.wait(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values()))
         assert self.wait(lambda: self.node.pub_voxels.get_subscription_count() > 0)
 
@@ -130,19 +63,10 @@ class Harness:
         self.pubs["image"].publish(image)
         self.pubs["points"].publish(cloud)
 
-    @staticmethod
-    def wait(cond, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return False
+    wait = staticmethod(wait_until)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.io.destroy_node()
+        self.spinner.close()
 
 
 def test_node_outputs_equal_predictor(ros_context, checkpoint, predictor):
@@ -176,7 +100,7 @@ def test_bad_input_is_counted_skipped_and_the_node_keeps_running(ros_context, ch
     h = Harness(ros_context, checkpoint, predictor=predictor, publish_classes=["car", "road", "building"])
     try:
         rgb, pts, _ = make_frame(2)
-        t = 1_700_000_000_000_000_000
+        t = STAMP
         image, info, cloud = frame_messages(rgb, pts, t)
         cloud.fields = cloud.fields[:2]  # no z
         h.send(image, info, cloud)
@@ -228,7 +152,7 @@ def test_worker_takes_the_newest_frame_and_counts_drops(ros_context, checkpoint,
     h = Harness(ros_context, checkpoint, predictor=slow)
     try:
         rgb, pts, _ = make_frame(3, n=500)
-        t = 1_700_000_000_000_000_000
+        t = STAMP
         sent = []
         for i in range(8):  # 8 frames 50 ms apart: far faster than the 0.4 s model
             stamp = t + i * 50_000_000
@@ -249,8 +173,6 @@ def test_worker_takes_the_newest_frame_and_counts_drops(ros_context, checkpoint,
 
 
 def test_bag_from_kitti2bag_through_occle_play_into_the_node(tmp_path, ros_context, checkpoint, predictor):
-    from test_ros_bags import write_sequence
-
     seq = write_sequence(tmp_path / "data", frames=4, seed=5, hw=HW)
     bag = tmp_path / "bag"
     assert kitti2bag.main(["--data", str(tmp_path / "data"), "--sequence", "00", "--out", str(bag)]) == 0
@@ -320,15 +242,7 @@ def test_foreign_checkpoint_and_cuda_on_cpu(ros_context, tmp_path, checkpoint):
 
 def test_occle_node_process_exits_with_one_line(tmp_path):
     """The executable: a missing checkpoint gives exit status 1 and a single error line, no traceback."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "occle_ros.node", "--ros-args", "-p", f"checkpoint:={tmp_path / 'none.pt'}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    proc, lines = run_node_process("-p", f"checkpoint:={tmp_path / 'none.pt'}")
     assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("occle_node: error: checkpoint"), proc.stderr
     assert "Traceback" not in proc.stderr

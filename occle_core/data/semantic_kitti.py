@@ -46,6 +46,34 @@ def _require_file(path: Path) -> None:
         raise FileNotFoundError(f"file not found: {path}")
 
 
+def _file_size(path: Path, expected: int | None = None, layout: str = "") -> int:
+    """Size in bytes of the existing file ``path``; with ``expected``, a ValueError naming the file unless equal.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: ``expected`` is given and the size differs (the message names ``layout``, e.g. the voxel grid).
+    """
+    _require_file(path)
+    size = path.stat().st_size
+    if expected is not None and size != expected:
+        raise ValueError(f"{path}: size {size} bytes, expected {expected} ({layout})")
+    return size
+
+
+def _write_uint_array(path: str | Path, values: np.ndarray, ndim: int, what: str, shape: str, dtype: str) -> None:
+    """Write ``values`` as a C-order ``dtype`` (little-endian unsigned) array after checking its rank and range.
+
+    Raises:
+        ValueError: ``values`` does not have ``ndim`` dimensions (named ``shape``) or a value does not fit ``dtype``.
+    """
+    arr = np.asarray(values)
+    if arr.ndim != ndim:
+        raise ValueError(f"{what} must have shape {shape}, got {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
+        raise ValueError(f"{what} must fit in {np.dtype(dtype).name}")
+    np.ascontiguousarray(arr, dtype=dtype).tofile(Path(path))
+
+
 def _frame_name(frame: int | str) -> str:
     return f"{int(frame):06d}"
 
@@ -61,8 +89,7 @@ def read_points(path: str | Path) -> np.ndarray:
         ValueError: its size is not a multiple of 16 bytes (4 float32 per point).
     """
     path = Path(path)
-    _require_file(path)
-    size = path.stat().st_size
+    size = _file_size(path)
     if size % 16:
         raise ValueError(f"{path}: size {size} bytes is not a multiple of 16 (4 float32 per point)")
     return np.fromfile(path, dtype="<f4").reshape(-1, 4)
@@ -87,8 +114,7 @@ def read_point_labels(path: str | Path, num_points: int | None = None) -> np.nda
         ValueError: its size is not a multiple of 4 bytes, or it does not hold ``num_points`` labels.
     """
     path = Path(path)
-    _require_file(path)
-    size = path.stat().st_size
+    size = _file_size(path)
     if size % 4:
         raise ValueError(f"{path}: size {size} bytes is not a multiple of 4 (one uint32 per point)")
     if num_points is not None and size != 4 * num_points:
@@ -98,12 +124,7 @@ def read_point_labels(path: str | Path, num_points: int | None = None) -> np.nda
 
 def write_point_labels(path: str | Path, labels: np.ndarray) -> None:
     """Write (N,) uint32 point labels (``labels/NNNNNN.label``)."""
-    lab = np.asarray(labels)
-    if lab.ndim != 1:
-        raise ValueError(f"point labels must have shape (N,), got {lab.shape}")
-    if lab.size and (lab.min() < 0 or lab.max() > 0xFFFFFFFF):
-        raise ValueError("point labels must fit in uint32")
-    np.ascontiguousarray(lab, dtype="<u4").tofile(Path(path))
+    _write_uint_array(path, labels, 1, "point labels", "(N,)", "<u4")
 
 
 def split_point_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,12 +157,8 @@ def read_voxel_bits(path: str | Path, shape: tuple[int, int, int] = VOXEL_SHAPE)
         ValueError: its size is not ``prod(shape) / 8`` bytes (262144 for 256 x 256 x 32).
     """
     path = Path(path)
-    _require_file(path)
     count = int(np.prod(shape))
-    expected = (count + 7) // 8
-    size = path.stat().st_size
-    if size != expected:
-        raise ValueError(f"{path}: size {size} bytes, expected {expected} (bit-packed {shape} voxels)")
+    _file_size(path, (count + 7) // 8, f"bit-packed {shape} voxels")
     bits = np.unpackbits(np.fromfile(path, dtype=np.uint8), count=count)
     return bits.reshape(shape).astype(bool)
 
@@ -162,22 +179,13 @@ def read_voxel_labels(path: str | Path, shape: tuple[int, int, int] = VOXEL_SHAP
         ValueError: its size is not ``2 * prod(shape)`` bytes (4194304 for 256 x 256 x 32).
     """
     path = Path(path)
-    _require_file(path)
-    expected = 2 * int(np.prod(shape))
-    size = path.stat().st_size
-    if size != expected:
-        raise ValueError(f"{path}: size {size} bytes, expected {expected} (uint16 labels of {shape} voxels)")
+    _file_size(path, 2 * int(np.prod(shape)), f"uint16 labels of {shape} voxels")
     return np.fromfile(path, dtype="<u2").reshape(shape)
 
 
 def write_voxel_labels(path: str | Path, labels: np.ndarray) -> None:
     """Write (X, Y, Z) raw semantic ids as little-endian uint16 in C order."""
-    lab = np.asarray(labels)
-    if lab.ndim != 3:
-        raise ValueError(f"voxel labels must have shape (X, Y, Z), got {lab.shape}")
-    if lab.size and (lab.min() < 0 or lab.max() > 0xFFFF):
-        raise ValueError("voxel labels must fit in uint16")
-    np.ascontiguousarray(lab, dtype="<u2").tofile(Path(path))
+    _write_uint_array(path, labels, 3, "voxel labels", "(X, Y, Z)", "<u2")
 
 
 # ------------------------------------------------------------------------------------------ poses and times
