@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dds_defaults:
         from benchmarks.bench_pipeline import large_data_profile
 
-        profile = large_data_profile(workdir)  # before the first DDS participant of this process
+        profile = large_data_profile()  # before the first DDS participant of this process
         if profile:
             print(f"Fast DDS profile: {profile} (FASTDDS_DEFAULT_PROFILES_FILE; --dds-defaults to run without)")
     names = [s for s in SECTIONS if not args.only or s in args.only]

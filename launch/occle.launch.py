@@ -16,17 +16,24 @@ Arguments (``ros2 launch occle_ros occle.launch.py --show-args`` lists them with
 - input_qos: node input QoS, sensor_data | reliable | auto (reliable when a bag is played, else sensor_data)
 - wait_subscribers: seconds the player waits for the node's subscriptions before it starts
 
+The processes get the shipped Fast DDS large-data profile (config/fastdds_large_data.xml: full-size camera
+images over shared memory) unless FASTDDS_DEFAULT_PROFILES_FILE is set or the RMW is not Fast DDS
+(occle_ros/dds.py).
+
 The same arguments drive ``occle-launch`` (occle_ros/launcher.py) where the ROS ``launch`` package is not
 installed; both take the argument list from ``occle_ros.launcher.ARGUMENTS``.
 """
 
 from __future__ import annotations
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+import os
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
+from occle_ros.dds import large_data_env
 from occle_ros.launcher import ARGUMENT_NAMES, ARGUMENTS, _truthy, node_ros_args, player_args, rviz_config
 
 
@@ -59,7 +66,11 @@ def _node_parameters(ros_args: list[str]) -> tuple[list, list[tuple[str, str]]]:
 def _launch_setup(context, *args, **kwargs):
     values = _resolved(context)
     params, remaps = _node_parameters(node_ros_args(values))
-    actions = [
+    # Fast DDS large-data profile for the processes below, unless the user (or an including launch file)
+    # configured Fast DDS or another RMW
+    env = getattr(context, "environment", os.environ)
+    actions = [SetEnvironmentVariable(name, value) for name, value in large_data_env(env).items()]
+    actions += [
         Node(
             package="occle_ros",
             executable="occle_node",

@@ -401,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import rclpy
     from rclpy.node import Node
 
+    from occle_ros.dds import apply_large_data_profile
+
+    apply_large_data_profile()  # before rclpy.init: full-size camera images over Fast DDS (unless configured)
     rclpy.init(args=["occle-play", *ros_args])
     node = Node("occle_player")
     stop = threading.Event()

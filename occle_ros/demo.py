@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         return _fail(f"{exc}. The demo needs the shipped checkpoint models/occle_tiny_synthetic.pt (make checkpoint)")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from occle_ros.dds import apply_large_data_profile
+
+    apply_large_data_profile()  # before rclpy.init; the node and player inherit it (full-size images over SHM)
     out.mkdir(parents=True, exist_ok=True)
 
     # -- model facts (grid, speed) from the checkpoint, in this process --------------------------------------

@@ -9,6 +9,9 @@
   the model loads);
 - ``rviz2 -d rviz/occle.rviz`` when ``rviz`` is true and ``rviz2`` is on the PATH (a note otherwise).
 
+Every child gets the shipped Fast DDS large-data profile (``config/fastdds_large_data.xml``) unless the user
+configured Fast DDS or another RMW (:mod:`occle_ros.dds`).
+
 SIGINT/SIGTERM stop every child (SIGINT first, SIGTERM/SIGKILL after a grace period). The launcher exits when
 the node exits (with its status), or, with ``exit_after_bag:=true``, once the bag has been played.
 """
@@ -192,7 +195,9 @@ class ProcessGroup:
                 print(f"occle-launch: {spec.cmd[0]} not found; not starting {spec.name}", file=sys.stderr)
                 return None
             raise FileNotFoundError(f"executable {spec.cmd[0]!r} of {spec.name} not found")
-        env = {**os.environ, **spec.env}
+        from occle_ros.dds import dds_environment
+
+        env = dds_environment({**os.environ, **spec.env})  # Fast DDS large-data profile unless configured
         proc = subprocess.Popen(spec.cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent_hook(), **popen)
         self.procs[spec.name] = proc
         return proc
