@@ -7,8 +7,10 @@ a 376 x 1241 image, the 256 x 256 x 32 grid; ``occle_core.data.synthetic``) goes
     rclpy deserialisation of the incoming Image / CameraInfo / PointCloud2 (the executor's work)
     -> message -> numpy (image, cloud, camera_info)
     -> preprocessing (points inside the grid, image resize + normalisation, calibration of the resized image)
-    -> model forward (its voxelisation step also timed on its own)
-    -> argmax -> (X, Y, Z) uint8 labels
+    -> model: encoders, branches and fusion (its voxelisation step also timed on its own)
+    -> logits head fused with the class decision -> (X, Y, Z) uint8 labels (``OccLE.classify``: the head's GEMM
+       runs block by block and each block is decided while in cache; the head's GEMM alone, over the same
+       blocks, is timed too, so model time = trunk - voxelisation + GEMM and the decision = fused - GEMM)
     -> occupied voxels grouped by class -> serialized MarkerArray -> publish
     -> voxel PointCloud2 -> serialize_message -> publish
 
@@ -43,13 +45,14 @@ import torch
 from benchmarks.common import Check, RssSampler, Section, Table, cuda_peak_mb, peak_rss_mb, summarize, sync_cuda
 from occle_core.config import OccleConfig, load_config
 from occle_core.geometry import Calib, VoxelGrid
+from occle_ros.dds import apply_large_data_profile
 
 __all__ = [
-    "FASTDDS_LARGE_DATA_PROFILE",
     "FULL_POINTS",
     "Frame",
     "ModelSource",
     "StagedPipeline",
+    "head_gemm_only",
     "large_data_profile",
     "load_model",
     "resample_points",
@@ -67,6 +70,13 @@ QUICK_POINTS = 30_000
 
 #: non-model stages: everything but the network (the voxelisation inside the forward is counted here too)
 MODEL_STAGE = "model forward (excl. voxelisation)"
+VOXELISE_STAGE = "voxelisation (inside the forward)"
+TRUNK_STAGE = "model: encoders, branches, fusion (incl. voxelisation)"
+FUSED_HEAD_STAGE = "logits head fused with the class decision"
+HEAD_GEMM_STAGE = "logits head GEMM alone (same blocks, no decision)"
+DECISION_STAGE = "class decision (fused head - its GEMM)"
+#: rows shown for reference whose parts make up the totals: model = trunk - voxelisation + head GEMM
+PART_STAGES = {TRUNK_STAGE: "(model incl. vox.)", FUSED_HEAD_STAGE: "(model + decision)", HEAD_GEMM_STAGE: "(model)"}
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -229,6 +239,13 @@ def load_model(
 # ------------------------------------------------------------------------------------------------ stages
 
 
+def head_gemm_only(model: Any, fused: torch.Tensor) -> None:
+    """The logits head's GEMM over the same blocks as ``model.classify(fused)``, each block discarded: the model
+    share of the fused head (the rest of ``classify`` is the class decision)."""
+    for _ in model.heads["logits"].blocks(fused):
+        pass
+
+
 class StagedPipeline:
     """``OccleNode.process`` split into separately timed stages (see the module docstring)."""
 
@@ -305,15 +322,13 @@ class StagedPipeline:
 
         batch = timed("preprocess: crop points, resize image, calib", preprocess)
         stride = getattr(self.model, "feature_stride", cfg.model.feature_stride)
-        timed("voxelisation (inside the forward)", lambda: voxelize_points(batch.points, grid, stride, 1))
-        with torch.inference_mode(), self._autocast():
-            logits = timed("model forward (incl. voxelisation)", lambda: self.model(batch, inference=True)).logits
-
-        def argmax(lg: torch.Tensor = logits) -> np.ndarray:  # as Predictor.predict
-            return lg[0].max(0).indices.to(torch.uint8).cpu().numpy()  # (1, K, X, Y, Z) -> (X, Y, Z)
-
-        labels = timed("argmax -> uint8 labels", argmax)
-        del logits, argmax  # free the (1, K, X, Y, Z) logits before the message stages
+        timed(VOXELISE_STAGE, lambda: voxelize_points(batch.points, grid, stride, 1))
+        model = self.model
+        with torch.inference_mode(), self._autocast():  # Predictor.predict = model.classify(model.features(batch))
+            fused = timed(TRUNK_STAGE, lambda: model.features(batch))  # (1, F, Xs, Ys, Zs)
+            timed(HEAD_GEMM_STAGE, lambda: head_gemm_only(model, fused))
+            labels_t = timed(FUSED_HEAD_STAGE, lambda: model.classify(fused))  # (1, X, Y, Z) uint8
+        labels = timed("labels -> numpy", lambda: labels_t[0].cpu().numpy())
         voxels = timed(
             "occupied voxels by class",
             lambda: cv.occupied_voxels(labels, grid, self.lut, self.classes.empty_index),
@@ -332,7 +347,8 @@ class StagedPipeline:
         data = timed("voxel PointCloud2 serialize_message", lambda: serialize_message(cloud))
         if self.harness is not None:
             timed("voxel PointCloud2 publish", lambda: self.harness.publish_voxels(data))
-        times[MODEL_STAGE] = times["model forward (incl. voxelisation)"] - times["voxelisation (inside the forward)"]
+        times[MODEL_STAGE] = times[TRUNK_STAGE] - times[VOXELISE_STAGE] + times[HEAD_GEMM_STAGE]
+        times[DECISION_STAGE] = max(times[FUSED_HEAD_STAGE] - times[HEAD_GEMM_STAGE], 0.0)
         return times, labels, int(voxels.labels.shape[0])
 
 
@@ -341,7 +357,7 @@ def _stage_table(
 ) -> tuple[Table, dict[str, float], dict[str, float]]:
     """Rows per stage (median, p95, share of the model forward) and the non-model / model totals."""
     model_stages = {MODEL_STAGE}
-    skip = {"model forward (incl. voxelisation)"}  # shown, but its parts are what the totals add up
+    skip = set(PART_STAGES)  # shown, but their parts are what the totals add up
     n = len(next(iter(samples.values())))
     per_frame_non_model = [
         sum(v[i] for k, v in samples.items() if k not in model_stages | skip) for i in range(n)
@@ -350,7 +366,7 @@ def _stage_table(
     rows = []
     for name, vals in samples.items():
         t = summarize(vals)
-        kind = "model" if name in model_stages else "(model incl. vox.)" if name in skip else "non-model"
+        kind = "model" if name in model_stages else PART_STAGES.get(name, "non-model")
         rows.append(
             {
                 "stage": name,
@@ -417,7 +433,9 @@ def _measure_table(
         "max_points": int(source.cfg.data.max_points),
         "occupied_voxels": occupied,
         "peak_rss_mb": round(rss.peak_mb, 1),
-        "forward_median_ms": round(summarize(samples["model forward (incl. voxelisation)"]).median, 2),
+        "forward_median_ms": round(
+            summarize(samples[TRUNK_STAGE]).median + summarize(samples[HEAD_GEMM_STAGE]).median, 2
+        ),
         "model_median_ms": round(model["median"], 2),
         "non_model_median_ms": round(non_model["median"], 2),
         "non_model_pct": round(100.0 * non_model["median"] / model["median"], 2),
@@ -553,53 +571,15 @@ def _cuda_tables(
 # ------------------------------------------------------------------------------------------------ node e2e
 
 
-#: Fast DDS participant profile: shared-memory transport with 32 MiB segments (+ UDP). With Fast DDS's default
-#: transports a 376 x 1241 rgb8 Image (1.4 MB) published best-effort (sensor-data QoS) from another process is
-#: lost on this machine (UDP fragments dropped, the default SHM segment is too small), so occle_node never
-#: gets a complete camera frame. The benchmark applies this profile unless FASTDDS_DEFAULT_PROFILES_FILE is set.
-FASTDDS_LARGE_DATA_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
-<dds xmlns="http://www.eprosima.com">
-  <profiles>
-    <transport_descriptors>
-      <transport_descriptor>
-        <transport_id>occle_shm_large</transport_id>
-        <type>SHM</type>
-        <segment_size>33554432</segment_size>
-        <maxMessageSize>16777216</maxMessageSize>
-      </transport_descriptor>
-      <transport_descriptor>
-        <transport_id>occle_udp</transport_id>
-        <type>UDPv4</type>
-      </transport_descriptor>
-    </transport_descriptors>
-    <participant profile_name="occle_large_data" is_default_profile="true">
-      <rtps>
-        <userTransports>
-          <transport_id>occle_shm_large</transport_id>
-          <transport_id>occle_udp</transport_id>
-        </userTransports>
-        <useBuiltinTransports>false</useBuiltinTransports>
-      </rtps>
-    </participant>
-  </profiles>
-</dds>
-"""
+def large_data_profile() -> str | None:
+    """Apply occle's shipped Fast DDS profile (``config/fastdds_large_data.xml``: 32 MiB shared-memory segment +
+    UDP, :mod:`occle_ros.dds`) to this process unless the user configured Fast DDS (e.g. set
+    FASTDDS_DEFAULT_PROFILES_FILE); returns the profiles file in use (None: not Fast DDS).
 
-
-def large_data_profile(workdir: str | Path) -> str | None:
-    """Write :data:`FASTDDS_LARGE_DATA_PROFILE` into ``workdir`` and set ``FASTDDS_DEFAULT_PROFILES_FILE`` to it
-    when the RMW is Fast DDS and no profile is set yet; returns the profile in use (None: not Fast DDS).
-
-    Must run before the first DDS participant of the process is created (Fast DDS reads it once)."""
-    if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
-        return None
-    if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"):
-        return os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]
-    path = Path(workdir) / "fastdds_large_data.xml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(FASTDDS_LARGE_DATA_PROFILE)
-    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path)
-    return str(path)
+    With Fast DDS's default transports a 376 x 1241 rgb8 Image (1.4 MB) published best-effort from this process
+    is mostly lost on the way to occle_node. Must run before the first DDS participant of the process is created
+    (Fast DDS reads it once); the node started by :func:`run_node` inherits it."""
+    return apply_large_data_profile()
 
 
 def _cdr_header_stamp_ns(data: bytes) -> int:
@@ -746,7 +726,7 @@ def run_node(
                 seen = {k: v for k, v in diag.items() if k.startswith(("received_", "sync_", "rejected"))}
                 raise RuntimeError(
                     f"occle_node answered {len(received)} of 3 warm-up frames (node counters {seen}; a missing "
-                    f"received_image means the 1.4 MB images were lost in DDS: see FASTDDS_LARGE_DATA_PROFILE); "
+                    f"received_image means the 1.4 MB images were lost in DDS: see config/fastdds_large_data.xml); "
                     f"log: {workdir}/node.log"
                 )
         # twice the warm-up round trip: while frames stream, the publisher competes with the node for the

@@ -116,8 +116,7 @@ def evaluate_model(
                 raise ValueError(f"frame {batch.frame_ids[0]} has no voxel labels: cannot evaluate it")
             batch = batch.to(device)
             with autocast:
-                logits = model(batch).logits  # (B, K, X, Y, Z)
-            pred = logits.max(1).indices  # (B, X, Y, Z); max().indices is ~5x faster than argmax on CPU
+                pred = model.predict_labels(batch).long()  # (B, X, Y, Z) argmax, no float logits grid
             target = batch.voxel_labels  # (B, X, Y, Z), invalid = 255
             mask = target != classes.ignore_index
             for b, cm in enumerate(cam_masks):

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from occle_core.config import OccleConfig
-from occle_core.data.batch import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, resize_nearest
+from occle_core.data.batch import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    collate,
+    image_to_tensor,
+    resize_nearest,
+    select_points,
+)
 from occle_core.data.sample import Sample
 from occle_core.geometry import Calib, VoxelGrid, free_space_mask
 from occle_core.pseudo.lift import lift_to_voxels
@@ -163,3 +171,32 @@ def test_bad_samples_are_refused_naming_the_field(field, value, message):
 def test_empty_list_is_refused():
     with pytest.raises(ValueError, match="at least one sample"):
         collate([], _cfg())
+
+
+def test_crop_matches_voxel_indices_and_takes_read_only_views():
+    grid = VoxelGrid.from_dict(GRID)
+    rng = np.random.default_rng(0)
+    lo, hi = np.asarray(grid.origin), grid.upper
+    pts = np.concatenate([rng.uniform(lo - 1, hi + 1, (2000, 3)), rng.random((2000, 1))], 1).astype(np.float32)
+    pts[:8, :3] = np.stack([lo, hi, lo - 1e-6, hi - 1e-4, lo + 1e-4, [np.nan, 1, 1], [1, np.inf, 1], hi])  # edges
+    pts[8, 3] = np.nan  # finite xyz, NaN intensity: dropped
+    ijk = np.floor((pts[:, :3] - lo.astype(np.float32)) / np.float32(grid.voxel_size))
+    want = np.all((ijk >= 0) & (ijk < np.asarray(grid.shape)), axis=1)  # the row-wise definition
+    assert np.array_equal(grid.inside_mask(pts), want)
+    assert np.array_equal(grid.inside_mask(pts.astype(np.float64)), grid.point_indices(pts.astype(np.float64))[1])
+    view = pts.copy()
+    view.flags.writeable = False
+    kept = select_points(view, grid, 0, rng)
+    want[8] = False
+    np.testing.assert_array_equal(kept, pts[want])
+
+
+def test_uint8_resize_is_within_one_grey_level_of_the_float_resize():
+    img = np.random.default_rng(0).integers(0, 256, (75, 248, 3), dtype=np.uint8)
+    img.flags.writeable = False  # images decoded from messages can be read-only
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255.0
+    ref = torch.nn.functional.interpolate(x, size=(20, 40), mode="bilinear", align_corners=False, antialias=True)[0]
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    got = image_to_tensor(img, (20, 40)) * std + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    assert got.shape == (3, 20, 40) and got.is_contiguous()
+    assert (got - ref).abs().max().item() * 255 <= 1.0 + 1e-3

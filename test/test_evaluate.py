@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,13 +26,13 @@ class _Oracle(nn.Module):
         self.wrong_class = wrong_class
         self.anchor = nn.Parameter(torch.zeros(()))
 
-    def forward(self, batch):
+    def predict_labels(self, batch):  # what evaluate_model calls: (B, X, Y, Z) uint8 class ids
         lab = batch.voxel_labels.clone()  # (B, X, Y, Z)
         if self.wrong_class is None:  # predict everything empty
             lab[:] = 0
         else:
             lab[lab == 255] = self.wrong_class
-        return SimpleNamespace(logits=torch.nn.functional.one_hot(lab, self.k).movedim(-1, 1).float())
+        return lab.to(torch.uint8)
 
 
 def test_frame_indices():
@@ -131,13 +130,13 @@ class _CameraOracle(nn.Module):
         self.camera = camera
         self.anchor = nn.Parameter(torch.zeros(()))
 
-    def forward(self, batch):
+    def predict_labels(self, batch):  # (B, X, Y, Z) uint8 class ids
         lab = batch.voxel_labels.clone()
         lab[lab == 255] = 0
         for b, fid in enumerate(batch.frame_ids):
             outside = ~torch.from_numpy(self.camera[fid])
             lab[b][outside] = (lab[b][outside] + 1) % self.k
-        return SimpleNamespace(logits=torch.nn.functional.one_hot(lab, self.k).movedim(-1, 1).float())
+        return lab.to(torch.uint8)
 
 
 def test_occ3d_splits_and_camera_mask(tmp_path):

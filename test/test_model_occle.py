@@ -185,3 +185,15 @@ def test_full_size_kitti_image_works():
     out = model(synthetic_batch(cfg, 5000))
     assert out.sem2d.shape == (1, 20, 376, 1241) and out.proj.shape == (1, 20, 94, 310)
     _loss(out).backward()
+
+
+def test_predict_labels_equals_argmax_of_the_logits() -> None:
+    torch.manual_seed(0)
+    cfg = _cfg()
+    model = OccLE(cfg).eval()
+    batch = synthetic_batch(cfg, 2000, batch_size=2)
+    with torch.inference_mode():
+        logits = model(batch, inference=True).logits  # (2, K, X, Y, Z)
+        labels = model.predict_labels(batch)
+    assert labels.dtype == torch.uint8 and labels.shape == (2, *cfg.data.voxel_grid().shape)
+    assert torch.equal(labels.long(), logits.argmax(1))

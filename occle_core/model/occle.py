@@ -18,6 +18,10 @@ The ``logits`` and ``geo`` heads predict the output grid from the feature grid b
 stride = ``s``): every output voxel gets its own prediction at the cost of one small matrix product, and the
 LiDAR encoder's space-to-depth occupancy input carries the output-resolution detail. The auxiliary ``sem3d``
 head predicts at the feature resolution and is upsampled (nearest): its pseudo-label supervision is coarse.
+
+Inference that only needs class ids (the node, ``occle-predict``) calls :meth:`OccLE.predict_labels`: the
+trunk, then the logits head fused with the class decision block by block, so the (B, K, X, Y, Z) float logits
+are never built (and the ``geo`` head, a training output, is skipped).
 """
 
 from __future__ import annotations
@@ -155,13 +159,9 @@ class OccLE(nn.Module):
         occ = 1.0 - probs[:, self.empty_index]  # (N,)
         return composite(probs, occ, layout, fused.shape[0], hw)
 
-    def forward(self, batch: Batch, inference: bool = False) -> OccleOutput:
-        """Run the network on a batch.
-
-        Args:
-            batch: inputs (``image``, ``points``, ``lidar_to_image``); targets are not read.
-            inference: True skips the training-only outputs (``sem3d`` and the projection).
-        """
+    def _trunk(self, batch: Batch, inference: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Encoders, branches and fusion: ``(fused, geo_feat, sem2d, sem3d)``, the grids at the feature resolution
+        (B, F, Xs, Ys, Zs); ``sem3d`` only when not ``inference``."""
         B = batch.image.shape[0]
         H, W = batch.image.shape[-2:]
         s = self.feature_stride
@@ -182,16 +182,39 @@ class OccLE(nn.Module):
         else:
             sem_feat = lidar
         geo_feat = self.geometric_branch(lidar, img_vox, valid)  # (B, F, Xs, Ys, Zs)
-        geo = self.heads["geo"](geo_feat)  # (B, 1, X, Y, Z)
         mixed = self.fusion["mixer"](self._tokens(sem_feat), self._tokens(geo_feat))  # (B, F, x, y, z) tokens
         if mixed.shape[2:] != sem_feat.shape[2:]:
             mixed = F.interpolate(mixed, size=sem_feat.shape[2:], mode="trilinear", align_corners=False)
         fused = self.fusion["merge"](cat_cl([sem_feat, geo_feat, mixed]))  # (B, F, Xs, Ys, Zs)
+        return fused, geo_feat, sem2d, sem3d
+
+    def forward(self, batch: Batch, inference: bool = False) -> OccleOutput:
+        """Run the network on a batch.
+
+        Args:
+            batch: inputs (``image``, ``points``, ``lidar_to_image``); targets are not read.
+            inference: True skips the training-only outputs (``sem3d`` and the projection).
+        """
+        fused, geo_feat, sem2d, sem3d = self._trunk(batch, inference)
+        geo = self.heads["geo"](geo_feat)  # (B, 1, X, Y, Z)
         logits = self.heads["logits"](fused)  # (B, K, X, Y, Z)
         proj = proj_weight = None
         if not inference:
-            proj, proj_weight = self.project(fused, batch.lidar_to_image, (H, W))
+            proj, proj_weight = self.project(fused, batch.lidar_to_image, tuple(batch.image.shape[-2:]))
         return OccleOutput(logits, sem2d, sem3d, geo, proj, proj_weight, self.proj_stride)
+
+    def features(self, batch: Batch) -> Tensor:
+        """(B, F, Xs, Ys, Zs) fused features, the input of the logits head (inference: no training outputs)."""
+        return self._trunk(batch, inference=True)[0]
+
+    def classify(self, fused: Tensor) -> Tensor:
+        """(B, F, Xs, Ys, Zs) fused features -> (B, X, Y, Z) uint8 class ids, ``forward(...).logits.argmax(1)``
+        without building the float logits grid (see :meth:`UpsampleHead.labels`)."""
+        return self.heads["logits"].labels(fused, self.empty_index)
+
+    def predict_labels(self, batch: Batch) -> Tensor:
+        """(B, X, Y, Z) uint8 class ids of a batch: :meth:`features` then :meth:`classify`."""
+        return self.classify(self.features(batch))
 
 
 def model_summary(cfg: OccleConfig, batch: Batch | None = None, num_points: int = 20_000) -> dict:
