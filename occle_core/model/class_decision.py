@@ -29,15 +29,17 @@ def class_decision(logits: Tensor, empty_index: int) -> Tensor:
         raise ValueError(f"logits must have 1..256 classes along dim 0, got shape {tuple(logits.shape)}")
     if not 0 <= empty_index < K:
         raise ValueError(f"empty_index must be in [0, {K}), got {empty_index}")
-    empty = logits[empty_index]  # (...)
-    is_empty = torch.ones_like(empty, dtype=torch.bool)
-    if empty_index > 0:  # an earlier class that reaches the empty score wins the tie
-        is_empty &= empty > logits[:empty_index].amax(0)
-    if empty_index < K - 1:
-        is_empty &= empty >= logits[empty_index + 1 :].amax(0)
+    flat = logits.reshape(K, -1)  # (K, V); a view for the layouts the head produces
+    empty = flat[empty_index]  # (V,)
     out = torch.full(empty.shape, empty_index, dtype=torch.uint8, device=logits.device)
-    rest = (~is_empty).reshape(-1).nonzero().squeeze(1)  # (M,) flat indices of the non-empty elements
-    if rest.numel():
-        scores = logits.reshape(K, -1).index_select(1, rest)  # (K, M)
-        out.view(-1)[rest] = scores.max(0).indices.to(torch.uint8)
-    return out
+    occupied = None  # (V,) bool: another class reaches the maximum first
+    if empty_index < K - 1:
+        occupied = empty < flat[empty_index + 1 :].amax(0)
+    if empty_index > 0:  # an earlier class that ties the empty score wins
+        before = empty <= flat[:empty_index].amax(0)
+        occupied = before if occupied is None else occupied.logical_or_(before)
+    if occupied is not None:
+        rest = occupied.nonzero().squeeze(1)  # (M,) the elements that are not empty
+        if rest.numel():
+            out[rest] = flat.index_select(1, rest).max(0).indices.to(torch.uint8)  # (K, M) -> (M,)
+    return out.view(logits.shape[1:])

@@ -103,23 +103,25 @@ def voxelize_points(points: Tensor, grid: VoxelGrid, stride: int, batch_size: in
     if points.ndim != 2 or points.shape[1] != 5:
         raise ValueError(f"points must be (M, 5) [batch, x, y, z, intensity], got {tuple(points.shape)}")
     device = points.device
-    shape = torch.tensor(grid.shape, device=device)
     coarse_shape = tuple(s // stride for s in grid.shape)
     if any(s % stride for s in grid.shape):
         raise ValueError(f"grid shape {grid.shape} is not divisible by the feature stride {stride}")
     origin = torch.tensor(grid.origin, dtype=torch.float32, device=device)
     pts = points.float()
-    fine = torch.floor((pts[:, 1:4] - origin) / grid.voxel_size).long()  # (M, 3) output-resolution index
+    fine_f = torch.floor((pts[:, 1:4] - origin) / grid.voxel_size)  # (M, 3) output-resolution index, as float
     frame = pts[:, 0]
-    keep = ((fine >= 0) & (fine < shape)).all(1) & torch.isfinite(pts).all(1) & (frame >= 0) & (frame < batch_size)
-    pts, fine = pts[keep], fine[keep]
+    keep = torch.isfinite(pts[:, 4]) & (frame >= 0) & (frame < batch_size)  # NaN compares False: dropped too
+    for axis, n in enumerate(grid.shape):  # column by column: row-wise .all(1) over (M, 3) is slower
+        keep &= (fine_f[:, axis] >= 0) & (fine_f[:, axis] < n)
+    if not bool(keep.all()):  # the Predictor crops to the grid already: usually nothing to drop
+        pts, fine_f = pts[keep], fine_f[keep]
+    fine = fine_f.long()  # (M, 3)
     b = pts[:, 0].long()
     coarse = torch.div(fine, stride, rounding_mode="floor")  # (M, 3)
-    coords4 = torch.cat([b[:, None], coarse], 1)  # (M, 4)
-    key = _flat(coords4, coarse_shape)
+    Xs, Ys, Zs = coarse_shape
+    key = ((b * Xs + coarse[:, 0]) * Ys + coarse[:, 1]) * Zs + coarse[:, 2]  # (M,) flat (b, x, y, z)
     uniq, inverse = torch.unique(key, return_inverse=True)  # (N,), (M,)
     n = uniq.numel()
-    Xs, Ys, Zs = coarse_shape
     coords = torch.stack([uniq // (Xs * Ys * Zs), (uniq // (Ys * Zs)) % Xs, (uniq // Zs) % Ys, uniq % Zs], 1)  # (N, 4)
     cell = grid.voxel_size * stride
     centre = origin + (coarse.float() + 0.5) * cell  # (M, 3)
@@ -127,7 +129,8 @@ def voxelize_points(points: Tensor, grid: VoxelGrid, stride: int, batch_size: in
     sums = pts.new_zeros(n, 5).index_add_(0, inverse, per_point)
     count = sums[:, 4:5].clamp_min(1.0)
     height = (coords[:, 3:4].float() + 0.5) / Zs * 2.0 - 1.0
-    child = ((fine % stride) * torch.tensor([stride * stride, stride, 1], device=device)).sum(1)  # (M,)
+    rem = fine - coarse * stride  # (M, 3) position inside the coarse voxel
+    child = (rem[:, 0] * stride + rem[:, 1]) * stride + rem[:, 2]  # (M,) child offset
     occ = pts.new_zeros(n, stride**3)
     occ[inverse, child] = 1.0
     feats = torch.cat([sums[:, :4] / count, torch.log1p(sums[:, 4:5]), height, occ], 1)  # (N, 6 + s^3)
