@@ -173,18 +173,19 @@ def collate(
     if not samples:
         raise ValueError("collate needs at least one sample")
     grid = cfg.data.voxel_grid()
-    num_classes = cfg.data.classes().num_classes
+    num_classes = cfg.data.classes().num_classes if with_targets else 0  # the class table is read from YAML
     size = tuple(int(v) for v in cfg.data.image_size)
     free_space = _free_space_fn() if with_targets else None
     B = len(samples)
 
     images, l2i, point_rows = [], [], []
-    labels = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8)
-    masks = np.zeros((B, *grid.shape), bool)
-    pseudo2d = np.full((B, *size), IGNORE_INDEX, np.uint8)
-    pseudo3d = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8)
-    occupied = np.zeros((B, *grid.shape), bool)
-    free = np.zeros((B, *grid.shape), bool)
+    if with_targets:  # (B, X, Y, Z) / (B, h, w) target grids; inference allocates none of them
+        labels = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8)
+        masks = np.zeros((B, *grid.shape), bool)
+        pseudo2d = np.full((B, *size), IGNORE_INDEX, np.uint8)
+        pseudo3d = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8)
+        occupied = np.zeros((B, *grid.shape), bool)
+        free = np.zeros((B, *grid.shape), bool)
     has_labels = has_p2d = False
     for b, s in enumerate(samples):
         validate_sample(s, grid)
