@@ -4,7 +4,7 @@
   that touch points (rclpy deserialisation of the cloud, PointCloud2 -> numpy, cropping to the grid,
   voxelisation) and the tiny model forward.
 - Grid (128 x 128 x 16, Occ3D 200 x 200 x 16, 256 x 256 x 32) at 120k points: the tiny model forward,
-  voxelisation, argmax and the occupied-voxel scan, against the voxel count.
+  voxelisation, the class decision and the occupied-voxel scan, against the voxel count.
 - Occupied voxels (1.6k .. 200k, doubling) on the 256 x 256 x 32 grid: the publishers (occupied voxels by
   class, serialized MarkerArray, publish; voxel PointCloud2 build, serialize, publish).
 
@@ -72,6 +72,8 @@ def _linear_check(name: str, factors: dict[str, tuple[float | None, float | None
 
 
 def _points_table(quick: bool) -> tuple[Table, Check]:
+    """Point-count scaling of what the node does per cloud (serialized bytes -> message -> (N, 4) points ->
+    crop -> voxelise) and of the tiny forward, with rclpy's deserialiser and a plain copy as references."""
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import PointCloud2
 
@@ -79,6 +81,7 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
     from occle_core.data.batch import Batch, select_points
     from occle_core.model.lidar_encoder import voxelize_points
     from occle_core.model.occle import synthetic_batch
+    from occle_ros import cdr
     from occle_ros import conversions as cv
 
     counts = [15_000, 30_000] if quick else [30_000, 60_000, 120_000, 240_000]
@@ -95,14 +98,24 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
     def measure(n: int) -> dict[str, Any]:
         pts = resample_points(scan, n)
         msg = cv.xyzi_to_pointcloud2(pts, "velodyne", 0)
-        data = serialize_message(msg)
+        data = serialize_message(msg)  # what the node's raw subscription receives
         rep = 10 if quick else 20
         rng = np.random.default_rng(0)
         row: dict[str, Any] = {"points": n}
-        row["deserialise_ms"] = time_fn(lambda: deserialize_message(data, PointCloud2), rep).median
-        row["decode_ms"] = time_fn(lambda: cv.pointcloud2_to_xyzi(msg), rep).median
-        row["crop_ms"] = time_fn(lambda: select_points(pts, grid, cfg.data.max_points, rng), rep).median
-        kept = select_points(pts, grid, cfg.data.max_points, rng)  # (M, 4)
+        # as the node: serialized bytes -> RawPointCloud2 (no copy of the points) -> (N, 4) (a view when dense)
+        row["deserialise_ms"] = time_fn(lambda: cdr.deserialize_pointcloud2(data), rep).median
+        raw_msg = cdr.deserialize_pointcloud2(data)
+        row["decode_ms"] = time_fn(lambda: cv.pointcloud2_to_xyzi(raw_msg), rep).median
+        sparse = pts.copy()
+        sparse[::10, 0] = np.nan  # every 10th point without a return: the copying path of the decoder
+        sparse_msg = cdr.deserialize_pointcloud2(serialize_message(cv.xyzi_to_pointcloud2(sparse, "velodyne", 0)))
+        row["decode_nan_ms"] = time_fn(lambda: cv.pointcloud2_to_xyzi(sparse_msg), rep).median
+        # references: rclpy's deserialiser (the node's receive path before), one plain copy of the payload
+        row["rclpy_deserialise_ms"] = time_fn(lambda: deserialize_message(data, PointCloud2), rep).median
+        row["copy_ms"] = time_fn(lambda: bytes(raw_msg.data), rep).median  # memoryview -> new bytes
+        decoded = cv.pointcloud2_to_xyzi(raw_msg)  # (N, 4) read-only view, what the node hands the predictor
+        row["crop_ms"] = time_fn(lambda: select_points(decoded, grid, cfg.data.max_points, rng), rep).median
+        kept = select_points(decoded, grid, cfg.data.max_points, rng)  # (M, 4)
         pts5 = torch.from_numpy(np.concatenate([np.zeros((len(kept), 1), np.float32), kept], 1))  # (M, 5)
         row["in_grid"] = int(len(kept))
         row["voxelise_ms"] = time_fn(lambda: voxelize_points(pts5, grid, stride, 1), rep).median
@@ -110,15 +123,16 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
         with torch.inference_mode(), RssSampler() as rss:
             row["forward_ms"] = time_fn(lambda: model(batch, inference=True), 1 if quick else 3).median
         row["forward_peak_rss_mb"] = round(rss.peak_mb, 0)
-        for k in ("deserialise_ms", "decode_ms", "crop_ms", "voxelise_ms", "forward_ms"):
+        for k in ("deserialise_ms", "decode_ms", "crop_ms", "voxelise_ms", "forward_ms", *references):
             row[k] = round(row[k], 3)
         return row
 
+    references = ["decode_nan_ms", "rclpy_deserialise_ms", "copy_ms"]  # shown with growth, not in the check
     rows = [measure(n) for n in counts]
     non_model = ["deserialise_ms", "decode_ms", "crop_ms", "voxelise_ms"]
-    rows, factors = _growth_rows(rows, "points", [*non_model, "forward_ms"])
+    rows, factors = _growth_rows(rows, "points", [*non_model, "forward_ms", *references])
     cols = ["points", "in_grid", *non_model, "forward_ms", "forward_peak_rss_mb", *[f"{s} x2" for s in non_model]]
-    cols.append("forward_ms x2")
+    cols += ["forward_ms x2", *[c for r in references for c in (r, f"{r} x2")]]
     table = Table(
         f"Scaling with the point count (grid {'x'.join(map(str, grid.shape))}, tiny forward on CPU)",
         cols,
@@ -127,6 +141,12 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
             "x2 columns: growth factor per doubling of the point count (linear = 2.00); last row: least-squares "
             "fit over the range",
             "in_grid: points inside the grid (what the voxelisation and the model see)",
+            "deserialise: serialized CDR bytes (what the node's raw subscription gets) -> message, "
+            "occle_ros.cdr, points not copied; decode: message -> (N, 4) float32, a read-only view of the bytes "
+            "when every value is finite",
+            "references (not in the check): decode_nan: the same cloud with every 10th x NaN (rows removed: one "
+            "copy); rclpy_deserialise: rclpy's deserialize_message (copies the points twice, the node's path "
+            "before); copy: bytes(payload), one plain copy, for the cache effect",
             f"model: {source.description}",
         ],
     )
@@ -141,9 +161,11 @@ def _grid_table(quick: bool) -> Table:
         OCCUPIED_FRACTION,
         QUICK_POINTS,
         _synthetic_scene,
+        head_gemm_only,
         load_model,
         resample_points,
     )
+    from occle_core.config import load_config
     from occle_core.data.batch import Batch, select_points
     from occle_core.model.lidar_encoder import voxelize_points
     from occle_core.model.occle import synthetic_batch
@@ -160,7 +182,8 @@ def _grid_table(quick: bool) -> Table:
         data: dict[str, Any] = {"dataset": dataset}
         if g is not None:
             data["grid"] = g
-        source = load_model({"data": data}, "cpu")
+        calib_batch = synthetic_batch(load_config(None, {"data": data}), 20_000)
+        source = load_model({"data": data}, "cpu", calib_batch)
         cfg, model = source.cfg, source.model
         grid = cfg.data.voxel_grid()
         classes = cfg.data.classes()
@@ -169,10 +192,11 @@ def _grid_table(quick: bool) -> Table:
         pts5 = torch.from_numpy(np.concatenate([np.zeros((len(kept), 1), np.float32), kept], 1))  # (M, 5)
         batch = Batch(image=base.image, points=pts5, lidar_to_image=base.lidar_to_image)
         rep = 1 if quick else 3
-        with torch.inference_mode(), RssSampler() as rss:
-            fwd = time_fn(lambda: model(batch, inference=True), rep)
-            logits = model(batch, inference=True).logits  # (1, K, X, Y, Z)
-        argmax = time_fn(lambda: logits[0].max(0).indices.to(torch.uint8).numpy(), rep)  # as Predictor.predict
+        with torch.inference_mode(), RssSampler() as rss:  # as Predictor.predict: classify(features(batch))
+            trunk = time_fn(lambda: model.features(batch), rep)
+            fused = model.features(batch)  # (1, F, Xs, Ys, Zs)
+            gemm = time_fn(lambda: head_gemm_only(model, fused), rep)
+            head = time_fn(lambda: model.classify(fused), rep)
         labels = make_occupancy(int(OCCUPIED_FRACTION * grid.num_voxels), grid, classes)
         lut = cv.publish_mask(classes)
         occ = time_fn(lambda: cv.occupied_voxels(labels, grid, lut, classes.empty_index), 5)
@@ -181,23 +205,24 @@ def _grid_table(quick: bool) -> Table:
             "grid": name,
             "voxels": grid.num_voxels,
             "in_grid_points": int(len(kept)),
-            "forward_ms": round(fwd.median, 2),
+            "forward_ms": round(trunk.median + gemm.median, 2),
             "voxelise_ms": round(vox.median, 3),
-            "argmax_ms": round(argmax.median, 3),
+            "decision_ms": round(max(head.median - gemm.median, 0.0), 3),
             "occupied_scan_ms": round(occ.median, 3),
             "forward_peak_rss_mb": round(rss.peak_mb, 0),
         }
 
     rows = [measure(name) for name in names]
-    rows, _ = _growth_rows(rows, "voxels", ["forward_ms", "argmax_ms", "occupied_scan_ms"])
+    rows, _ = _growth_rows(rows, "voxels", ["forward_ms", "decision_ms", "occupied_scan_ms"])
     return Table(
         "Scaling with the grid size (tiny forward on CPU, same scan)",
-        ["grid", "voxels", "in_grid_points", "forward_ms", "voxelise_ms", "argmax_ms", "occupied_scan_ms",
-         "forward_peak_rss_mb", "forward_ms x2", "argmax_ms x2", "occupied_scan_ms x2"],
+        ["grid", "voxels", "in_grid_points", "forward_ms", "voxelise_ms", "decision_ms", "occupied_scan_ms",
+         "forward_peak_rss_mb", "forward_ms x2", "decision_ms x2", "occupied_scan_ms x2"],
         rows,
         [
             "x2 columns: growth factor per doubling of the voxel count (linear = 2.00); last row: fit",
-            "argmax: logits (1, K, X, Y, Z) -> uint8 labels (max(0).indices as Predictor.predict); "
+            "forward: model.features + the logits head's GEMM; decision: model.classify - that GEMM (Predictor.predict "
+            "runs classify(features)); empty-class bias set for 2.5 % occupied voxels",
             "occupied_scan: occupied voxels grouped by class on labels with 2.5 % of the voxels occupied",
             "Occ3D: 18 classes, range +-40 m, so the same scan puts more points in its grid",
         ],

@@ -113,11 +113,11 @@ def pointfields_to_dtype(fields: Sequence[PointField], point_step: int, is_bigen
         ) from exc
 
 
-def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
-    """Decode a ``PointCloud2`` into a (height * width,) structured array (fields as in the message).
+def _cloud_bytes(msg: PointCloud2) -> tuple[np.ndarray, np.dtype, int]:
+    """Validated payload of a ``PointCloud2``: ((N * point_step,) uint8 without row padding, point dtype, N).
 
-    Rows padded beyond ``width * point_step`` (``row_step`` larger) are handled without a per-row loop.
-    The result may be a read-only view of the message buffer.
+    The bytes are a view of the message buffer unless rows are padded (``row_step`` > ``width * point_step``),
+    which needs one copy.
     """
     dtype = pointfields_to_dtype(msg.fields, msg.point_step, msg.is_bigendian)
     height, width, row_step = int(msg.height), int(msg.width), int(msg.row_step)
@@ -131,17 +131,84 @@ def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
             f"PointCloud2.data has {buf.size} bytes, expected row_step*height = {row_step}*{height} = "
             f"{row_step * height}"
         )
-    if height * width == 0:
-        return np.zeros(0, dtype)
+    n = height * width
+    if n == 0:
+        return buf[:0], dtype, 0
     if row_step != width * msg.point_step:  # (height, row_step) -> drop the row padding
         buf = np.ascontiguousarray(buf.reshape(height, row_step)[:, : width * msg.point_step]).reshape(-1)
-    return buf.view(dtype)
+    return buf, dtype, n
+
+
+def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
+    """Decode a ``PointCloud2`` into a (height * width,) structured array (fields as in the message).
+
+    Rows padded beyond ``width * point_step`` (``row_step`` larger) are handled without a per-row loop.
+    The result may be a read-only view of the message buffer.
+    """
+    buf, dtype, n = _cloud_bytes(msg)
+    return buf.view(dtype) if n else np.zeros(0, dtype)
 
 
 def _first(arr: np.ndarray, name: str) -> np.ndarray:
     """Field ``name`` as (N,), taking element 0 of a count > 1 field."""
     col = arr[name]
     return col[:, 0] if col.ndim > 1 else col
+
+
+_FLOAT32 = np.dtype(np.float32)  # native byte order
+
+
+def _xyzi_view(buf: np.ndarray, dtype: np.dtype, n: int, intensity: str | None) -> np.ndarray | None:
+    """(N, 4) float32 view of ``buf`` (rows ``point_step`` apart) when x, y, z and ``intensity`` are native-order
+    float32 scalars at offsets 0, 4, 8, 12 of each point (KITTI-style xyzi, the ROS 2 velodyne driver's XYZIRT with
+    point_step 22, occle's own clouds); else None (e.g. PCL's padded PointXYZI or Ouster: intensity at 16).
+    """
+    if intensity is None or n == 0:
+        return None
+    fields = dtype.fields
+    for col, name in enumerate(("x", "y", "z", intensity)):
+        ftype, offset = fields[name][:2]
+        if ftype != _FLOAT32 or offset != 4 * col:
+            return None
+    view = np.ndarray((n, 4), _FLOAT32, buffer=buf, strides=(dtype.itemsize, 4))
+    view.flags.writeable = False  # never write through into the message
+    return view
+
+
+_ROW16 = np.dtype((np.void, 16))  # the 16 bytes x, y, z, intensity of one point, moved as a unit
+
+
+def _take_rows(buf: np.ndarray, step: int, n: int, keep: np.ndarray | None) -> np.ndarray:
+    """New (M, 4) float32 array of the first 16 bytes (x, y, z, intensity float32) of the ``n`` points of ``buf``
+    (``step`` bytes apart) where ``keep`` (M = keep.sum(); every point when None).
+
+    Rows are moved as 16-byte units: 3-7x faster than ``(N, 4)[mask]`` or ``compress`` on float32 rows.
+    """
+    rows = np.ndarray((n,), _ROW16, buffer=buf, strides=(step,))  # (N,)
+    picked = rows.copy() if keep is None else rows[keep]  # (M,) contiguous
+    return picked.view(np.float32).reshape(-1, 4)
+
+
+_FINITE_CHUNK = 8192  # rows per step of the strided finiteness test: 8192 * 4 B temporaries stay in L1/L2
+
+
+def _all_finite(pts: np.ndarray) -> bool:
+    """True when every value of the (N, 4) float32 ``pts`` is finite, reading each row once."""
+    if pts.flags.c_contiguous:  # point_step 16: one flat vectorised test
+        return bool(np.isfinite(pts).all())
+    # strided rows (point_step > 16): a per-row test over 4 values is slow in numpy, so add the columns of a
+    # block of rows (a NaN/Inf anywhere makes the block's sum non-finite) and decide exactly only then
+    total = np.empty(min(_FINITE_CHUNK, pts.shape[0]), np.float32)  # (chunk,)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, pts.shape[0], _FINITE_CHUNK):
+            block = pts[start : start + _FINITE_CHUNK]  # (k, 4)
+            acc = total[: block.shape[0]]
+            np.add(block[:, 0], block[:, 1], out=acc)
+            acc += block[:, 2]
+            acc += block[:, 3]
+            if not np.isfinite(np.add.reduce(acc)) and not np.isfinite(block).all():  # overflow of finite values
+                return False
+    return True
 
 
 def pointcloud2_to_xyzi(
@@ -154,28 +221,44 @@ def pointcloud2_to_xyzi(
     Points with a NaN/Inf coordinate are removed; a non-finite intensity becomes 0; intensity is 0 when none of
     ``intensity_fields`` exists, otherwise multiplied by ``intensity_scale``.
 
+    The result may be a **read-only view** of the message buffer (rows ``point_step`` bytes apart): when x, y,
+    z and the intensity field are native-order float32 at offsets 0, 4, 8, 12, every value is finite and
+    ``intensity_scale`` is 1, nothing is copied. Copy it (``np.array(points)``) before writing into it.
+    Otherwise the result is a new array.
+
     Raises:
         ConversionError: missing x/y/z field, unknown datatype, data length != row_step*height, ...
     """
-    arr = pointcloud2_to_array(msg)
-    names = arr.dtype.names or ()
+    buf, dtype, n = _cloud_bytes(msg)
+    names = dtype.names or ()
     for axis in ("x", "y", "z"):
         if axis not in names:
             raise ConversionError(f"PointCloud2 lacks the {axis!r} field (fields present: {list(names)})")
-    out = np.empty((arr.shape[0], 4), np.float32)  # (N, 4)
-    inten = next((n for n in intensity_fields if n in names), None)
-    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 range -> inf -> removed below
-        for col, axis in enumerate(("x", "y", "z")):
-            out[:, col] = _first(arr, axis)
-        if inten is None:
-            out[:, 3] = 0.0
+    inten = next((name for name in intensity_fields if name in names), None)
+    view = _xyzi_view(buf, dtype, n, inten)  # (N, 4) or None
+    if view is not None:
+        if _all_finite(view):
+            if intensity_scale == 1.0:
+                return view
+            out = _take_rows(buf, dtype.itemsize, n, None)  # (N, 4) new, writable
         else:
-            out[:, 3] = _first(arr, inten)
-            if intensity_scale != 1.0:
-                out[:, 3] *= np.float32(intensity_scale)
-    finite = np.isfinite(out[:, 0]) & np.isfinite(out[:, 1]) & np.isfinite(out[:, 2])  # (N,) column-wise: fast
-    if not finite.all():
-        out = out[finite]
+            finite = np.isfinite(view[:, 0]) & np.isfinite(view[:, 1]) & np.isfinite(view[:, 2])  # (N,)
+            out = _take_rows(buf, dtype.itemsize, n, finite)  # (M, 4) new, writable
+    else:
+        arr = buf.view(dtype) if n else np.zeros(0, dtype)
+        out = np.empty((n, 4), np.float32)  # (N, 4)
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 range -> inf -> removed below
+            for col, axis in enumerate(("x", "y", "z")):
+                out[:, col] = _first(arr, axis)
+            out[:, 3] = 0.0 if inten is None else _first(arr, inten)
+        finite = np.isfinite(out[:, 0]) & np.isfinite(out[:, 1]) & np.isfinite(out[:, 2])  # (N,) column-wise
+        if not finite.all():
+            out = _take_rows(out, 16, n, finite)
+        if inten is None:
+            return out
+    if intensity_scale != 1.0:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[:, 3] *= np.float32(intensity_scale)
     bad_i = ~np.isfinite(out[:, 3])
     if bad_i.any():
         out[bad_i, 3] = 0.0

@@ -4,9 +4,12 @@ Data flow: the ``image``, ``camera_info`` and ``points`` subscriptions (sensor-d
 messages to :class:`occle_ros.sync.ApproximateTimeSync`; a matched set goes into a one-slot mailbox that a
 worker thread drains. The worker always takes the newest set (an unprocessed older set is replaced and counted
 as dropped), so latency stays bounded when the model is slower than the sensors and the executor never waits
-for the model. Per frame the worker decodes the messages, runs :class:`occle_core.predictor.Predictor`, and
-publishes ``occupancy/markers`` (MarkerArray, serialized directly, see :mod:`occle_ros.conversions`) and
-``occupancy/voxels`` (PointCloud2) with the stamp of the input cloud.
+for the model. The image and cloud subscriptions are raw: their serialized bytes are read by
+:mod:`occle_ros.cdr` without copying pixels or points, and the decoded (N, 4) points are a read-only view of
+those bytes when the layout allows (:func:`occle_ros.conversions.pointcloud2_to_xyzi`). Per frame the worker
+decodes the messages, runs :class:`occle_core.predictor.Predictor`, and publishes ``occupancy/markers``
+(MarkerArray, serialized directly, see :mod:`occle_ros.conversions`) and ``occupancy/voxels`` (PointCloud2) with
+the stamp of the input cloud.
 
 Bad input (a broken cloud or image, an invalid camera_info, missing TF, ...) is logged at most once per
 ``log_throttle`` seconds per reason, counted in ``/diagnostics`` and skipped; the node keeps running.
@@ -31,15 +34,22 @@ import yaml
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from occle_core.geometry import Calib, read_kitti_calib
+from occle_ros import cdr
 from occle_ros import conversions as cv
 from occle_ros.sync import ApproximateTimeSync
 
 NODE_NAME = "occle_node"
 STREAMS = ("image", "camera_info", "points")
+#: raw subscriptions: stream -> (zero-copy reader, message type for rclpy's fallback, rejection reason)
+_RAW_STREAMS = {
+    0: (cdr.deserialize_image, Image, "image_invalid"),
+    2: (cdr.deserialize_pointcloud2, PointCloud2, "cloud_invalid"),
+}
 
 
 class StartupError(RuntimeError):
@@ -209,9 +219,10 @@ class OccleNode(Node):
         qos = qos_profile_sensor_data  # best effort, keep last 5: matches any publisher
         if self.input_qos == "reliable":  # bag playback: lossless, but needs reliable publishers
             qos = QoSProfile(depth=qos.depth, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(Image, "image", lambda m: self._on_msg(0, m), qos)
+        # image and cloud arrive serialized and are read without copying their pixels / points (occle_ros.cdr)
+        self.create_subscription(Image, "image", lambda b: self._on_raw(0, b), qos, raw=True)
         self.create_subscription(CameraInfo, "camera_info", lambda m: self._on_msg(1, m), qos)
-        self.create_subscription(PointCloud2, "points", lambda m: self._on_msg(2, m), qos)
+        self.create_subscription(PointCloud2, "points", lambda b: self._on_raw(2, b), qos, raw=True)
         self.create_timer(self.diagnostics_period, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name="occle-worker", daemon=True)
         self._worker.start()
@@ -353,6 +364,29 @@ class OccleNode(Node):
             if self._mailbox.put(_Frame(image, info, cloud, now)):
                 with self._lock:
                     self.counters["dropped_superseded"] += 1
+
+    def _on_raw(self, stream: int, data: bytes) -> None:
+        """Callback of the raw ``image`` / ``points`` subscriptions: serialized bytes -> :class:`occle_ros.cdr.RawImage`
+        / :class:`~occle_ros.cdr.RawPointCloud2` (pixels / points not copied) -> :meth:`_on_msg`. Undecodable
+        bytes are counted (``rejected.image_invalid`` / ``rejected.cloud_invalid``), logged (throttled) and
+        dropped."""
+        read, msg_type, reason = _RAW_STREAMS[stream]
+        try:
+            try:
+                msg: Any = read(data)
+            except cdr.UnsupportedEncapsulationError as exc:  # not plain CDR: let rclpy read it (with copies)
+                try:
+                    msg = deserialize_message(data, msg_type)
+                except Exception as inner:  # rclpy raises several types for bytes it cannot read
+                    raise cv.ConversionError(f"{exc}; rclpy could not read it either: {inner}") from inner
+        except cv.ConversionError as exc:
+            self._seen[STREAMS[stream]] += 1
+            with self._lock:
+                self.counters["rejected"] += 1
+                self.counters[f"rejected.{reason}"] += 1
+            self._log_throttled(reason, f"{STREAMS[stream]} message skipped ({reason}): {exc}")
+            return
+        self._on_msg(stream, msg)
 
     def _log_throttled(self, reason: str, text: str) -> None:
         now = time.monotonic()
