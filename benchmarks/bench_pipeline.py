@@ -4,7 +4,8 @@ Stage table (:func:`run`): one synthetic frame at SemanticKITTI size (a 64-beam 
 a 376 x 1241 image, the 256 x 256 x 32 grid; ``occle_core.data.synthetic``) goes through exactly what
 ``occle_ros.node.OccleNode.process`` does, each stage timed on its own, for >= 50 frames:
 
-    rclpy deserialisation of the incoming Image / CameraInfo / PointCloud2 (the executor's work)
+    reading the incoming Image / PointCloud2 bytes (``occle_ros.cdr``, the node's raw subscriptions) and
+    rclpy deserialisation of the CameraInfo (the executor's work)
     -> message -> numpy (image, cloud, camera_info)
     -> preprocessing (points inside the grid, image resize + normalisation, calibration of the resized image)
     -> model: encoders, branches and fusion (its voxelisation step also timed on its own)
@@ -276,11 +277,12 @@ class StagedPipeline:
     def run(self, frame: Frame) -> tuple[dict[str, float], np.ndarray, int]:
         """One frame through every stage; returns (stage -> ms, labels (X, Y, Z) uint8, occupied voxel count)."""
         from rclpy.serialization import deserialize_message, serialize_message
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from sensor_msgs.msg import CameraInfo
 
         from occle_core.data.batch import collate
         from occle_core.data.sample import Sample
         from occle_core.model.lidar_encoder import voxelize_points
+        from occle_ros import cdr
 
         cv, cfg, grid = self.cv, self.cfg, self.grid
         times: dict[str, float] = {}
@@ -297,12 +299,12 @@ class StagedPipeline:
             return out
 
         ser = frame.serialized
-        msgs = timed(
+        msgs = timed(  # as the node: image and cloud through its raw subscriptions, camera_info through rclpy
             "receive: deserialise image + camera_info + cloud",
             lambda: (
-                deserialize_message(ser["image"], Image),
+                cdr.deserialize_image(ser["image"]),
                 deserialize_message(ser["camera_info"], CameraInfo),
-                deserialize_message(ser["points"], PointCloud2),
+                cdr.deserialize_pointcloud2(ser["points"]),
             ),
         )
         image_msg, info_msg, cloud_msg = msgs

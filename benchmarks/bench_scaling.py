@@ -1,8 +1,8 @@
 """How every stage grows: with the point count, the grid size and the number of occupied voxels.
 
 - Points (30k, 60k, 120k, 240k; the synthetic 64-beam scan resampled) at 256 x 256 x 32: the non-model stages
-  that touch points (rclpy deserialisation of the cloud, PointCloud2 -> numpy, cropping to the grid,
-  voxelisation) and the tiny model forward.
+  that touch points (reading the serialized cloud as the node's raw subscription does, PointCloud2 -> numpy,
+  cropping to the grid, voxelisation) and the tiny model's inference (``OccLE.predict_labels``).
 - Grid (128 x 128 x 16, Occ3D 200 x 200 x 16, 256 x 256 x 32) at 120k points: the tiny model forward,
   voxelisation, the class decision and the occupied-voxel scan, against the voxel count.
 - Occupied voxels (1.6k .. 200k, doubling) on the 256 x 256 x 32 grid: the publishers (occupied voxels by
@@ -121,7 +121,7 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
         row["voxelise_ms"] = time_fn(lambda: voxelize_points(pts5, grid, stride, 1), rep).median
         batch = Batch(image=base.image, points=pts5, lidar_to_image=base.lidar_to_image)
         with torch.inference_mode(), RssSampler() as rss:
-            row["forward_ms"] = time_fn(lambda: model(batch, inference=True), 1 if quick else 3).median
+            row["forward_ms"] = time_fn(lambda: model.predict_labels(batch), 1 if quick else 3).median
         row["forward_peak_rss_mb"] = round(rss.peak_mb, 0)
         for k in ("deserialise_ms", "decode_ms", "crop_ms", "voxelise_ms", "forward_ms", *references):
             row[k] = round(row[k], 3)

@@ -193,6 +193,10 @@ class OccleNode(Node):
     def _setup(self, predictor: Any) -> None:
         try:
             self._read_parameters()
+            if self.torch_threads:  # process-wide; 0 keeps torch's default (one thread per core)
+                import torch
+
+                torch.set_num_threads(self.torch_threads)
             self.predictor = predictor if predictor is not None else self._load_predictor()
         except StartupError:
             raise
@@ -228,7 +232,8 @@ class OccleNode(Node):
         self._worker.start()
         self.get_logger().info(
             f"ready: checkpoint {getattr(self.predictor, 'checkpoint_path', self.checkpoint or 'shipped default')}, "
-            f"device {getattr(self.predictor, 'device', '?')}, grid {self.grid.shape}, "
+            f"device {getattr(self.predictor, 'device', '?')} ({_torch_threads()} torch threads), "
+            f"grid {self.grid.shape}, "
             f"extrinsics from {self.extrinsics_source}"
         )
 
@@ -284,6 +289,7 @@ class OccleNode(Node):
 
         self.checkpoint = text("checkpoint")
         self.device = text("device")
+        self.torch_threads = num("torch_threads", 0, integer=True)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise StartupError(f"parameter device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         classes = p["publish_classes"]
@@ -567,12 +573,21 @@ class OccleNode(Node):
         super().destroy_node()
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``occle_node``: ``occle_node [--ros-args ...]``; returns the exit status."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    from occle_ros.dds import apply_large_data_profile
+
     args = list(sys.argv[1:] if argv is None else argv)
+    apply_large_data_profile()  # before the DDS participant exists; a user's own profile is kept
     rclpy.init(args=[NODE_NAME, *args])
     try:
         node = OccleNode()

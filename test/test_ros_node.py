@@ -70,8 +70,10 @@ class Harness:
 
 
 def test_node_outputs_equal_predictor(ros_context, checkpoint, predictor):
-    h = Harness(ros_context, checkpoint, predictor=predictor, marker_alpha=0.5)
+    threads = torch.get_num_threads()
+    h = Harness(ros_context, checkpoint, predictor=predictor, marker_alpha=0.5, torch_threads=1)
     try:
+        assert torch.get_num_threads() == 1  # the torch_threads parameter
         rgb, pts, calib = make_frame(1)
         stamp = 1_700_000_000_123_456_789
         h.send(*frame_messages(rgb, pts, stamp, encoding="bgr8"))
@@ -81,6 +83,7 @@ def test_node_outputs_equal_predictor(ros_context, checkpoint, predictor):
         )
     finally:
         h.close()
+        torch.set_num_threads(threads)
     expected = predictor.predict(rgb, pts, calib)  # (X, Y, Z) uint8
     assert len(np.unique(expected)) > 2, "the test model should predict several classes"
     voxels, markers = h.voxels[0], h.markers[0]
@@ -220,6 +223,8 @@ def test_bag_from_kitti2bag_through_occle_play_into_the_node(tmp_path, ros_conte
         ({"extrinsics.source": "calib_file"}, "extrinsics.calib_file is empty"),
         ({"extrinsics.source": "matrix", "extrinsics.matrix": [1.0] * 16}, "not a rigid transform"),
         ({"sync.queue_size": "ten"}, "parameter sync.queue_size must be a number"),
+        ({"torch_threads": -1}, "parameter torch_threads must be in \\[0, inf\\]"),
+        ({"torch_threads": 1.5}, "parameter torch_threads must be an integer"),
         ({"marker_alfa": 0.3}, "unknown parameter\\(s\\) \\['marker_alfa'\\]"),
     ],
 )
