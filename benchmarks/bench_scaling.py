@@ -308,6 +308,71 @@ def _publisher_table(quick: bool) -> tuple[Table, list[Check]]:
     return table, checks
 
 
+DECISION_SHARES = (0.025, 0.05, 0.10, 0.20)
+
+
+def _decision_table(quick: bool) -> tuple[Table, Check]:
+    """The class decision against the share of occupied voxels (tiny, 256 x 256 x 32): ``OccLE.classify`` (the
+    logits head fused block by block with the decision) against the full-resolution logits + ``max(0)``."""
+    from benchmarks.bench_pipeline import QUICK_GRID, calibrate_empty_bias, head_gemm_only, load_model
+    from occle_core.model.occle import synthetic_batch
+
+    overrides = {"data": {"grid": QUICK_GRID}} if quick else None
+    source = load_model(overrides, "cpu", prefer_shipped=False)
+    model = source.model
+    batch = synthetic_batch(source.cfg, 20_000)
+    bias = model.heads["logits"].proj.bias
+    original = bias.detach().clone()
+    rep = 2 if quick else 5
+    with torch.inference_mode():
+        fused = model.features(batch)  # (1, F, Xs, Ys, Zs); the head's bias does not change it
+    rows = []
+    for share in DECISION_SHARES:
+        with torch.no_grad():
+            bias.copy_(original)
+        calibrate_empty_bias(model, batch, share)
+        with torch.inference_mode():
+            gemm = time_fn(lambda: head_gemm_only(model, fused), rep)
+            head = time_fn(lambda: model.classify(fused), rep)
+            full = time_fn(lambda: model.heads["logits"](fused)[0].max(0).indices.to(torch.uint8), rep)
+            labels = model.classify(fused)[0]
+            equal = torch.equal(labels, model.heads["logits"](fused)[0].max(0).indices.to(torch.uint8))
+        rows.append(
+            {
+                "occupied_share": f"{share:.1%}",
+                "measured_share": f"{(labels != model.empty_index).float().mean().item():.1%}",
+                "head_gemm_ms": round(gemm.median, 2),
+                "fused_head_ms": round(head.median, 2),
+                "decision_ms": round(max(head.median - gemm.median, 0.0), 2),
+                "full_logits_argmax_ms": round(full.median, 2),
+                "speedup": round(full.median / head.median, 2),
+                "labels_equal": "yes" if equal else "NO",
+            }
+        )
+    with torch.no_grad():
+        bias.copy_(original)
+    grid = "x".join(map(str, source.cfg.data.voxel_grid().shape))
+    equal_all = all(r["labels_equal"] == "yes" for r in rows)
+    check = Check(
+        "fused class decision == max(0) of the full logits" + (" (quick)" if quick else ""),
+        f"identical labels at occupied shares {', '.join(r['occupied_share'] for r in rows)}",
+        "equal" if equal_all else "DIFFERENT",
+        equal_all,
+    )
+    table = Table(
+        f"Class decision against the occupied share (grid {grid}, tiny on CPU)",
+        list(rows[0]),
+        rows,
+        [
+            "fused_head: OccLE.classify (what Predictor.predict runs after the trunk); decision = fused - head GEMM",
+            "full_logits_argmax: the logits head to the full (K, X, Y, Z) float grid, then max(0).indices (the node's "
+            "path before); speedup = full_logits_argmax / fused_head",
+            "the empty-class bias of a random-init tiny model is shifted for each share; the trunk features are fixed",
+        ],
+    )
+    return table, check
+
+
 def run(quick: bool = False) -> Section:
     """Point, grid and occupied-voxel scaling tables with growth factors per doubling and the linearity checks."""
     start = time.perf_counter()
@@ -315,8 +380,10 @@ def run(quick: bool = False) -> Section:
     points, points_check = _points_table(quick)
     section.tables.append(points)
     section.tables.append(_grid_table(quick))
+    decision, decision_check = _decision_table(quick)
+    section.tables.append(decision)
     publishers, pub_checks = _publisher_table(quick)
     section.tables.append(publishers)
-    section.checks += [points_check, *pub_checks]
+    section.checks += [points_check, decision_check, *pub_checks]
     section.seconds = time.perf_counter() - start
     return section

@@ -255,7 +255,7 @@ def test_quick_node_latency(tmp_path_factory):
 def test_quick_scaling_tables(quick_run):
     _, doc, _ = quick_run
     sec = _section(doc, "scaling")
-    points, grids, pubs = sec["tables"]
+    points, grids, decision, pubs = sec["tables"]
     assert [r["points"] for r in points["rows"]][-1] == "fit x2"
     counts = [r["points"] for r in points["rows"][:-1]]
     assert counts == sorted(counts) and len(counts) >= 2
@@ -263,6 +263,8 @@ def test_quick_scaling_tables(quick_run):
     assert points["rows"][1]["decode_ms x2"] is not None
     voxels = [r["voxels"] for r in grids["rows"][:-1]]
     assert voxels == sorted(voxels) and len(voxels) >= 2
+    assert [r["occupied_share"] for r in decision["rows"]] == ["2.5%", "5.0%", "10.0%", "20.0%"]
+    assert all(r["labels_equal"] == "yes" and _positive(r["fused_head_ms"]) for r in decision["rows"])
     occupied = [r["occupied"] for r in pubs["rows"][:-1]]
     assert 100_000 in occupied
     assert all(r["markers_mb"] > 0 for r in pubs["rows"][:-1])
