@@ -43,7 +43,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import Check, RssSampler, Section, Table, cuda_peak_mb, peak_rss_mb, summarize, sync_cuda
+from benchmarks.common import (
+    Check,
+    RssSampler,
+    Section,
+    Table,
+    cuda_peak_mb,
+    peak_rss_mb,
+    summarize,
+    sync_cuda,
+    time_fn,
+)
 from occle_core.config import OccleConfig, load_config
 from occle_core.geometry import Calib, VoxelGrid
 from occle_ros.dds import apply_large_data_profile
@@ -512,8 +522,41 @@ def run(quick: bool = False, frames: int | None = None, workdir: str | Path | No
             section.checks.append(
                 Check("CUDA + AMP stage table", "run when a GPU is present", "no CUDA device here", None)
             )
+    section.tables.append(_threads_table(frame, overrides, workdir, 3 if quick else 10))
     section.seconds = time.perf_counter() - start
     return section
+
+
+def _threads_table(frame: Frame, overrides: dict | None, workdir: str | Path | None, repeats: int) -> Table:
+    """``Predictor.predict`` with torch's default thread count and with one thread, on an idle CPU and with every
+    core but one kept busy by other processes (what a robot computer running other nodes looks like)."""
+    source = load_model(overrides, "cpu", None, workdir, with_predictor=True)
+    predictor = source.predictor
+    default = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    rows = []
+    for busy in (0, cores - 1):
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            for threads in sorted({default, 1}, reverse=True):
+                torch.set_num_threads(threads)
+                t = time_fn(lambda: predictor.predict(frame.rgb, frame.points, frame.calib), repeats)
+                rows.append({"busy_cores": f"{busy} of {cores}", "torch_threads": threads,
+                             "predict_median_ms": round(t.median, 2), "predict_p95_ms": round(t.p95, 2)})  # fmt: skip
+        finally:
+            torch.set_num_threads(default)
+            for proc in spinners:
+                proc.kill()
+                proc.wait()
+    return Table(
+        "Predictor.predict and the CPU threads, idle and with other processes busy",
+        ["busy_cores", "torch_threads", "predict_median_ms", "predict_p95_ms"],
+        rows,
+        [
+            f"model: {source.description}; {frame.points.shape[0]} points; {repeats} frames per row after 1 warm-up",
+            "busy cores: processes spinning in a Python loop; the node's torch_threads parameter sets the threads",
+        ],
+    )
 
 
 def _cuda_tables(

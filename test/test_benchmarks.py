@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -237,6 +238,9 @@ def test_quick_pipeline_table(quick_run):
     assert info["predictor_agrees"] is True  # the staged path is the node's path
     names = [c["name"] for c in sec["checks"]]
     assert any(n.startswith("non-model stages vs tiny forward") for n in names)
+    threads = sec["tables"][-1]["rows"]  # Predictor.predict idle / with busy cores, default and 1 thread
+    assert {r["busy_cores"].split()[0] for r in threads} == {"0", str((os.cpu_count() or 1) - 1)}
+    assert all(_positive(r["predict_median_ms"]) for r in threads)
 
 
 @pytest.mark.bench
