@@ -45,8 +45,9 @@ synth-data: install
 
 # Retrain the shipped checkpoint (OccLE, tiny, 10% labels) from scratch.
 STEPS ?= 250
+CHECKPOINT_STEPS ?= 2000
 checkpoint: synth-data
-	OMP_NUM_THREADS=2 scripts/label_efficiency.sh occle_10 $(STEPS)
+	OMP_NUM_THREADS=2 scripts/label_efficiency.sh occle_10 $(CHECKPOINT_STEPS)
 	cp runs/table/occle_10/model.pt models/occle_tiny_synthetic.pt
 
 # The label-efficiency table of docs/results.md (two runs side by side, one thread each).
