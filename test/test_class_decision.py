@@ -1,11 +1,12 @@
-"""Class decision and the fused label head: exactly argmax, for any empty class, ties, blocks and batches."""
+"""Class decision: the empty / not-empty mask and the fused label head equal argmax (any empty class, ties,
+blocks, batches)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from occle_core.model.class_decision import class_decision
+from occle_core.model.class_decision import non_empty_mask
 from occle_core.model.layers import UpsampleHead, to_cl
 
 
@@ -20,13 +21,12 @@ def _logits(K: int, shape: tuple[int, ...], empty: int, occupied: float, seed: i
 
 @pytest.mark.parametrize("empty", [0, 7, 19])
 @pytest.mark.parametrize("occupied", [0.0, 0.05, 1.0])
-def test_equals_argmax(empty: int, occupied: float) -> None:
+def test_mask_equals_argmax_not_empty(empty: int, occupied: float) -> None:
     x = _logits(20, (16, 8, 4), empty, occupied)
-    got = class_decision(x, empty)
-    assert got.dtype == torch.uint8 and got.shape == (16, 8, 4)
-    assert torch.equal(got.long(), x.argmax(0))
-    frac = (got != empty).float().mean().item()
-    assert abs(frac - occupied) < 0.1
+    got = non_empty_mask(x, empty)
+    assert got.dtype == torch.bool and got.shape == (16, 8, 4)
+    assert torch.equal(got, x.argmax(0) != empty)
+    assert abs(got.float().mean().item() - occupied) < 0.1
 
 
 @pytest.mark.parametrize("empty", [0, 3, 5])
@@ -36,37 +36,39 @@ def test_ties_go_to_the_lowest_class(empty: int) -> None:
     x[2, 60:70] = x[:, 60:70].amax(0)  # class 2 ties the maximum
     x[4, 60:65] = x[:, 60:65].amax(0)
     x[empty, 80:90] = x[:, 80:90].amax(0)  # the empty class ties
-    assert torch.equal(class_decision(x, empty).long(), x.argmax(0))
+    assert torch.equal(non_empty_mask(x, empty), x.argmax(0) != empty)
 
 
-def test_strided_layouts_and_half_precision() -> None:
+def test_strided_layouts_out_and_half_precision() -> None:
     x = _logits(5, (6, 7), 0, 0.3).permute(0, 2, 1)  # non-contiguous (K, 7, 6)
-    assert torch.equal(class_decision(x, 0).long(), x.argmax(0))
+    assert torch.equal(non_empty_mask(x, 0), x.argmax(0) != 0)
     h = x.to(torch.bfloat16)
-    assert torch.equal(class_decision(h, 2).long(), h.argmax(0))
+    assert torch.equal(non_empty_mask(h, 2), h.argmax(0) != 2)
+    buf = torch.ones(7, 12, dtype=torch.bool)
+    non_empty_mask(x, 4, out=buf[:, ::2])  # a strided view is written in place
+    assert torch.equal(buf[:, ::2], x.argmax(0) != 4) and buf[:, 1::2].all()
+    assert not non_empty_mask(torch.zeros(1, 3), 0).any()  # one class: everything is that class
 
 
-def test_bad_arguments_name_the_problem() -> None:
+def test_bad_empty_index_names_the_problem() -> None:
     with pytest.raises(ValueError, match="empty_index"):
-        class_decision(torch.zeros(4, 3), 4)
-    with pytest.raises(ValueError, match="1..256 classes"):
-        class_decision(torch.zeros(300, 3), 0)
+        non_empty_mask(torch.zeros(4, 3), 4)
 
 
-@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize(("batch", "empty"), [(1, 0), (2, 0), (2, 7), (1, 19)])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_label_head_equals_argmax_of_forward(batch: int, channels_last: bool, monkeypatch) -> None:
+def test_label_head_equals_argmax_of_forward(batch: int, empty: int, channels_last: bool, monkeypatch) -> None:
     torch.manual_seed(0)
     head = UpsampleHead(8, 20, 2).eval()
     with torch.no_grad():
-        head.proj.bias.view(20, 8)[0] += 2.0  # mostly empty, like a scene
+        head.proj.bias.view(20, 8)[empty] += 2.0  # mostly empty, like a scene
     x = torch.randn(batch, 8, 10, 6, 4)
     if channels_last:
         x = to_cl(x)
     monkeypatch.setattr(UpsampleHead, "LABEL_BLOCK", 64)  # 240 voxels: several blocks and a partial one
     with torch.inference_mode():
         want = head(x).argmax(1)  # (B, 20, 12, 8)
-        got = head.labels(x, 0)
+        got = head.labels(x, empty)
     assert got.shape == (batch, 20, 12, 8) and got.dtype == torch.uint8
     assert torch.equal(got.long(), want)
-    assert 0 < (got != 0).float().mean() < 0.5
+    assert 0 < (got != empty).float().mean() < 0.5
