@@ -387,12 +387,16 @@ class OccleNode(Node):
                     raise cv.ConversionError(f"{exc}; rclpy could not read it either: {inner}") from inner
         except cv.ConversionError as exc:
             self._seen[STREAMS[stream]] += 1
-            with self._lock:
-                self.counters["rejected"] += 1
-                self.counters[f"rejected.{reason}"] += 1
-            self._log_throttled(reason, f"{STREAMS[stream]} message skipped ({reason}): {exc}")
+            self._reject(reason, f"{STREAMS[stream]} message skipped ({reason}): {exc}")
             return
         self._on_msg(stream, msg)
+
+    def _reject(self, reason: str, text: str) -> None:
+        """Count a skipped message or frame (``rejected`` and ``rejected.<reason>``) and log ``text`` (throttled)."""
+        with self._lock:
+            self.counters["rejected"] += 1
+            self.counters[f"rejected.{reason}"] += 1
+        self._log_throttled(reason, text)
 
     def _log_throttled(self, reason: str, text: str) -> None:
         now = time.monotonic()
@@ -417,15 +421,9 @@ class OccleNode(Node):
         try:
             return self.process(image, info, cloud, complete)
         except FrameRejectedError as exc:
-            with self._lock:
-                self.counters["rejected"] += 1
-                self.counters[f"rejected.{exc.reason}"] += 1
-            self._log_throttled(exc.reason, f"frame skipped ({exc.reason}): {exc}")
+            self._reject(exc.reason, f"frame skipped ({exc.reason}): {exc}")
         except Exception as exc:  # keep the node alive whatever the model does
-            with self._lock:
-                self.counters["rejected"] += 1
-                self.counters["rejected.inference_error"] += 1
-            self._log_throttled("inference_error", f"frame skipped (inference_error): {type(exc).__name__}: {exc}")
+            self._reject("inference_error", f"frame skipped (inference_error): {type(exc).__name__}: {exc}")
         return None
 
     def decode(self, image: Image, info: CameraInfo, cloud: PointCloud2) -> tuple[np.ndarray, np.ndarray, Calib]:

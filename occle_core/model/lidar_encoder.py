@@ -72,7 +72,7 @@ class VoxelFeatures:
         """Zero-filled dense grid (B, C, Xs, Ys, Zs) (channels-last memory) and its mask (B, 1, Xs, Ys, Zs) float."""
         B, C = self.batch_size, self.feats.shape[1]
         Xs, Ys, Zs = self.spatial_shape
-        flat = _flat(self.coords, self.spatial_shape)  # (N,)
+        flat = _flat(*self.coords.unbind(1), self.spatial_shape)  # (N,)
         grid = self.feats.new_zeros(B * Xs * Ys * Zs, C)
         grid.index_copy_(0, flat, self.feats)
         mask = self.feats.new_zeros(B * Xs * Ys * Zs)
@@ -81,9 +81,10 @@ class VoxelFeatures:
         return grid, mask.view(B, 1, Xs, Ys, Zs)
 
 
-def _flat(coords: Tensor, shape: tuple[int, int, int]) -> Tensor:
+def _flat(b: Tensor, i: Tensor, j: Tensor, k: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """(N,) flat index of voxel (i, j, k) of batch item b in a (B, X, Y, Z) grid."""
     X, Y, Z = shape
-    return ((coords[:, 0] * X + coords[:, 1]) * Y + coords[:, 2]) * Z + coords[:, 3]
+    return ((b * X + i) * Y + j) * Z + k
 
 
 def voxelize_points(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int) -> VoxelFeatures:
@@ -119,7 +120,7 @@ def voxelize_points(points: Tensor, grid: VoxelGrid, stride: int, batch_size: in
     b = pts[:, 0].long()
     coarse = torch.div(fine, stride, rounding_mode="floor")  # (M, 3)
     Xs, Ys, Zs = coarse_shape
-    key = ((b * Xs + coarse[:, 0]) * Ys + coarse[:, 1]) * Zs + coarse[:, 2]  # (M,) flat (b, x, y, z)
+    key = _flat(b, *coarse.unbind(1), coarse_shape)  # (M,) flat (b, x, y, z)
     uniq, inverse = torch.unique(key, return_inverse=True)  # (N,), (M,)
     n = uniq.numel()
     coords = torch.stack([uniq // (Xs * Ys * Zs), (uniq // (Ys * Zs)) % Xs, (uniq // Zs) % Ys, uniq % Zs], 1)  # (N, 4)
