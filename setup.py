@@ -10,7 +10,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     description="OccLE: label-efficient 3D semantic occupancy from camera + LiDAR, with a ROS 2 node",
-    packages=find_packages(include=["occle_core", "occle_core.*", "occle_ros", "occle_ros.*", "benchmarks"]),
+    packages=find_packages(include=["occle_core", "occle_core.*", "occle_ros", "occle_ros.*", "occle_bench"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -53,7 +53,7 @@ setup(
             "occle-train = occle_core.cli:train_main",
             "occle-eval = occle_core.cli:eval_main",
             "occle-predict = occle_core.cli:predict_main",
-            "occle-bench = occle_core.cli:bench_main",
+            "occle-bench = occle_bench.run:main",
             "occle-demo = occle_ros.demo:main",
             "occle-launch = occle_ros.launcher:main",
             "occle-play = occle_ros.bag_player:main",

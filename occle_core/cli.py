@@ -32,9 +32,3 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
     return main(argv)
 
-
-def bench_main(argv: Sequence[str] | None = None) -> int:
-    """``occle-bench``: latency, throughput and scaling tables."""
-    from benchmarks.run import main
-
-    return main(argv)

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import common
-from benchmarks.common import Check, Section, Table, growth_fit, growth_per_doubling, summarize, time_fn
+from occle_bench import common
+from occle_bench.common import Check, Section, Table, growth_fit, growth_per_doubling, summarize, time_fn
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -81,7 +81,7 @@ def test_machine_info_names_cpu_and_torch():
 
 def test_struct_unpack_baseline_matches_vectorised_decoder():
     pytest.importorskip("rclpy")
-    from benchmarks.bench_messages import make_cloud_points, struct_unpack_xyzi
+    from occle_bench.bench_messages import make_cloud_points, struct_unpack_xyzi
     from occle_ros import conversions as cv
 
     pts = make_cloud_points(500, seed=3)
@@ -102,7 +102,7 @@ def test_marker_baselines_hold_every_voxel():
     from rclpy.serialization import deserialize_message
     from visualization_msgs.msg import Marker, MarkerArray
 
-    from benchmarks.bench_messages import make_occupancy, marker_per_voxel, points_cube_list
+    from occle_bench.bench_messages import make_occupancy, marker_per_voxel, points_cube_list
     from occle_core.geometry import VoxelGrid
     from occle_core.labels import class_table
     from occle_ros import conversions as cv
@@ -121,7 +121,7 @@ def test_marker_baselines_hold_every_voxel():
 
 def test_cdr_stamp_of_serialized_markers():
     pytest.importorskip("rclpy")
-    from benchmarks.bench_pipeline import _cdr_header_stamp_ns
+    from occle_bench.bench_pipeline import _cdr_header_stamp_ns
     from occle_core.geometry import VoxelGrid
     from occle_core.labels import class_table
     from occle_ros import conversions as cv
@@ -135,7 +135,7 @@ def test_cdr_stamp_of_serialized_markers():
 
 
 def test_resample_points_sizes():
-    from benchmarks.bench_pipeline import resample_points
+    from occle_bench.bench_pipeline import resample_points
 
     pts = np.arange(40, dtype=np.float32).reshape(10, 4)
     sub = resample_points(pts, 4)
@@ -147,7 +147,7 @@ def test_resample_points_sizes():
 
 
 def test_cli_rejects_unknown_section(capsys):
-    from benchmarks.run import main
+    from occle_bench.run import main
 
     with pytest.raises(SystemExit):
         main(["--only", "nonsense"])
@@ -188,7 +188,7 @@ IN_PROCESS_SECTIONS = ["pipeline", "scaling", "messages", "scan"]
 
 
 def _quick(tmp_path_factory, sections: list[str]) -> tuple[int, dict, str]:
-    from benchmarks.run import main
+    from occle_bench.run import main
 
     out = tmp_path_factory.mktemp("bench")
     status = main(["--quick", "--only", *sections, "--json", str(out / "bench.json"), "--markdown",
@@ -295,7 +295,7 @@ def test_quick_scan_ratio(quick_run):
 @pytest.mark.bench
 def test_full_benchmark(tmp_path):
     """The full ``occle-bench`` (minutes): every section runs; targets are printed, not asserted."""
-    from benchmarks.run import main
+    from occle_bench.run import main
 
     assert main(["--json", str(tmp_path / "bench.json"), "--workdir", str(tmp_path / "work")]) == 0
     doc = json.loads((tmp_path / "bench.json").read_text())

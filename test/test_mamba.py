@@ -287,7 +287,7 @@ def test_mamba_layer_residual_and_norms():
 
 
 def test_benchmark_rows_smoke():
-    from benchmarks.bench_scan import _scan_rows, _table
+    from occle_bench.bench_scan import _scan_rows, _table
 
     rows = _scan_rows([80], repeats=1)
     assert [r["bench"] for r in rows] == ["selective_scan forward", "selective_scan fwd+bwd"]

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import (
+from occle_bench.common import (
     Check,
     RssSampler,
     Section,
@@ -464,7 +464,7 @@ def run(quick: bool = False, frames: int | None = None, workdir: str | Path | No
     120k-point frame, 50 frames after 2 warm-up frames. The target is checked on (2).
     Quick: a 64 x 64 x 8 grid, 30k points, 5 frames (CI smoke; numbers not comparable to the target).
     """
-    from benchmarks.bench_messages import publish_harness
+    from occle_bench.bench_messages import publish_harness
     from occle_core.model.occle import synthetic_batch
 
     start = time.perf_counter()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import Check, RssSampler, Section, Table, growth_fit, growth_per_doubling, time_fn
+from occle_bench.common import Check, RssSampler, Section, Table, growth_fit, growth_per_doubling, time_fn
 
 __all__ = ["LINEAR_LIMIT", "MARKER_TARGET_MS", "run"]
 
@@ -77,7 +77,7 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import PointCloud2
 
-    from benchmarks.bench_pipeline import QUICK_GRID, _synthetic_scene, load_model, resample_points
+    from occle_bench.bench_pipeline import QUICK_GRID, _synthetic_scene, load_model, resample_points
     from occle_core.data.batch import Batch, select_points
     from occle_core.model.lidar_encoder import voxelize_points
     from occle_core.model.occle import synthetic_batch
@@ -155,8 +155,8 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
 
 
 def _grid_table(quick: bool) -> Table:
-    from benchmarks.bench_messages import make_occupancy
-    from benchmarks.bench_pipeline import (
+    from occle_bench.bench_messages import make_occupancy
+    from occle_bench.bench_pipeline import (
         FULL_POINTS,
         OCCUPIED_FRACTION,
         QUICK_POINTS,
@@ -232,7 +232,7 @@ def _grid_table(quick: bool) -> Table:
 def _publisher_table(quick: bool) -> tuple[Table, list[Check]]:
     from rclpy.serialization import serialize_message
 
-    from benchmarks.bench_messages import make_occupancy, publish_harness
+    from occle_bench.bench_messages import make_occupancy, publish_harness
     from occle_core.geometry import SEMANTIC_KITTI_GRID
     from occle_core.labels import class_table
     from occle_ros import conversions as cv
@@ -314,7 +314,7 @@ DECISION_SHARES = (0.025, 0.05, 0.10, 0.20)
 def _decision_table(quick: bool) -> tuple[Table, Check]:
     """The class decision against the share of occupied voxels (tiny, 256 x 256 x 32): ``OccLE.classify`` (the
     logits head fused block by block with the decision) against the full-resolution logits + ``max(0)``."""
-    from benchmarks.bench_pipeline import QUICK_GRID, calibrate_empty_bias, head_gemm_only, load_model
+    from occle_bench.bench_pipeline import QUICK_GRID, calibrate_empty_bias, head_gemm_only, load_model
     from occle_core.model.occle import synthetic_batch
 
     overrides = {"data": {"grid": QUICK_GRID}} if quick else None

@@ -1,7 +1,7 @@
 """Selective-scan benchmark: the pure-torch parallel scan against a step-by-step loop, and a two-layer Mamba
 (occle's MambaLayer) forward + backward against the ``mambapy`` package's pure-torch Mamba when it is installed.
 
-Usage: ``python -m benchmarks.bench_scan [--quick] [--json]``. Every timing is the median over repeats after
+Usage: ``python -m occle_bench.bench_scan [--quick] [--json]``. Every timing is the median over repeats after
 one warm-up, measured side by side in the same process.
 """
 

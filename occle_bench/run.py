@@ -6,7 +6,7 @@ Sections (in this order; ``--only`` picks some):
 - ``node``: end-to-end latency of ``occle_node`` over real DDS against its model time.
 - ``scaling``: growth with point count, grid size and occupied voxel count.
 - ``messages``: PointCloud2 decoding and MarkerArray building against per-element baselines.
-- ``scan``: the pure-torch selective scan against a step-by-step loop (``benchmarks.bench_scan``).
+- ``scan``: the pure-torch selective scan against a step-by-step loop (``occle_bench.bench_scan``).
 
 ``--quick`` runs every section at a small size in a few seconds each (CI smoke); its numbers are not the
 targets' sizes. Full mode takes a few minutes on 2 CPU cores. Exit status: 0, or 1 when a section raised
@@ -30,8 +30,8 @@ LOAD_WARNING = 1.5  # 1-minute load average above which timings are flagged as d
 
 
 def _scan_section(quick: bool) -> Any:
-    from benchmarks.bench_scan import run as run_scan
-    from benchmarks.common import Check, Section, Table
+    from occle_bench.bench_scan import run as run_scan
+    from occle_bench.common import Check, Section, Table
 
     start = time.perf_counter()
     rows = run_scan(quick)
@@ -59,24 +59,24 @@ def _runners(workdir: Path) -> dict[str, Callable[[bool], Any]]:
     shared: dict[str, Any] = {}
 
     def pipeline(quick: bool) -> Any:
-        from benchmarks.bench_pipeline import run
+        from occle_bench.bench_pipeline import run
 
         section = run(quick, workdir=workdir / "pipeline")
         shared["forward_ms"] = section.info.get("node_model", {}).get("model_median_ms")
         return section
 
     def node(quick: bool) -> Any:
-        from benchmarks.bench_pipeline import run_node
+        from occle_bench.bench_pipeline import run_node
 
         return run_node(quick, workdir=workdir / "node", forward_ms=shared.get("forward_ms"))
 
     def scaling(quick: bool) -> Any:
-        from benchmarks.bench_scaling import run
+        from occle_bench.bench_scaling import run
 
         return run(quick)
 
     def messages(quick: bool) -> Any:
-        from benchmarks.bench_messages import run
+        from occle_bench.bench_messages import run
 
         return run(quick)
 
@@ -107,12 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     import tempfile
 
-    from benchmarks.common import format_checks, format_table, machine_info
+    from occle_bench.common import format_checks, format_table, machine_info
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="occle-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if not args.dds_defaults:
-        from benchmarks.bench_pipeline import large_data_profile
+        from occle_bench.bench_pipeline import large_data_profile
 
         profile = large_data_profile()  # before the first DDS participant of this process
         if profile:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Check, Section, Table, time_fn
+from occle_bench.common import Check, Section, Table, time_fn
 from occle_core.geometry import SEMANTIC_KITTI_GRID, VoxelGrid
 from occle_core.labels import ClassTable, class_table
 
