@@ -329,7 +329,7 @@ class StagedPipeline:
 
         def preprocess() -> Any:  # what Predictor.predict_logits does before the network
             pts = predictor.validate(rgb, points, calib)  # (N, 4) finite
-            batch = collate([Sample("predict", rgb, pts, calib)], cfg, with_targets=False)
+            batch = collate([Sample.single("predict", rgb, pts, calib)], cfg, with_targets=False)
             return batch.to(self.device)
 
         batch = timed("preprocess: crop points, resize image, calib", preprocess)

@@ -170,7 +170,7 @@ class Predictor:
     def batch(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> Batch:
         """Validated network input of one frame on the predictor's device (what :meth:`predict` feeds the model)."""
         pts = self.validate(image, points, calib)
-        return collate([Sample("predict", image, pts, calib)], self.config, with_targets=False).to(self.device)
+        return collate([Sample.single("predict", image, pts, calib)], self.config, with_targets=False).to(self.device)
 
     @torch.inference_mode()
     def predict_logits(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> torch.Tensor:

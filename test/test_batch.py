@@ -45,14 +45,14 @@ def _sample(seed: int = 0, n: int = 500, labels: bool = True, pseudo: bool = Tru
     lab = rng.integers(0, 20, grid.shape).astype(np.uint8) if labels else None
     invalid = np.zeros(grid.shape, bool)
     invalid[0] = True
-    return Sample(
-        frame_id=f"00/{seed:06d}",
-        image=rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
-        points=pts,
-        calib=_calib(),
+    return Sample.single(
+        f"00/{seed:06d}",
+        rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+        pts,
+        _calib(),
+        pseudo2d=rng.integers(0, 20, (H, W)).astype(np.uint8) if pseudo else None,
         voxel_labels=lab,
         invalid=invalid if labels else None,
-        pseudo2d=rng.integers(0, 20, (H, W)).astype(np.uint8) if pseudo else None,
     )
 
 
@@ -68,7 +68,7 @@ def test_shapes_dtypes_and_normalisation():
     assert b.label_mask.dtype == torch.bool and b.pseudo2d.shape == (2, 20, 40)
     assert b.pseudo3d.shape == (2, 32, 32, 16) and b.frame_ids == ["00/000000", "00/000001"]
     # the mean over a uniform image of 255 maps to (1 - mean) / std
-    white = Sample("w", np.full((H, W, 3), 255, np.uint8), s.points, s.calib)
+    white = Sample.single("w", np.full((H, W, 3), 255, np.uint8), s.points, s.calib)
     img = collate([white], cfg).image[0]
     expected = (1.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     torch.testing.assert_close(img[:, 5, 5], expected)
@@ -163,7 +163,7 @@ def test_to_moves_every_tensor():
 )
 def test_bad_samples_are_refused_naming_the_field(field, value, message):
     s = _sample()
-    setattr(s, field, value)
+    setattr(s.cameras[0] if field in ("image", "pseudo2d") else s, field, value)
     with pytest.raises(ValueError, match=message):
         collate([s], _cfg())
 

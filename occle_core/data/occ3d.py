@@ -280,7 +280,7 @@ class Occ3DDataset(Dataset):
         P = np.hstack([cal["K"], np.zeros((3, 1))])
         calib = Calib(P, cal["T_cam_lidar"] @ np.linalg.inv(T_ego), cal["image_size"])
 
-        sample = Sample(frame_id=token, image=image, points=points, calib=calib, pose=cal["pose"])
+        sample = Sample.single(token, image, points, calib, name="CAM_FRONT", grid_frame="ego", pose=cal["pose"])
         if self.with_labels:
             sem, mask_lidar, mask_camera = read_occ3d_labels(d / LABELS_FILE, self.grid.shape)
             sample.voxel_labels = sem
@@ -298,7 +298,7 @@ class Occ3DDataset(Dataset):
                 pseudo = np.asarray(im, np.uint8)
             if pseudo.shape != image.shape[:2]:
                 raise ValueError(f"{d / PSEUDO_FILE}: shape {pseudo.shape} differs from the image {image.shape[:2]}")
-            sample.pseudo2d = pseudo
+            sample.cameras[0].pseudo2d = pseudo
         return sample
 
 

@@ -2,38 +2,97 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from occle_core.geometry import Calib
 
+GRID_FRAMES = ("lidar", "ego")
+
+
+@dataclass
+class CameraView:
+    """One camera of a frame.
+
+    Attributes:
+        name: the camera's channel name (``"CAM_FRONT"``, ``"image_2"``).
+        image: (H, W, 3) uint8 RGB.
+        calib: camera model; ``calib.T_cam_lidar`` maps the sample's *grid frame* (see ``Sample.grid_frame``)
+            to this camera, so pixels = ``P @ T_cam_lidar @ X_grid``.
+        pseudo2d: (H, W) uint8 2D pseudo labels (learning classes, 255 = none); None when absent.
+    """
+
+    name: str
+    image: np.ndarray
+    calib: Calib
+    pseudo2d: np.ndarray | None = None
+
 
 @dataclass
 class Sample:
-    """One frame: camera image, LiDAR scan, calibration and (optional) labels.
+    """One frame: cameras, LiDAR scan in the grid frame, and (optional) labels.
 
     Attributes:
         frame_id: ``"<sequence>/<frame>"`` or a dataset token.
-        image: (H, W, 3) uint8 RGB.
-        points: (N, 4) float32 x, y, z, intensity in the LiDAR frame.
-        calib: camera model for ``image``.
+        points: (N, >=4) float32 x, y, z, intensity[, ...] in the grid frame.
+        cameras: every camera of the frame, the front camera first (the single-camera network takes it).
+        grid_frame: ``"lidar"`` (SemanticKITTI / KITTI: the grid is fixed to the LiDAR) or ``"ego"``
+            (nuScenes / Occ3D: the grid is fixed to the vehicle, x forward, y left, z up).
         voxel_labels: (X, Y, Z) uint8 learning classes, 255 = ignored; None when unlabelled.
         invalid: (X, Y, Z) bool voxels never observed (excluded from losses/metrics); None if unknown.
-        pseudo2d: (H, W) uint8 2D pseudo labels (learning classes, 255 = none); None when absent.
         camera_mask: (X, Y, Z) bool voxels seen by the camera (Occ3D); None when absent.
-        pose: (4, 4) LiDAR-to-world pose; None when absent.
+        pose: (4, 4) grid-frame-to-world pose; None when absent.
         label_mask: (X, Y, Z) bool voxels whose label may supervise training (the label budget);
             None means every valid labelled voxel.
+        timestamp_us: the frame's time in microseconds; None when unknown.
     """
 
     frame_id: str
-    image: np.ndarray
     points: np.ndarray
-    calib: Calib
+    cameras: list[CameraView]
+    grid_frame: str = "lidar"
     voxel_labels: np.ndarray | None = None
     invalid: np.ndarray | None = None
-    pseudo2d: np.ndarray | None = None
     camera_mask: np.ndarray | None = None
     pose: np.ndarray | None = None
     label_mask: np.ndarray | None = None
+    timestamp_us: int | None = None
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.cameras:
+            raise ValueError(f"sample {self.frame_id}: cameras must hold at least one camera")
+        if self.grid_frame not in GRID_FRAMES:
+            raise ValueError(
+                f"sample {self.frame_id}: grid_frame must be one of {GRID_FRAMES}, got {self.grid_frame!r}"
+            )
+
+    @classmethod
+    def single(
+        cls,
+        frame_id: str,
+        image: np.ndarray,
+        points: np.ndarray,
+        calib: Calib,
+        pseudo2d: np.ndarray | None = None,
+        name: str = "image_2",
+        **kwargs,
+    ) -> Sample:
+        """A one-camera sample (the KITTI case)."""
+        return cls(frame_id, points, [CameraView(name, image, calib, pseudo2d)], **kwargs)
+
+    @property
+    def image(self) -> np.ndarray:
+        """(H, W, 3) uint8 image of the front camera."""
+        return self.cameras[0].image
+
+    @property
+    def calib(self) -> Calib:
+        """Calibration of the front camera."""
+        return self.cameras[0].calib
+
+    @property
+    def pseudo2d(self) -> np.ndarray | None:
+        """2D pseudo labels of the front camera."""
+        return self.cameras[0].pseudo2d

@@ -497,14 +497,14 @@ class SemanticKittiDataset(Dataset):
         if self.with_labels:
             voxel_labels, invalid = self.read_labels(seq, frame)
         poses = self._poses[seq]
-        return Sample(
-            frame_id=f"{seq}/{frame}",
-            image=image,
-            points=points,
-            calib=calib,
+        return Sample.single(
+            f"{seq}/{frame}",
+            image,
+            points,
+            calib,
+            pseudo2d=pseudo,
             voxel_labels=voxel_labels,
             invalid=invalid,
-            pseudo2d=pseudo,
             pose=None if poses is None else poses[int(frame)].copy(),
         )
 
