@@ -44,6 +44,8 @@ setup(
             "ros-diagnostic-msgs",
         ],
         "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.5", "spconv==2.3.8", "transformers>=4.40"],
+        # the TFLite runtime of the 2D segmenter (occle-pseudo --segmenter deeplab-cityscapes)
+        "segmenter": ["ai-edge-litert>=2.0"],
         # GPU hosts: CUDA kernels for the selective scan and sparse convolution.
         "cuda": ["mamba-ssm>=2", "spconv-cu120>=2.3"],
     },
@@ -53,6 +55,7 @@ setup(
             "occle-train = occle_core.cli:train_main",
             "occle-eval = occle_core.cli:eval_main",
             "occle-predict = occle_core.cli:predict_main",
+            "occle-pseudo = occle_core.cli:pseudo_main",
             "occle-bench = occle_bench.run:main",
             "occle-demo = occle_ros.demo:main",
             "occle-launch = occle_ros.launcher:main",

@@ -32,3 +32,9 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
     return main(argv)
 
+
+def pseudo_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-pseudo``: 2D pseudo labels of an image or a dataset with a dataset-specific segmenter."""
+    from occle_core.pseudo.cli import main
+
+    return main(argv)
