@@ -1,0 +1,375 @@
+"""Label-free checks of a predicted occupancy grid against the LiDAR scan of its frame (and 3D boxes if any).
+
+Where no voxel labels exist (real KITTI object frames, a robot's own logs), a prediction can still be held to
+what the sensor saw. For one frame with LiDAR returns in the grid frame and a predicted (X, Y, Z) label grid:
+
+- **hit recall**: of the voxels holding returns, the share predicted occupied (not the empty class).
+- **free-space false occupancy**: of the voxels that rays cross at least ``free_margin`` metres before their
+  return (and that hold no return), the share predicted occupied.
+- **ground consistency**: a ground plane is fitted to the returns (RANSAC over near-vertical normals, then least
+  squares on its inliers, so a tilted or offset road is handled); of the returns within ``ground_tol`` of it,
+  the share whose voxel holds a ground class (SemanticKITTI: road, parking, sidewalk, other-ground, terrain;
+  Occ3D: driveable_surface, other_flat, sidewalk, terrain).
+- **occupied share**: the predicted occupied share of the grid, and inside the LiDAR-observed voxels (hit or
+  crossed) next to the share of them the LiDAR found occupied.
+- with 3D vehicle boxes (LiDAR frame x, y, z centre, l, w, h, yaw): **vehicle recall**, the share of the
+  above-ground returns inside a box whose voxel holds a vehicle class; and the **false-vehicle share**, of the
+  above-ground returns whose voxel holds a vehicle class, the share outside every box (boxes grown by
+  ``box_margin``). Unannotated vehicles (e.g. KITTI's DontCare regions) count as false here.
+
+Counts are kept per frame so that a split's figures pool them (ratios of sums, not means of ratios).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from occle_core.geometry import Calib, VoxelGrid, free_space_mask
+from occle_core.labels import ClassTable
+
+GROUND_CLASSES = {
+    "semantic_kitti": ("road", "parking", "sidewalk", "other-ground", "terrain"),
+    "occ3d_nuscenes": ("driveable_surface", "other_flat", "sidewalk", "terrain"),
+}
+VEHICLE_CLASSES = {
+    "semantic_kitti": ("car", "truck", "other-vehicle"),
+    "occ3d_nuscenes": ("car", "truck", "bus", "trailer", "construction_vehicle"),
+}
+#: KITTI object label types whose boxes are vehicles (Cyclist boxes hold a rider and are not used)
+KITTI_VEHICLE_TYPES = ("Car", "Van", "Truck", "Tram")
+
+
+def class_ids(classes: ClassTable, names: Sequence[str]) -> np.ndarray:
+    """(C,) int64 ids of ``names`` in ``classes``."""
+    missing = [n for n in names if n not in classes.names]
+    if missing:
+        raise ValueError(f"classes {missing} are not in the {classes.name} class table")
+    return np.asarray([classes.names.index(n) for n in names], np.int64)
+
+
+def fit_ground_plane(
+    points: np.ndarray,
+    inlier_tol: float = 0.15,
+    max_tilt_deg: float = 15.0,
+    hypotheses: int = 256,
+    seed: int = 0,
+) -> np.ndarray:
+    """Ground plane of a scan: ``n . x + d = 0`` with a unit normal pointing up (n_z > 0).
+
+    RANSAC: ``hypotheses`` random point triples (all scored at once) whose normal is within ``max_tilt_deg`` of
+    vertical; the one with the most points within ``inlier_tol`` wins (ties: the lower plane), and is refined by
+    least squares (the smallest singular vector of its centred inliers).
+
+    Args:
+        points: (N, >=3) returns, z up.
+
+    Returns:
+        (4,) float64 ``(n_x, n_y, n_z, d)``.
+
+    Raises:
+        ValueError: fewer than 3 points, or no hypothesis was near-horizontal.
+    """
+    xyz = np.asarray(points, np.float64)[:, :3]
+    xyz = xyz[np.all(np.isfinite(xyz), axis=1)]
+    if len(xyz) < 3:
+        raise ValueError(f"a ground plane needs at least 3 points, got {len(xyz)}")
+    rng = np.random.default_rng(seed)
+    tri = xyz[rng.integers(0, len(xyz), (hypotheses, 3))]  # (K, 3, 3)
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (K, 3)
+    norm = np.linalg.norm(n, axis=1)
+    ok = norm > 1e-9
+    n = n[ok] / norm[ok, None]
+    n *= np.sign(n[:, 2:3]) + (n[:, 2:3] == 0)  # normals up
+    d = -np.einsum("kj,kj->k", n, tri[ok, 0])  # (K,)
+    level = n[:, 2] >= np.cos(np.deg2rad(max_tilt_deg))
+    if not level.any():
+        raise ValueError(f"no near-horizontal plane (within {max_tilt_deg} deg) among the point triples")
+    n, d = n[level], d[level]
+    sample = xyz[rng.permutation(len(xyz))[:20000]]  # scoring subset bounds the (K, S) distance matrix
+    inliers = (np.abs(sample @ n.T + d) < inlier_tol).sum(axis=0)  # (K,)
+    height = -d / n[:, 2]  # plane height at x = y = 0
+    best = np.lexsort((height, -inliers))[0]
+    close = np.abs(xyz @ n[best] + d[best]) < inlier_tol
+    centre = xyz[close].mean(axis=0)
+    normal = np.linalg.svd(xyz[close] - centre, full_matrices=False)[2][-1]
+    normal = normal if normal[2] > 0 else -normal
+    return np.append(normal, -normal @ centre)
+
+
+def points_in_boxes(points: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """(N,) bool: points inside any box (grown by ``margin`` metres on every side).
+
+    Args:
+        points: (N, >=3) x y z.
+        boxes: (M, 7) x, y, z (centre), l, w, h, yaw (about z; l along the heading).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
+    if len(boxes) == 0:
+        return np.zeros(len(points), bool)
+    rel = np.asarray(points, np.float64)[:, None, :3] - boxes[None, :, :3]  # (N, M, 3)
+    c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])  # (M,)
+    local_x = rel[..., 0] * c + rel[..., 1] * s  # rotation by -yaw
+    local_y = -rel[..., 0] * s + rel[..., 1] * c
+    half = boxes[:, 3:6] / 2 + margin  # (M, 3)
+    inside = (np.abs(local_x) <= half[:, 0]) & (np.abs(local_y) <= half[:, 1]) & (np.abs(rel[..., 2]) <= half[:, 2])
+    return inside.any(axis=1)
+
+
+def read_kitti_object_boxes(
+    path: str | Path, T_cam_lidar: np.ndarray, types: Sequence[str] = KITTI_VEHICLE_TYPES
+) -> np.ndarray:
+    """Boxes of a KITTI object ``label_2/NNNNNN.txt`` as (M, 7) LiDAR-frame x, y, z (centre), l, w, h, yaw.
+
+    A label line is ``type trunc occ alpha x1 y1 x2 y2 h w l x y z ry`` in the rectified camera frame (x right,
+    y down, z forward; (x, y, z) the bottom centre; ``ry`` the heading about y). ``T_cam_lidar`` (4, 4) maps the
+    LiDAR frame to that camera frame (``R0_rect @ Tr_velo_to_cam``).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: naming the line that does not have 15 fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"KITTI label file not found: {path}")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 15:
+            raise ValueError(f"{path}:{line_no}: expected 15 fields (type ... ry), got {len(parts)}")
+        if parts[0] in types:
+            rows.append([float(v) for v in parts[8:15]])
+    cam = np.asarray(rows, np.float64).reshape(-1, 7)  # h w l x y z ry
+    h, w, length, ry = cam[:, 0], cam[:, 1], cam[:, 2], cam[:, 6]
+    centre = np.stack([cam[:, 3], cam[:, 4] - h / 2, cam[:, 5], np.ones(len(cam))], axis=1)  # (M, 4) camera
+    inv = np.linalg.inv(np.asarray(T_cam_lidar, np.float64))
+    centre_lidar = centre @ inv.T
+    heading = np.stack([np.cos(ry), np.zeros_like(ry), -np.sin(ry)], axis=1) @ inv[:3, :3].T  # (M, 3)
+    yaw = np.arctan2(heading[:, 1], heading[:, 0])
+    return np.stack([*centre_lidar[:, :3].T, length, w, h, yaw], axis=1)
+
+
+@dataclass
+class FrameConsistency:
+    """Counts of one frame (or pooled over frames); the ratios are properties. Vehicle counts are None without
+    boxes."""
+
+    frame_id: str
+    hit_voxels: int
+    hit_predicted_occupied: int
+    free_voxels: int
+    free_predicted_occupied: int
+    ground_returns: int
+    ground_returns_ground_class: int
+    voxels: int
+    predicted_occupied: int
+    observed_voxels: int
+    observed_predicted_occupied: int
+    box_returns: int | None = None
+    box_returns_vehicle: int | None = None
+    vehicle_returns: int | None = None
+    vehicle_returns_outside_boxes: int | None = None
+
+    @property
+    def hit_recall(self) -> float:
+        return _ratio(self.hit_predicted_occupied, self.hit_voxels)
+
+    @property
+    def free_false_occupancy(self) -> float:
+        return _ratio(self.free_predicted_occupied, self.free_voxels)
+
+    @property
+    def ground_consistency(self) -> float:
+        return _ratio(self.ground_returns_ground_class, self.ground_returns)
+
+    @property
+    def occupied_share(self) -> float:
+        return _ratio(self.predicted_occupied, self.voxels)
+
+    @property
+    def observed_occupied_share(self) -> float:
+        """Predicted occupied share of the LiDAR-observed voxels."""
+        return _ratio(self.observed_predicted_occupied, self.observed_voxels)
+
+    @property
+    def lidar_occupied_share(self) -> float:
+        """Share of the LiDAR-observed voxels that hold returns."""
+        return _ratio(self.hit_voxels, self.observed_voxels)
+
+    @property
+    def vehicle_recall(self) -> float | None:
+        return None if self.box_returns is None else _ratio(self.box_returns_vehicle, self.box_returns)
+
+    @property
+    def false_vehicle_share(self) -> float | None:
+        return (
+            None if self.vehicle_returns is None else _ratio(self.vehicle_returns_outside_boxes, self.vehicle_returns)
+        )
+
+    def metrics(self) -> dict[str, float | None]:
+        """The ratios by name (NaN where a denominator is 0)."""
+        return {name: getattr(self, name) for name in METRICS}
+
+
+METRICS = (
+    "hit_recall",
+    "free_false_occupancy",
+    "ground_consistency",
+    "occupied_share",
+    "observed_occupied_share",
+    "lidar_occupied_share",
+    "vehicle_recall",
+    "false_vehicle_share",
+)
+
+
+def _ratio(num: int | None, den: int | None) -> float:
+    return float(num) / den if den else float("nan")
+
+
+def frame_consistency(
+    points: np.ndarray,
+    labels: np.ndarray,
+    grid: VoxelGrid,
+    classes: ClassTable,
+    boxes: np.ndarray | None = None,
+    frame_id: str = "",
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    free_margin: float = 0.6,
+    ground_tol: float = 0.2,
+    above_ground: float = 0.3,
+    box_margin: float = 0.1,
+    plane: np.ndarray | None = None,
+) -> FrameConsistency:
+    """Consistency counts of one predicted grid with its scan (definitions in the module docstring).
+
+    Args:
+        points: (N, >=3) returns in the grid frame (rows with NaN/Inf are dropped).
+        labels: (X, Y, Z) uint8 predicted classes of ``classes`` on ``grid``; ``classes.empty_index`` = free.
+        boxes: optional (M, 7) vehicle boxes (x, y, z centre, l, w, h, yaw) in the grid frame.
+        origin: (3,) sensor position the rays start from.
+        free_margin: a voxel counts as free when a ray crosses it at least this far before its return.
+        ground_tol: returns within this distance of the ground plane are ground returns.
+        above_ground: returns higher than this above the plane are "above ground" (vehicle checks).
+        box_margin: boxes are grown by this margin when testing returns against them.
+        plane: (4,) ground plane ``n . x + d = 0`` (n up); None fits one with :func:`fit_ground_plane`.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != grid.shape:
+        raise ValueError(f"labels must have the grid shape {grid.shape}, got {labels.shape}")
+    pts = np.asarray(points, np.float64)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise ValueError(f"points must have shape (N, >=3), got {pts.shape}")
+    pts = pts[np.all(np.isfinite(pts[:, :3]), axis=1), :3]
+    occupied = (labels != classes.empty_index) & (labels != classes.ignore_index)  # (X, Y, Z)
+    hit, _ = free_space_mask(grid, pts, origin)
+    # rays shortened by free_margin: the voxels they cross lie at least free_margin before the return
+    o = np.asarray(origin, np.float64)
+    rng = np.linalg.norm(pts - o, axis=1)
+    far = rng > free_margin
+    short = o + (pts[far] - o) * ((rng[far] - free_margin) / rng[far])[:, None]
+    _, crossed = free_space_mask(grid, short, origin)
+    free = crossed & ~hit
+    observed = hit | free
+
+    plane = fit_ground_plane(pts) if plane is None else np.asarray(plane, np.float64)
+    height = pts @ plane[:3] + plane[3]  # (N,) signed distance above the plane
+    ijk, inside = grid.point_indices(pts)
+    point_label = np.full(len(pts), classes.empty_index, np.int64)
+    point_label[inside] = labels[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    ground = inside & (np.abs(height) <= ground_tol)
+    is_ground_class = np.isin(point_label, class_ids(classes, GROUND_CLASSES[classes.name]))
+    counts: dict[str, Any] = {
+        "frame_id": frame_id,
+        "hit_voxels": int(hit.sum()),
+        "hit_predicted_occupied": int((hit & occupied).sum()),
+        "free_voxels": int(free.sum()),
+        "free_predicted_occupied": int((free & occupied).sum()),
+        "ground_returns": int(ground.sum()),
+        "ground_returns_ground_class": int((ground & is_ground_class).sum()),
+        "voxels": grid.num_voxels,
+        "predicted_occupied": int(occupied.sum()),
+        "observed_voxels": int(observed.sum()),
+        "observed_predicted_occupied": int((observed & occupied).sum()),
+    }
+    if boxes is not None:
+        up = inside & (height > above_ground)
+        in_box = points_in_boxes(pts, boxes, box_margin)
+        vehicle = np.isin(point_label, class_ids(classes, VEHICLE_CLASSES[classes.name]))
+        counts["box_returns"] = int((up & in_box).sum())
+        counts["box_returns_vehicle"] = int((up & in_box & vehicle).sum())
+        counts["vehicle_returns"] = int((up & vehicle).sum())
+        counts["vehicle_returns_outside_boxes"] = int((up & vehicle & ~in_box).sum())
+    return FrameConsistency(**counts)
+
+
+def pool(frames: Sequence[FrameConsistency], frame_id: str = "all") -> FrameConsistency:
+    """Counts summed over ``frames`` (vehicle counts over the frames that have boxes; None if none has)."""
+    out: dict[str, Any] = {"frame_id": frame_id}
+    for f in fields(FrameConsistency)[1:]:
+        values = [getattr(fr, f.name) for fr in frames if getattr(fr, f.name) is not None]
+        out[f.name] = int(sum(values)) if values else None
+    return FrameConsistency(**out)
+
+
+@dataclass
+class ConsistencyReport:
+    """Per-frame consistency and the pooled figures of a set of frames."""
+
+    frames: list[FrameConsistency]
+
+    @property
+    def total(self) -> FrameConsistency:
+        return pool(self.frames)
+
+    def table(self) -> str:
+        """Markdown table: one row per frame and the pooled row, ratios in percent (``-`` = undefined)."""
+        head = "| frame | " + " | ".join(METRICS) + " |"
+        rows = [head, "|---" * (len(METRICS) + 1) + "|"]
+        for fr in [*self.frames, self.total]:
+            cells = ["-" if v is None or np.isnan(v) else f"{100 * v:.1f}" for v in fr.metrics().values()]
+            rows.append(f"| {fr.frame_id} | " + " | ".join(cells) + " |")
+        return "\n".join(rows)
+
+    def to_json(self) -> dict[str, Any]:
+        """Counts and ratios of every frame and of the pool (NaN as null)."""
+
+        def entry(fr: FrameConsistency) -> dict[str, Any]:
+            ratios = {k: None if v is None or np.isnan(v) else v for k, v in fr.metrics().items()}
+            return {**asdict(fr), **ratios}
+
+        return {"frames": [entry(f) for f in self.frames], "total": entry(self.total)}
+
+    def write_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_json` to ``path`` (parent folders created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2))
+        return path
+
+
+def consistency_report(
+    predictor: Any,
+    frames: Iterable[tuple[str, np.ndarray, np.ndarray, Calib, np.ndarray | None]],
+    **options: Any,
+) -> ConsistencyReport:
+    """Run ``predictor`` (an :class:`occle_core.predictor.Predictor`) on ``frames`` and check each prediction.
+
+    Args:
+        frames: ``(frame_id, image (H, W, 3) uint8, points (N, 4) grid frame, calib, boxes (M, 7) or None)``.
+        options: keyword arguments of :func:`frame_consistency` (margins, tolerances, origin).
+    """
+    out = []
+    for frame_id, image, points, calib, boxes in frames:
+        labels = predictor.predict(image, points, calib)
+        out.append(
+            frame_consistency(points, labels, predictor.grid, predictor.classes, boxes, frame_id=frame_id, **options)
+        )
+    return ConsistencyReport(out)
