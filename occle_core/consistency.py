@@ -275,8 +275,8 @@ def frame_consistency(
     rng = np.linalg.norm(pts - o, axis=1)
     far = rng > free_margin
     short = o + (pts[far] - o) * ((rng[far] - free_margin) / rng[far])[:, None]
-    _, crossed = free_space_mask(grid, short, origin)
-    free = crossed & ~hit
+    short_end, crossed = free_space_mask(grid, short, origin)
+    free = (crossed | short_end) & ~hit  # a shortened ray's end voxel holds a point free_margin before its return
     observed = hit | free
 
     plane = fit_ground_plane(pts) if plane is None else np.asarray(plane, np.float64)

@@ -184,6 +184,18 @@ def test_cli_labels_a_semantic_kitti_layout(tmp_path, monkeypatch):
             assert im.mode == "L" and im.size == (20, 6)
             assert np.all(np.asarray(im) == class_table("semantic_kitti").names.index("road"))
     assert main([*args, "--data", str(tmp_path / "nothing")]) == 2
+    # with stored open-vocabulary masks the segmenter's labels are aligned: parking refines road
+    parking = class_table("semantic_kitti").names.index("parking")
+    mask = np.zeros((1, 6, 20), bool)
+    mask[0, :, :5] = True
+    for seq in ("00", "01"):
+        (tmp_path / f"sequences/{seq}/open_vocab").mkdir()
+        np.savez(tmp_path / f"sequences/{seq}/open_vocab/000003.npz", masks=mask, classes=[parking], scores=[0.9])
+    assert main([*args, "--data", str(tmp_path), "--open-vocab-masks", str(tmp_path)]) == 0
+    aligned = np.asarray(Image.open(pairs[1][1]))
+    assert np.all(aligned[:, :5] == parking) and np.all(
+        aligned[:, 5:] == class_table("semantic_kitti").names.index("road")
+    )
     one = ["--segmenter", "deeplab-cityscapes", "--model", "m.tflite", "--native", "--image"]
     assert main([*one, str(pairs[0][0]), "--out", str(tmp_path / "n.png")]) == 0
     assert np.all(np.asarray(Image.open(tmp_path / "n.png")) == 0)

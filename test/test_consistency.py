@@ -1,0 +1,176 @@
+"""Label-free consistency metrics, each checked against counts worked out by hand on tiny grids."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from occle_core.consistency import (
+    ConsistencyReport,
+    consistency_report,
+    fit_ground_plane,
+    frame_consistency,
+    points_in_boxes,
+    pool,
+    read_kitti_object_boxes,
+)
+from occle_core.geometry import VoxelGrid
+from occle_core.labels import class_table
+
+SK = class_table("semantic_kitti")
+OCC = class_table("occ3d_nuscenes")
+CAR, ROAD, BUILDING = SK.names.index("car"), SK.names.index("road"), SK.names.index("building")
+FLAT = (0.0, 0.0, 1.0, -0.5)  # the plane z = 0.5
+
+
+def ray_frame():
+    """Sensor at (0, .5, .5), two returns straight down the x axis, in voxels 5 and 7 of an (8, 2, 2) grid."""
+    grid = VoxelGrid((0.0, 0.0, 0.0), 1.0, (8, 2, 2))
+    points = np.array([[5.5, 0.5, 0.5], [7.5, 0.5, 0.5]])
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[5, 0, 0] = CAR  # a hit voxel predicted occupied; voxel 7 (hit) is predicted empty
+    labels[2, 0, 0] = ROAD  # a crossed (free) voxel predicted occupied
+    labels[7, 1, 1] = BUILDING  # an unobserved voxel
+    return grid, points, labels
+
+
+def test_hit_recall_free_space_and_occupied_shares():
+    grid, points, labels = ray_frame()
+    fr = frame_consistency(points, labels, grid, SK, origin=(0, 0.5, 0.5), free_margin=1.6, plane=FLAT)
+    # hits: voxels 5 and 7. Rays shortened by 1.6 m end at x = 3.9 and 5.9: crossed voxels 0..3 and 0..5;
+    # minus the hits: free = 0..4
+    assert (fr.hit_voxels, fr.hit_predicted_occupied) == (2, 1)
+    assert (fr.free_voxels, fr.free_predicted_occupied) == (5, 1)
+    assert fr.hit_recall == 0.5 and fr.free_false_occupancy == 0.2
+    assert (fr.voxels, fr.predicted_occupied) == (32, 3) and fr.occupied_share == 3 / 32
+    assert (fr.observed_voxels, fr.observed_predicted_occupied) == (7, 2)
+    assert fr.observed_occupied_share == 2 / 7 and fr.lidar_occupied_share == 2 / 7
+    # with a margin under a voxel, the second ray's free voxel 6 (between the two returns) counts too
+    fr0 = frame_consistency(points, labels, grid, SK, origin=(0, 0.5, 0.5), free_margin=0.6, plane=FLAT)
+    assert (fr0.free_voxels, fr0.free_predicted_occupied) == (6, 1)
+    assert fr.vehicle_recall is None and fr.false_vehicle_share is None
+
+
+def test_occ3d_empty_class_is_free():
+    grid = VoxelGrid((0.0, 0.0, 0.0), 1.0, (4, 1, 1))
+    labels = np.full(grid.shape, OCC.empty_index, np.uint8)
+    labels[3] = OCC.names.index("car")
+    fr = frame_consistency(np.array([[3.5, 0.5, 0.5]]), labels, grid, OCC, origin=(0, 0.5, 0.5), plane=FLAT)
+    # free (17) is not occupied: voxels 0..2 (free, ray end at 2.9) hold 17, the hit voxel a car
+    assert fr.hit_recall == 1.0 and fr.free_voxels == 3 and fr.free_false_occupancy == 0.0
+
+
+def test_ground_consistency_counts_returns_near_the_plane():
+    grid = VoxelGrid((0.0, 0.0, 0.0), 1.0, (4, 1, 2))
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[0, 0, 0] = labels[1, 0, 0] = ROAD
+    labels[2, 0, 0] = CAR
+    labels[2, 0, 1] = CAR
+    points = np.array(
+        [[0.5, 0.5, 0.55], [1.5, 0.5, 0.4], [2.5, 0.5, 0.5], [3.5, 0.5, 0.5], [2.5, 0.5, 1.5], [9.0, 0.5, 0.5]]
+    )
+    fr = frame_consistency(points, labels, grid, SK, origin=(0, 0.5, 1.9), plane=FLAT)
+    # near the plane and in the grid: the first four (the last is outside); on road: the first two
+    assert (fr.ground_returns, fr.ground_returns_ground_class) == (4, 2)
+    assert fr.ground_consistency == 0.5
+    tilted = (0.0, -np.sin(0.3), np.cos(0.3), 0.0)  # a plane the returns do not lie near
+    assert frame_consistency(points, labels, grid, SK, plane=tilted).ground_returns < 4
+
+
+def test_ground_plane_fit_finds_a_tilted_road_under_clutter():
+    rng = np.random.default_rng(3)
+    xy = rng.uniform([0, -20], [40, 20], (3000, 2))
+    road = np.c_[xy, 0.03 * xy[:, 0] - 0.02 * xy[:, 1] - 1.7 + rng.normal(0, 0.02, 3000)]
+    wall = np.c_[rng.uniform(0, 40, 1500), np.full(1500, 8.0), rng.uniform(-1.7, 4, 1500)]
+    roof = np.c_[rng.uniform(0, 10, (800, 2)), np.full(800, 2.5)]  # a smaller raised flat surface
+    plane = fit_ground_plane(np.r_[road, wall, roof])
+    expect = np.array([-0.03, 0.02, 1.0, 1.7]) / np.linalg.norm([-0.03, 0.02, 1.0])
+    np.testing.assert_allclose(plane, expect, atol=0.01)
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_ground_plane(np.zeros((2, 3)))
+
+
+def test_points_in_rotated_boxes():
+    boxes = np.array([[5.0, 0.0, 0.0, 4.0, 2.0, 2.0, np.pi / 2]])  # length along y after the yaw
+    points = np.array([[5.0, 1.8, 0.0], [6.5, 0.0, 0.0], [5.9, 0.0, 0.9], [6.1, 0.0, 0.0], [5.0, 0.0, 1.2]])
+    np.testing.assert_array_equal(points_in_boxes(points, boxes), [True, False, True, False, False])
+    np.testing.assert_array_equal(points_in_boxes(points, boxes, margin=0.2), [True, False, True, True, True])
+    assert not points_in_boxes(points, np.zeros((0, 7))).any()
+
+
+def test_vehicle_recall_and_false_vehicle_share():
+    grid = VoxelGrid((0.0, 0.0, 0.0), 1.0, (10, 1, 3))
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[1, 0, 1] = CAR  # in the box
+    labels[6, 0, 1] = CAR  # outside it
+    labels[8, 0, 0] = CAR  # a ground voxel painted car: not above ground, not counted
+    labels[4, 0, 1] = BUILDING
+    boxes = np.array([[1.5, 0.5, 1.5, 2.0, 1.0, 1.0, 0.0]])  # covers x 0.5..2.5 (+ margin), z 1..2
+    points = np.array(
+        [
+            [1.5, 0.5, 1.5],  # in box, car voxel
+            [2.2, 0.5, 1.5],  # in box, empty voxel
+            [4.5, 0.5, 1.5],  # outside, building
+            [6.5, 0.5, 1.5],  # outside, car -> false vehicle
+            [7.5, 0.5, 1.5],  # outside, empty
+            [8.5, 0.5, 0.1],  # ground return in a car voxel (plane z = 0)
+        ]
+    )
+    fr = frame_consistency(points, labels, grid, SK, boxes, origin=(0, 0.5, 2.5), plane=(0, 0, 1, 0.0))
+    assert (fr.box_returns, fr.box_returns_vehicle) == (2, 1) and fr.vehicle_recall == 0.5
+    assert (fr.vehicle_returns, fr.vehicle_returns_outside_boxes) == (2, 1) and fr.false_vehicle_share == 0.5
+
+
+def test_kitti_label_boxes_to_lidar(tmp_path):
+    T = np.eye(4)
+    T[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]  # LiDAR x forward, y left, z up -> camera x right, y down, z fwd
+    path = tmp_path / "000001.txt"
+    path.write_text(
+        "Car 0.00 0 0 0 0 0 0 1.50 1.60 4.00 1.00 1.70 10.00 -1.5707963\n"
+        "DontCare -1 -1 -10 0 0 0 0 -1 -1 -1 -1000 -1000 -1000 -10\n"
+        "Van 0.00 0 0 0 0 0 0 2.00 1.80 5.00 -2.00 1.70 20.00 0.0\n"
+    )
+    boxes = read_kitti_object_boxes(path, T)
+    # the car faces forward (ry = -pi/2 -> yaw 0); bottom centre 1.7 m below the camera -> centre 0.95 m below
+    np.testing.assert_allclose(boxes[0], [10.0, -1.0, -0.95, 4.0, 1.6, 1.5, 0.0], atol=1e-6)
+    # ry = 0: the van's length points along camera x (right) = LiDAR -y
+    np.testing.assert_allclose(boxes[1], [20.0, 2.0, -0.7, 5.0, 1.8, 2.0, -np.pi / 2], atol=1e-6)
+    path.write_text("Car 0 0 0\n")
+    with pytest.raises(ValueError, match="000001.txt:1: expected 15 fields"):
+        read_kitti_object_boxes(path, T)
+    with pytest.raises(FileNotFoundError):
+        read_kitti_object_boxes(tmp_path / "none.txt", T)
+
+
+def test_pooled_table_and_json():
+    grid, points, labels = ray_frame()
+    kw = {"origin": (0, 0.5, 0.5), "plane": FLAT}
+    a = frame_consistency(points, labels, grid, SK, frame_id="a", **kw)
+    b = frame_consistency(points[:1], labels, grid, SK, np.zeros((0, 7)), frame_id="b", **kw)
+    total = pool([a, b])
+    assert total.hit_voxels == a.hit_voxels + b.hit_voxels and total.free_voxels == a.free_voxels + b.free_voxels
+    assert total.box_returns == 0 and math.isnan(total.vehicle_recall)  # only b has boxes, with no returns in them
+    report = ConsistencyReport([a, b])
+    lines = report.table().splitlines()
+    assert len(lines) == 5 and lines[-1].startswith("| all | 66.7 |")  # hits 2 of 3 voxels
+    doc = json.loads(json.dumps(report.to_json()))
+    assert doc["frames"][0]["vehicle_recall"] is None and doc["total"]["hit_recall"] == pytest.approx(2 / 3)
+
+
+def test_consistency_report_runs_a_predictor():
+    grid, points, labels = ray_frame()
+
+    class Fixed:
+        def __init__(self):
+            self.grid, self.classes = grid, SK
+
+        def predict(self, image, points, calib):
+            return labels
+
+    rep = consistency_report(Fixed(), [("f", None, points, None, None)], origin=(0, 0.5, 0.5), plane=FLAT)
+    assert [f.frame_id for f in rep.frames] == ["f"] and rep.frames[0].hit_recall == 0.5
+    with pytest.raises(ValueError, match="grid shape"):
+        frame_consistency(points, labels[:-1], grid, SK, plane=FLAT)
