@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from occle_core.labels import DATASETS
+from occle_core.labels import DATASETS, class_table
+from occle_core.pseudo.align import AlignedLabeller, FileOpenVocabSegmenter, load_label_map
 from occle_core.pseudo.labeller import PseudoLabeller, write_label_png
+from occle_core.pseudo.tflite_segmenter import TFLiteSegmenter, class_shares
 
 #: segmenter name -> the source label space of its classes in ``config/pseudo_label_map.yaml``
 SEGMENTERS = {"deeplab-cityscapes": "cityscapes"}
@@ -73,17 +75,12 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 def build_labeller(args: argparse.Namespace) -> PseudoLabeller:
     """The labeller the arguments ask for: the segmenter, aligned with open-vocabulary masks when given."""
-    from occle_core.pseudo.align import load_label_map
-    from occle_core.pseudo.tflite_segmenter import TFLiteSegmenter
-
     label_map = load_label_map(SEGMENTERS[args.segmenter], args.target)
     segmenter = TFLiteSegmenter(
         args.model, None if args.native else label_map, scale=args.scale, num_threads=args.threads
     )
     if args.native or not (args.open_vocab_masks or args.clipseg):
         return segmenter
-    from occle_core.pseudo.align import AlignedLabeller, FileOpenVocabSegmenter
-
     if args.clipseg:
         from occle_core.pseudo.hf_adapter import HFCLIPSegSegmenter
 
@@ -141,12 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from tqdm import tqdm
 
-    start, done = time.perf_counter(), 0
+    start, done, counts = time.perf_counter(), 0, np.zeros(256, np.int64)
     for image_path, out_path in tqdm(jobs, desc="pseudo labels", unit="img", disable=len(jobs) == 1):
         if args.skip_existing and out_path.is_file():
             continue
-        write_label_png(out_path, labeller(read_rgb(image_path), frame_id(image_path)))
+        labels = labeller(read_rgb(image_path), frame_id(image_path))
+        write_label_png(out_path, labels)
+        counts += np.bincount(labels.ravel(), minlength=256)
         done += 1
     took = time.perf_counter() - start
     print(f"occle-pseudo: {done} label map(s) written, {took / max(done, 1):.2f} s per image")
+    names = load_label_map(SEGMENTERS[args.segmenter], args.target).source_names if args.native else None
+    shares = class_shares(counts, names or class_table(args.target).names)
+    print("pixel shares: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
     return 0

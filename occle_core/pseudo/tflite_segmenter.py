@@ -161,6 +161,19 @@ class TFLiteSegmenter(PseudoLabeller):
             return float(self.scale)
         return max(self.input_size[0] / image_size[0], self.input_size[1] / image_size[1])
 
+    def layout(self, image_size: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+        """How an image of ``image_size`` (H, W) is cut: its scaled size (h, w) and the (ny,) row and (nx,) column
+        starts of the tiles in the scaled image, edge-padded to at least one tile."""
+        s = self.image_scale(image_size)
+        sh, sw = (max(1, round(v * s)) for v in image_size)
+        th, tw = self.input_size
+        return (sh, sw), tile_starts(max(sh, th), th, self.min_overlap), tile_starts(max(sw, tw), tw, self.min_overlap)
+
+    def tiles_per_image(self, image_size: tuple[int, int]) -> int:
+        """Number of model calls for an image of ``image_size`` (H, W)."""
+        _, ys, xs = self.layout(image_size)
+        return len(ys) * len(xs)
+
     def run_tile(self, tile: np.ndarray) -> np.ndarray:
         """(h, w) int64 source classes of one (h, w, 3) uint8 model-sized tile."""
         self.interpreter.set_tensor(self._in_index, self.preprocess(tile)[None])
@@ -171,14 +184,12 @@ class TFLiteSegmenter(PseudoLabeller):
         """(H, W) int64 model class ids of ``image`` (H, W, 3) uint8, tiled and stitched at the image size."""
         image = check_image(image)
         H, W = image.shape[:2]
-        s = self.image_scale((H, W))
-        sh, sw = max(1, round(H * s)), max(1, round(W * s))
+        (sh, sw), ys, xs = self.layout((H, W))
         scaled = np.asarray(Image.fromarray(image).resize((sw, sh), Image.BILINEAR)) if (sh, sw) != (H, W) else image
         th, tw = self.input_size
         ph, pw = max(sh, th), max(sw, tw)
         if (ph, pw) != (sh, sw):
             scaled = np.pad(scaled, ((0, ph - sh), (0, pw - sw), (0, 0)), mode="edge")
-        ys, xs = tile_starts(ph, th, self.min_overlap), tile_starts(pw, tw, self.min_overlap)
         by, bx = tile_bounds(ys, th, ph), tile_bounds(xs, tw, pw)
         stitched = np.empty((ph, pw), np.int64)
         for i, y in enumerate(ys):  # a handful of tiles; each is one model call
@@ -187,14 +198,6 @@ class TFLiteSegmenter(PseudoLabeller):
                 core = labels[by[i] - y : by[i + 1] - y, bx[j] - x : bx[j + 1] - x]  # the part this tile owns
                 stitched[by[i] : by[i + 1], bx[j] : bx[j + 1]] = core
         return resize_labels(stitched[:sh, :sw], (H, W))
-
-    def tiles_per_image(self, image_size: tuple[int, int]) -> int:
-        """Number of model calls for an image of ``image_size`` (H, W)."""
-        s = self.image_scale(image_size)
-        sh, sw = (max(1, round(v * s)) for v in image_size)
-        th, tw = self.input_size
-        ny = len(tile_starts(max(sh, th), th, self.min_overlap))
-        return ny * len(tile_starts(max(sw, tw), tw, self.min_overlap))
 
     def label(self, image: np.ndarray, frame_id: str = "") -> np.ndarray:
         """(H, W) uint8 labels: target classes (255 where the source class has none), or the model's own ids."""
@@ -211,9 +214,10 @@ class TFLiteSegmenter(PseudoLabeller):
         return out
 
 
-def source_shares(labels: np.ndarray, names: Sequence[str], ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
-    """Share of the pixels of an (H, W) label map per class name (``"none"`` for ``ignore_index``), nonzero only."""
-    counts = np.bincount(np.asarray(labels, np.int64).ravel(), minlength=256)
+def class_shares(counts: np.ndarray, names: Sequence[str], ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
+    """Share per class name of pixel ``counts`` (indexed by label value; ``"none"`` for ``ignore_index``), the
+    nonzero ones, largest first."""
+    counts = np.asarray(counts, np.int64)
     total = max(int(counts.sum()), 1)
     shares = {
         names[c] if c < len(names) else ("none" if c == ignore_index else str(c)): counts[c] / total
