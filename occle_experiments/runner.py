@@ -29,7 +29,7 @@ from typing import Any
 
 from occle_core.config import load_config
 from occle_core.labels import ClassTable
-from occle_experiments.rows import Experiments
+from occle_experiments.rows import Experiments, load_experiments
 
 
 def _pct(v: float | None) -> float | None:
@@ -135,7 +135,7 @@ def run_row(
     seed: int,
     steps: int,
     out: str | Path,
-    exp: Experiments,
+    exp: Experiments | None = None,
     results: str | Path | None = None,
     eval_every: int = 0,
     resume: bool = False,
@@ -147,7 +147,7 @@ def run_row(
         row / seed: the row of ``exp`` and the paired seed (training seed = label seed).
         steps: optimiser steps.
         out: the run folder (replaced unless ``resume``).
-        exp: the experiment definition.
+        exp: the experiment definition (default: ``config/experiments.yaml``).
         results: results file (default ``exp.results``).
         eval_every: > 0 for a pilot run: dev-split evaluation every that many steps, kept as ``curve``.
         resume: continue an interrupted run in ``out`` (``occle-train --resume``).
@@ -165,6 +165,7 @@ def run_row(
 
     if steps < 1 or eval_every < 0:
         raise ValueError(f"steps must be >= 1 and eval_every >= 0, got {steps} and {eval_every}")
+    exp = exp if exp is not None else load_experiments()
     p = exp.protocol
     out = Path(out)
     if out.exists() and not resume:

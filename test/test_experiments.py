@@ -115,9 +115,10 @@ def test_run_row_smoke_and_report(tiny_data, tmp_path):  # noqa: F811
         occ["classes_present"] == sum(v is not None for v in occ["per_class"].values()) and len(occ["per_class"]) == 19
     )
     assert [p["step"] for p in runs["sup_10"]["curve"]] == [1, 2] and "curve" not in occ
-    # without --steps, `run` takes the pilot's S (here 1: the loose plateau rule is met at once)
-    assert main([*common, "run", "occle_10", "--seed", "2", "--device", "cpu"]) == 0
-    assert {(r["row"], r["steps"]) for r in json.loads((tmp_path / "r.json").read_text())["runs"]} >= {("occle_10", 1)}
+    # without --steps, `run` takes the pilot's S (here 1: the loose plateau rule is met at once); frame budget
+    assert main([*common, "run", "occle_10_frame", "--seed", "2", "--device", "cpu"]) == 0
+    runs = {r["row"]: r for r in json.loads((tmp_path / "r.json").read_text())["runs"]}
+    assert (runs["occle_10_frame"]["steps"], runs["occle_10_frame"]["budget"]) == (1, "frame")
 
     assert main([*common, "report", "--markdown", str(md), "--figures", str(tmp_path / "fig")]) == 0
     text = md.read_text()
