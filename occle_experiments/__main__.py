@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             write_report(results, args.markdown, exp.row_order(), args.figures)
             print(f"wrote {args.markdown} and {args.figures}/")
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"occle_experiments: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -11,6 +11,7 @@ import yaml
 DEFAULT_EXPERIMENTS = Path("config/experiments.yaml")
 REQUIRED = ("base_config", "data_root", "results", "runs_dir", "protocol", "rows")
 PROTOCOL_REQUIRED = ("train_sequences", "dev_sequences", "validation_sequences", "pilot")
+PILOT_REQUIRED = ("rows", "seed", "steps", "eval_every", "plateau_window", "plateau_tolerance")
 
 
 @dataclass
@@ -40,10 +41,10 @@ class Experiments:
         """All overrides of ``row`` with ``seed``: common, the row's own, then the paired seeds.
 
         Raises:
-            KeyError: an unknown row (the message lists the known ones).
+            ValueError: an unknown row (the message lists the known ones) or a negative seed.
         """
         if row not in self.rows:
-            raise KeyError(f"unknown row {row!r}; rows: {', '.join(self.rows)}")
+            raise ValueError(f"unknown row {row!r}; rows: {', '.join(self.rows)}")
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         return [*self.common, *self.rows[row], f"train.seed={int(seed)}", f"data.label_seed={int(seed)}"]
@@ -88,6 +89,9 @@ def load_experiments(path: str | Path = DEFAULT_EXPERIMENTS) -> Experiments:
     missing = [k for k in PROTOCOL_REQUIRED if k not in protocol]
     if missing:
         raise ValueError(f"{path}: protocol is missing {missing}")
+    missing = [k for k in PILOT_REQUIRED if k not in (protocol["pilot"] or {})]
+    if missing:
+        raise ValueError(f"{path}: protocol.pilot is missing {missing}")
     if not isinstance(doc["rows"], dict) or not doc["rows"]:
         raise ValueError(f"{path}: rows must be a mapping of row name -> list of overrides")
     rows = {str(name): _flatten(list(items or []), f"{path}: rows.{name}") for name, items in doc["rows"].items()}

@@ -53,7 +53,7 @@ def test_every_row_is_a_valid_config_and_the_baseline_is_plain_supervision():
     p = exp.protocol
     assert not set(p["train_sequences"]) & (set(p["dev_sequences"]) | set(p["validation_sequences"]))
     assert not set(p["dev_sequences"]) & set(p["validation_sequences"]) and len(p["validation_sequences"]) >= 4
-    with pytest.raises(KeyError, match="unknown row"):
+    with pytest.raises(ValueError, match="unknown row"):
         exp.overrides("occle_99", 1)
 
 
