@@ -10,7 +10,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test lint bench synth-data checkpoint results clean
+.PHONY: install demo test lint bench synth-data checkpoint results pilot clean
 
 install: $(STAMP)
 
@@ -35,25 +35,37 @@ lint: install
 bench: install
 	$(BIN)/occle-bench
 
-# Synthetic training / evaluation scenes (training seeds 0-3 and evaluation seeds 8-9 are disjoint).
+# Synthetic scenes, disjoint seeds (config/experiments.yaml `protocol`, config/train_synthetic_tiny.yaml):
+# training sequences 00-03 = seeds 0-3, 40 frames each; dev 04-05 = seeds 4-5, 20 frames each (the pilot's
+# schedule search only); validation 08-11 = seeds 8-11, 20 frames each (final scores only, never tuned on).
 SYNTH := data/synthetic
+SYNTH_ARGS := --out $(SYNTH) --image-scale 0.5 --quiet
 synth-data: install
-	for s in 0 1 2 3; do OMP_NUM_THREADS=1 $(BIN)/occle-synth --out $(SYNTH) --seed $$s --sequence 0$$s \
-		--frames 20 --image-scale 0.5 --quiet; done
-	for s in 8 9; do OMP_NUM_THREADS=1 $(BIN)/occle-synth --out $(SYNTH) --seed $$s --sequence 0$$s \
-		--frames 10 --image-scale 0.5 --quiet; done
+	for s in 0 1 2 3; do OMP_NUM_THREADS=1 $(BIN)/occle-synth $(SYNTH_ARGS) --seed $$s --sequence 0$$s --frames 40; done
+	for s in 4 5 8 9 10 11; do OMP_NUM_THREADS=1 $(BIN)/occle-synth $(SYNTH_ARGS) --seed $$s \
+		--sequence $$(printf %02d $$s) --frames 20; done
 
-# Retrain the shipped checkpoint (OccLE, tiny, 10% labels) from scratch.
-STEPS ?= 250
+# Retrain the shipped checkpoint (OccLE, tiny, 10% labels, seed 0) from scratch.
 CHECKPOINT_STEPS ?= 2000
 checkpoint: synth-data
-	OMP_NUM_THREADS=2 scripts/label_efficiency.sh occle_10 $(CHECKPOINT_STEPS)
-	cp runs/table/occle_10/model.pt models/occle_tiny_synthetic.pt
+	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments --results runs/checkpoint/results.json run occle_10 \
+		--seed 0 --steps $(CHECKPOINT_STEPS) --out runs/checkpoint/occle_10
+	cp runs/checkpoint/occle_10/model.pt models/occle_tiny_synthetic.pt
 
-# The label-efficiency table of docs/results.md (two runs side by side, one thread each).
+# One row of the label-efficiency experiment (docs/results.md): `make results ROW=occle_10 SEED=1 [STEPS=...]`
+# trains and evaluates it, records it in docs/results.json and regenerates docs/results.md. Without STEPS the
+# run takes the schedule S that `make pilot` found.
+ROW ?= occle_10
+SEED ?= 1
+STEPS ?=
 results: synth-data
-	printf '%s\n' occle_10 full_100 occle_1 no_projection no_semantic no_dual_mamba lidar_only | \
-		OMP_NUM_THREADS=1 xargs -P 2 -I{} scripts/label_efficiency.sh {} $(STEPS)
+	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments run $(ROW) --seed $(SEED) $(if $(STEPS),--steps $(STEPS))
+	$(BIN)/python -m occle_experiments report
+
+# The pilot (sup_10 and occle_10, one seed, dev-split mIoU every 250 steps) that fixes the schedule S.
+pilot: synth-data
+	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments pilot $(if $(STEPS),--steps $(STEPS))
+	$(BIN)/python -m occle_experiments report
 
 clean:
 	rm -rf $(VENV) build *.egg-info out runs

@@ -10,7 +10,9 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     description="OccLE: label-efficient 3D semantic occupancy from camera + LiDAR, with a ROS 2 node",
-    packages=find_packages(include=["occle_core", "occle_core.*", "occle_ros", "occle_ros.*", "occle_bench"]),
+    packages=find_packages(
+        include=["occle_core", "occle_core.*", "occle_ros", "occle_ros.*", "occle_bench", "occle_experiments"]
+    ),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

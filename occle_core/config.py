@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from occle_core.data.label_budget import LABEL_BUDGETS
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import DATASETS, ClassTable, class_table
 
@@ -31,6 +32,8 @@ class DataConfig:
         max_points: points kept per scan (random subset beyond it), bounds memory.
         label_ratio: share of valid labelled voxels kept for supervision (OccLE: 0.1).
         label_seed: seed of the label-budget sampling.
+        label_budget: how the share is drawn: ``voxel`` (random voxels of every frame, OccLE's setting),
+            ``frame`` (whole frames labelled) or ``block`` (random voxel blocks); see ``data/label_budget.py``.
     """
 
     dataset: str = "semantic_kitti"
@@ -42,6 +45,7 @@ class DataConfig:
     max_points: int = 160_000
     label_ratio: float = 0.1
     label_seed: int = 0
+    label_budget: str = "voxel"
 
     def voxel_grid(self) -> VoxelGrid:
         """The output grid: ``grid`` when set, else the dataset's standard grid."""
@@ -176,6 +180,8 @@ def _build(kind: type, values: dict | None, section: str) -> Any:
     if isinstance(obj, DataConfig):
         if obj.dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {sorted(DATASETS)}, got {obj.dataset!r}")
+        if obj.label_budget not in LABEL_BUDGETS:
+            raise ValueError(f"data.label_budget must be one of {list(LABEL_BUDGETS)}, got {obj.label_budget!r}")
         obj.image_size = tuple(int(v) for v in obj.image_size)
     return obj
 

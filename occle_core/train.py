@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from occle_core.checkpoint import CheckpointError, check_compatible, load_checkpoint, make_checkpoint, save_checkpoint
 from occle_core.config import OccleConfig, load_config
-from occle_core.data.label_budget import select_labelled
+from occle_core.data.label_budget import select_budget
 from occle_core.data.sample import Sample
 from occle_core.geometry import VoxelGrid
 from occle_core.losses import class_weights_from_counts, compute_losses, label_counts
@@ -158,13 +158,14 @@ class TrainFrames(Dataset):
 
     Args:
         base: a dataset of :class:`Sample`.
-        ratio / label_seed: the label budget (``data.label_ratio`` / ``data.label_seed``), keyed by frame id.
+        ratio / label_seed / budget: the label budget (``data.label_ratio`` / ``label_seed`` / ``label_budget``).
         seed: ``train.seed``; any randomness of the reader for frame ``i`` in epoch ``e`` is seeded by
             ``(seed, e, i)`` so that a resumed run reads the same frames the same way.
     """
 
-    def __init__(self, base: Dataset, ratio: float, label_seed: int, seed: int) -> None:
+    def __init__(self, base: Dataset, ratio: float, label_seed: int, seed: int, budget: str = "voxel") -> None:
         self.base = base
+        self.budget = budget
         self.ratio = float(ratio)
         self.label_seed = int(label_seed)
         self.seed = int(seed)
@@ -178,7 +179,9 @@ class TrainFrames(Dataset):
             s: Sample = self.base[index]
         if s.voxel_labels is None:
             raise ValueError(f"training frame {s.frame_id} has no voxel labels (voxels/*.label missing?)")
-        s.label_mask = select_labelled(s.voxel_labels, self.ratio, self.label_seed, key=s.frame_id, invalid=s.invalid)
+        s.label_mask = select_budget(
+            self.budget, s.voxel_labels, self.ratio, self.label_seed, s.frame_id, s.invalid, (index, len(self.base))
+        )
         return s
 
 
@@ -451,8 +454,9 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
+        d = cfg.data
         self.train_set = TrainFrames(
-            build_dataset(cfg, "train"), cfg.data.label_ratio, cfg.data.label_seed, cfg.train.seed
+            build_dataset(cfg, "train"), d.label_ratio, d.label_seed, cfg.train.seed, d.label_budget
         )
         self.sampler = DistributedSampler(
             self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.train.seed, drop_last=True

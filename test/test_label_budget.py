@@ -10,11 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from occle_core.config import load_config
 from occle_core.data.label_budget import (
+    BLOCK_SHAPE,
     budget_count,
     budget_stats,
     format_budget_stats,
+    select_budget,
     select_labelled,
+    select_labelled_blocks,
+    select_labelled_frames,
     stable_key_hash,
 )
 from occle_core.labels import class_table
@@ -131,3 +136,67 @@ def test_budget_stats_by_hand():
     assert np.isnan(s["per_class"]["pole"]["share"])
     text = format_budget_stats(s)
     assert "car" in text and "pole" not in text and "30.00" in text
+
+
+# ------------------------------------------------------------------------------------- frame and block budgets
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 40, 160])
+def test_frame_budget_exact_share_nested_and_deterministic(n):
+    shares = {r: select_labelled_frames(n, r, seed=5) for r in (0.0, 0.01, 0.1, 0.5, 1.0)}
+    for r, sel in shares.items():
+        assert sel.shape == (n,) and sel.dtype == bool and int(sel.sum()) == budget_count(n, r)
+    assert np.array_equal(select_labelled_frames(n, 0.1, seed=5), shares[0.1])
+    for small, big in ((0.01, 0.1), (0.1, 0.5), (0.5, 1.0)):
+        assert not (shares[small] & ~shares[big]).any()
+
+
+def test_frame_budget_depends_on_the_seed():
+    picks = {tuple(np.flatnonzero(select_labelled_frames(160, 0.1, seed=s))) for s in range(5)}
+    assert len(picks) == 5
+
+
+def test_frame_budget_labels_whole_frames_or_nothing():
+    labels, invalid = _labels()
+    n_valid = int(((labels != 255) & ~invalid).sum())
+    chosen = select_labelled_frames(20, 0.1, seed=2)
+    for index in range(20):
+        mask = select_budget("frame", labels, 0.1, 2, f"00/{index:06d}", invalid, frame=(index, 20))
+        assert int(mask.sum()) == (n_valid if chosen[index] else 0)
+    with pytest.raises(ValueError, match="index, n_frames"):
+        select_budget("frame", labels, 0.1, 2, "00/000000", invalid)
+    with pytest.raises(ValueError, match="data.label_budget"):
+        select_budget("pixels", labels, 0.1, 2, "00/000000", invalid)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.01, 0.1, 0.5, 1.0])
+def test_block_budget_exact_share_and_only_valid(ratio):
+    labels, invalid = _labels()
+    mask = select_labelled_blocks(labels, ratio, seed=3, key="08/000001", invalid=invalid)
+    n_valid = int(((labels != 255) & ~invalid).sum())
+    assert mask.shape == labels.shape and int(mask.sum()) == budget_count(n_valid, ratio)
+    assert not mask[labels == 255].any() and not mask[invalid].any()
+
+
+def test_block_budget_is_blocky_nested_deterministic_and_frame_dependent():
+    labels = np.zeros((64, 64, 16), np.uint8)  # everything labelled: blocks are whole cells
+    a = select_labelled_blocks(labels, 0.1, seed=1, key="00/000001")
+    assert np.array_equal(a, select_labelled_blocks(labels, 0.1, seed=1, key="00/000001"))
+    assert not np.array_equal(a, select_labelled_blocks(labels, 0.1, seed=1, key="00/000002"))
+    assert not np.array_equal(a, select_labelled_blocks(labels, 0.1, seed=2, key="00/000001"))
+    small = select_labelled_blocks(labels, 0.01, seed=1, key="00/000001")
+    assert not (small & ~a).any()
+    # compact: nearly every kept voxel's +x neighbour is kept too (7 of 8 inside a block), unlike random voxels
+
+    def neighbour_share(mask):
+        return float((mask[:-1] & mask[1:]).sum() / mask[:-1].sum())
+
+    assert BLOCK_SHAPE[0] == 8 and neighbour_share(a) > 0.8
+    assert neighbour_share(select_labelled(labels, 0.1, seed=1, key="00/000001")) < 0.2
+
+
+def test_label_budget_config_key():
+    assert load_config(None).data.label_budget == "voxel"
+    assert load_config(None, {"data": {"label_budget": "block"}}).data.label_budget == "block"
+    with pytest.raises(ValueError, match="data.label_budget must be one of"):
+        load_config(None, {"data": {"label_budget": "scribble"}})

@@ -1,0 +1,76 @@
+"""``python -m occle_experiments run|pilot|report``: one row, the pilot, or the markdown report.
+
+- ``run ROW --seed K [--steps N]``: train + evaluate one row and record it (``--steps`` defaults to the
+  pilot's schedule S once the pilot has found it).
+- ``pilot [--steps N]``: the protocol's pilot rows, evaluated on the dev split every ``eval_every`` steps;
+  prints S.
+- ``report``: regenerate the generated part of ``docs/results.md`` and its figures from ``docs/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from occle_experiments.report import write_report
+from occle_experiments.rows import DEFAULT_EXPERIMENTS, load_experiments
+from occle_experiments.runner import load_results, pilot_schedule, run_row
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m occle_experiments", description=__doc__.splitlines()[0])
+    p.add_argument("--experiments", default=str(DEFAULT_EXPERIMENTS), help="the experiment definition (YAML)")
+    p.add_argument("--results", help="results file (default: the experiments file's `results`)")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and evaluate one row with one seed")
+    run.add_argument("row")
+    run.add_argument("--seed", type=int, required=True, help="training seed = label seed")
+    run.add_argument("--steps", type=int, help="optimiser steps (default: the pilot's S)")
+    run.add_argument("--out", help="run folder (default: RUNS_DIR/ROW/seedK)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    run.add_argument("--device", default="auto")
+    pilot = sub.add_parser("pilot", help="the pilot rows with periodic dev-split evaluation; prints S")
+    pilot.add_argument("--steps", type=int, help="optimiser steps (default: protocol.pilot.steps)")
+    pilot.add_argument("--device", default="auto")
+    report = sub.add_parser("report", help="regenerate docs/results.md's generated part and figures")
+    report.add_argument("--markdown", default="docs/results.md")
+    report.add_argument("--figures", default="docs/figures")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """0 on success, 2 on a bad argument / definition / failed run (one error line)."""
+    args = build_parser().parse_args(argv)
+    try:
+        exp = load_experiments(args.experiments)
+        results = args.results or exp.results
+        pilot = exp.protocol["pilot"]
+        window, tol = int(pilot["plateau_window"]), float(pilot["plateau_tolerance"])
+        if args.command == "run":
+            steps = args.steps or pilot_schedule(load_results(results), window, tol)
+            if not steps:
+                raise ValueError("no --steps and the pilot has not found S yet (python -m occle_experiments pilot)")
+            out = args.out or Path(exp.runs_dir) / args.row / f"seed{args.seed}"
+            entry = run_row(args.row, args.seed, steps, out, exp, results, resume=args.resume, device=args.device)
+            print(json.dumps({k: v for k, v in entry.items() if k not in ("per_class", "curve")}))
+        elif args.command == "pilot":
+            steps = args.steps or int(pilot["steps"])
+            for row in pilot["rows"]:
+                out = Path(exp.runs_dir) / "pilot" / row / f"seed{pilot['seed']}"
+                run_row(row, int(pilot["seed"]), steps, out, exp, results, int(pilot["eval_every"]), device=args.device)
+            schedule = pilot_schedule(load_results(results), window, tol)
+            print(f"schedule S = {schedule}" if schedule else "S not reached: no plateau yet, run the pilot longer")
+        else:
+            write_report(results, args.markdown, exp.row_order(), args.figures)
+            print(f"wrote {args.markdown} and {args.figures}/")
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"occle_experiments: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
