@@ -11,7 +11,6 @@ import numpy as np
 
 from occle_core.data.kitti import OXTS_VALUES, KittiObjects
 from occle_core.data.semantic_kitti import write_image, write_points
-from occle_core.geometry import Calib
 
 CALIB_TIME = "09-Jan-2012 13:57:47"
 STEREO_BASELINE_M = 0.54  # cam0 -> cam1 / cam2 -> cam3 in the rectified frame
@@ -29,14 +28,6 @@ def write_calib_file(path: str | Path, rows: dict[str, np.ndarray | str]) -> Pat
     return path
 
 
-def _velo_to_cam(calib: Calib, R0: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(R0 (3, 3), Tr (4, 4)) with ``R0 @ Tr = calib.T_cam_lidar``; R0 is the identity if None."""
-    R0 = np.eye(3) if R0 is None else np.asarray(R0, np.float64)
-    R0_4 = np.eye(4)
-    R0_4[:3, :3] = R0
-    return R0, np.linalg.solve(R0_4, calib.T_cam_lidar)
-
-
 def _stereo(P2: np.ndarray) -> dict[str, np.ndarray]:
     """P0..P3 of a rectified rig whose P2 is given: cam0 without offset, cam1 / cam3 a baseline to the right."""
     P0 = P2.copy()
@@ -51,24 +42,31 @@ def _stereo(P2: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def write_raw_calib(
-    date_dir: str | Path, calib: Calib, R0: np.ndarray | None = None, T_velo_imu: np.ndarray | None = None
+    date_dir: str | Path,
+    P_rect_02: np.ndarray,
+    R_rect_00: np.ndarray,
+    Tr_velo_to_cam: np.ndarray,
+    image_size: tuple[int, int],
+    T_velo_imu: np.ndarray | None = None,
 ) -> None:
     """Write ``calib_cam_to_cam.txt``, ``calib_velo_to_cam.txt`` and ``calib_imu_to_velo.txt`` of a date folder.
 
     Args:
-        calib: image_02's calibration, ``T_cam_lidar = R0 @ Tr_velo_to_cam``.
-        R0: (3, 3) ``R_rect_00`` (identity if None); ``Tr_velo_to_cam`` is then ``inv(R0) @ T_cam_lidar``.
+        P_rect_02: (3, 4) image_02's rectified projection (P_rect_00/01/03 derived as a stereo rig).
+        R_rect_00: (3, 3) rectifying rotation of cam0 (the other cameras' R_rect are written as the identity).
+        Tr_velo_to_cam: (3, 4) or (4, 4) velodyne -> unrectified cam0, written as ``R`` and ``T``.
+        image_size: (H, W) of the rectified images (``S_rect_0c`` holds W H).
         T_velo_imu: (4, 4) IMU -> velodyne (identity if None).
     """
     date_dir = Path(date_dir)
-    R0, Tr = _velo_to_cam(calib, R0)
-    h, w = calib.image_size
+    h, w = image_size
     cam: dict[str, np.ndarray | str] = {"calib_time": CALIB_TIME, "corner_dist": np.array([9.95e-02])}
-    for c, P in _stereo(calib.P).items():
+    for c, P in _stereo(np.asarray(P_rect_02, np.float64)).items():
         cam[f"S_rect_0{c}"] = np.array([w, h], np.float64)
-        cam[f"R_rect_0{c}"] = R0 if c == "0" else np.eye(3)
+        cam[f"R_rect_0{c}"] = R_rect_00 if c == "0" else np.eye(3)
         cam[f"P_rect_0{c}"] = P
     write_calib_file(date_dir / "calib_cam_to_cam.txt", cam)
+    Tr = np.asarray(Tr_velo_to_cam, np.float64)
     zero2 = np.zeros(2)
     velo = {"calib_time": CALIB_TIME, "R": Tr[:3, :3], "T": Tr[:3, 3], "delta_f": zero2, "delta_c": zero2}
     write_calib_file(date_dir / "calib_velo_to_cam.txt", velo)
@@ -103,15 +101,11 @@ def write_raw_frame(
 # ----------------------------------------------------------------------------------------------- KITTI object
 
 
-def write_object_calib(path: str | Path, calib: Calib, R0: np.ndarray | None = None) -> None:
-    """Write a KITTI object ``calib/NNNNNN.txt``: P0..P3, R0_rect, Tr_velo_to_cam, Tr_imu_to_velo (identity).
-
-    ``Tr_velo_to_cam`` is ``inv(R0) @ calib.T_cam_lidar`` so that the reader's ``R0_rect @ Tr_velo_to_cam``
-    gives ``calib.T_cam_lidar`` back; R0 is the identity if None.
-    """
-    R0, Tr = _velo_to_cam(calib, R0)
-    rows: dict[str, np.ndarray | str] = {f"P{c}": P for c, P in _stereo(calib.P).items()}
-    rows.update({"R0_rect": R0, "Tr_velo_to_cam": Tr[:3], "Tr_imu_to_velo": np.eye(4)[:3]})
+def write_object_calib(path: str | Path, P2: np.ndarray, R0_rect: np.ndarray, Tr_velo_to_cam: np.ndarray) -> None:
+    """Write a KITTI object ``calib/NNNNNN.txt``: P0..P3 (a stereo rig around P2), R0_rect, Tr_velo_to_cam and
+    Tr_imu_to_velo (identity), 12 / 9 / 12 / 12 values a line."""
+    rows: dict[str, np.ndarray | str] = {f"P{c}": P for c, P in _stereo(np.asarray(P2, np.float64)).items()}
+    rows.update({"R0_rect": R0_rect, "Tr_velo_to_cam": np.asarray(Tr_velo_to_cam)[:3], "Tr_imu_to_velo": np.eye(4)[:3]})
     write_calib_file(path, rows)
 
 
@@ -143,18 +137,21 @@ def write_object_frame(
     frame: int,
     points: np.ndarray,
     image: np.ndarray,
-    calib: Calib,
+    calib: tuple[np.ndarray, np.ndarray, np.ndarray],
     objects: KittiObjects | None = None,
     split: str = "training",
-    R0: np.ndarray | None = None,
 ) -> None:
-    """Write frame ``NNNNNN`` of ``<root>/<split>``: velodyne, image_2, calib and (if given) label_2."""
+    """Write frame ``NNNNNN`` of ``<root>/<split>``: velodyne, image_2, calib and (if given) label_2.
+
+    Args:
+        calib: (P2, R0_rect, Tr_velo_to_cam) as :func:`write_object_calib` takes them.
+    """
     d = Path(root) / split
     name = f"{int(frame):06d}"
     for sub in ("velodyne", "image_2", "calib"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     write_points(d / "velodyne" / f"{name}.bin", points)
     write_image(d / "image_2" / f"{name}.png", image)
-    write_object_calib(d / "calib" / f"{name}.txt", calib, R0)
+    write_object_calib(d / "calib" / f"{name}.txt", *calib)
     if objects is not None:
         write_object_labels(d / "label_2" / f"{name}.txt", objects)
