@@ -53,6 +53,7 @@ setup(
             "occle-train = occle_core.cli:train_main",
             "occle-eval = occle_core.cli:eval_main",
             "occle-predict = occle_core.cli:predict_main",
+            "occle-inspect = occle_core.cli:inspect_main",
             "occle-bench = occle_bench.run:main",
             "occle-demo = occle_ros.demo:main",
             "occle-launch = occle_ros.launcher:main",

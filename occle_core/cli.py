@@ -32,3 +32,10 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
     return main(argv)
 
+
+
+def inspect_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-inspect``: read one real frame, print its points / cameras / labels, render it."""
+    from occle_core.inspect import main
+
+    return main(argv)
