@@ -216,19 +216,40 @@ def _caption(img: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def _stack(panels: list[np.ndarray], axis: int) -> np.ndarray:
+    """Panels side by side (axis 1) or one above the other (axis 0), centred, 4 pixels apart."""
+    other = 1 - axis
+    size = max(p.shape[other] for p in panels)
+    padded = []
+    for p in panels:
+        pad = [(0, 0), (0, 0), (0, 0)]
+        pad[axis] = (0, 4)
+        pad[other] = ((size - p.shape[other]) // 2, (size - p.shape[other] + 1) // 2)
+        padded.append(np.pad(p, pad))
+    out = np.concatenate(padded, axis=axis)
+    return out[:-4] if axis == 0 else out[:, :-4]  # no gap after the last panel
+
+
 def render_frame(sample: Sample, grid: VoxelGrid, path: str | Path) -> Path:
-    """Every camera with the LiDAR points drawn on it (depth colours), then the bird's-eye view, as one PNG."""
-    panels = []
+    """Every camera with the LiDAR points drawn on it (depth colours), then the bird's-eye view, as one PNG.
+
+    One camera is drawn ``PANEL_WIDTH`` pixels wide at most; several cameras are tiled three to a row.
+    """
+    cols = 1 if len(sample.cameras) == 1 else 3
+    tile_w = PANEL_WIDTH // cols
+    tiles = []
     for cam in sample.cameras:
         uv, depth, visible = cam.calib.project(sample.points)
         img = draw_points_on_image(cam.image, uv[visible], depth[visible])
-        if img.shape[1] > PANEL_WIDTH:
-            size = (PANEL_WIDTH, round(img.shape[0] * PANEL_WIDTH / img.shape[1]))
+        if img.shape[1] > tile_w or cols > 1:
+            size = (tile_w, round(img.shape[0] * tile_w / img.shape[1]))
             img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
-        lo, hi = DEPTH_RANGE_M
-        panels.append(
-            _caption(img, f"{cam.name}: {int(visible.sum())} points in view, depth {lo:g} m red .. {hi:g} m blue (log)")
-        )
+        tiles.append(_caption(img, f"{cam.name}: {int(visible.sum())} points in view"))
+    rows = [_stack(tiles[i : i + cols], axis=1) for i in range(0, len(tiles), cols)]
+    lo, hi = DEPTH_RANGE_M
+    cameras = _caption(
+        _stack(rows, axis=0), f"{sample.frame_id}: LiDAR points by log depth, {lo:g} m red .. {hi:g} m blue"
+    )
     objects = sample.extras.get("objects")
     boxes = None
     if objects is not None:
@@ -238,10 +259,7 @@ def render_frame(sample: Sample, grid: VoxelGrid, path: str | Path) -> Path:
         ", labelled boxes magenta" if boxes is not None else ""
     )
     bev = _caption(draw_bev(sample.points, grid, boxes), title)
-    panels.append(bev)
-    width = max(p.shape[1] for p in panels)
-    rows = [np.pad(p, ((0, 4), ((width - p.shape[1]) // 2, (width - p.shape[1] + 1) // 2), (0, 0))) for p in panels]
-    return save_png(np.concatenate(rows, axis=0), path)
+    return save_png(_stack([cameras, bev], axis=0), path)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI

@@ -145,3 +145,15 @@ def test_wrong_size_names_the_file(tmp_path: Path, capsys) -> None:
     assert inspect_main(["--dataset", "semantic_kitti", "--data", str(tmp_path), "--frame", "04/000005"]) == 2
     err = capsys.readouterr().err
     assert "000005.bin: size 10 bytes is not a multiple of 16" in err and err.count("\n") == 1
+
+
+def test_points_are_drawn_where_they_project_nearest_on_top() -> None:
+    from occle_core.inspect import depth_colors, draw_points_on_image
+
+    assert depth_colors(np.array([0.0, 2.0, 4.0]), 0.0, 4.0).tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    img = np.zeros((10, 12, 3), np.uint8)
+    uv = np.array([[3.5, 4.2], [3.9, 4.9], [10.0, 1.0]])  # the first two land on pixel (row 4, col 3)
+    out = draw_points_on_image(img, uv, np.array([50.0, 3.0, 20.0]), radius=0)
+    near = depth_colors(np.log([3.0]), *np.log([2.0, 60.0]))[0]
+    assert out[4, 3].tolist() == near.tolist()  # the nearer point wins its pixel
+    assert out[1, 10].any() and int((out.sum(-1) > 0).sum()) == 2 and not img.any()  # a copy, two pixels drawn
