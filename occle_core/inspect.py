@@ -166,9 +166,9 @@ def _splat(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, key: np.ndarray,
     pix = (rr * w + cc)[ok]
     k = np.broadcast_to(key[:, None], ok.shape)[ok]
     color = np.broadcast_to(np.arange(len(rows))[:, None], ok.shape)[ok]
-    order = np.argsort(-k, kind="stable")  # far first, so the nearest point is written last
-    flat = img.reshape(-1, 3)
-    flat[pix[order]] = rgb[color[order]]
+    order = np.argsort(k, kind="stable")  # nearest first
+    first_pix, first = np.unique(pix[order], return_index=True)  # each pixel's nearest dot
+    img.reshape(-1, 3)[first_pix] = rgb[color[order][first]]
 
 
 def draw_points_on_image(image: np.ndarray, uv: np.ndarray, depth: np.ndarray, radius: int = 1) -> np.ndarray:
