@@ -58,6 +58,7 @@ setup(
             "occle-eval = occle_core.cli:eval_main",
             "occle-predict = occle_core.cli:predict_main",
             "occle-pseudo = occle_core.cli:pseudo_main",
+            "occle-inspect = occle_core.cli:inspect_main",
             "occle-bench = occle_bench.run:main",
             "occle-demo = occle_ros.demo:main",
             "occle-launch = occle_ros.launcher:main",

@@ -38,3 +38,10 @@ def pseudo_main(argv: Sequence[str] | None = None) -> int:
     from occle_core.pseudo.cli import main
 
     return main(argv)
+
+
+def inspect_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-inspect``: read one real frame, print its points / cameras / labels, render it."""
+    from occle_core.inspect import main
+
+    return main(argv)

@@ -165,6 +165,8 @@ def scores_to_json(scores: dict, **extra: Any) -> dict:
         **extra,
         "iou": num(scores["iou"]),
         "miou": num(scores["miou"]),
+        "miou_present": num(scores["miou_present"]),
+        "classes_present": int(scores["classes_present"]),
         "precision": num(scores["precision"]),
         "recall": num(scores["recall"]),
         "per_class_iou": {n: num(v) for n, v in zip(scores["names"], scores["per_class_iou"])},

@@ -30,6 +30,9 @@ class ClassTable:
         ignore_index: label value ignored by losses and metrics (255).
         learning_lut: (65536,) uint8 map raw label id -> learning class (SemanticKITTI only), else None.
         learning_map_inv: (K,) raw id representing each learning class, or None.
+        absent_iou_zero: mIoU rule for a class absent from both truth and prediction: True counts its IoU
+            as 0 over all semantic classes (SemanticKITTI's ``evaluate_completion.py``), False leaves it out
+            of the mean (Occ3D's ``nanmean``).
     """
 
     name: str
@@ -39,6 +42,7 @@ class ClassTable:
     ignore_index: int = IGNORE_INDEX
     learning_lut: np.ndarray | None = field(default=None, compare=False)
     learning_map_inv: np.ndarray | None = field(default=None, compare=False)
+    absent_iou_zero: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -65,9 +69,17 @@ class ClassTable:
 
 
 def _load_semantic_kitti(doc: dict) -> ClassTable:
-    lut = np.zeros(1 << 16, np.uint8)
+    """The SemanticKITTI table; raw ids are mapped by the completion rule of ``evaluate_completion.py``.
+
+    Voxel labels distinguish empty from unlabelled: only raw 0 stays empty (0); every other raw id the
+    learning map sends to 0 (outlier 1, other-structure 52, other-object 99) and every id it does not list
+    becomes ignored (255), like the official ``remap_lut[remap_lut == 0] = 255; remap_lut[0] = 0``.
+    """
+    lut = np.full(1 << 16, IGNORE_INDEX, np.uint8)
     for raw, learn in doc["learning_map"].items():
         lut[int(raw)] = int(learn)
+    lut[lut == 0] = IGNORE_INDEX
+    lut[0] = 0
     inv = np.asarray(doc["learning_map_inv"], np.int64)
     colors = np.asarray([doc["color_map"][int(r)] for r in inv], np.uint8)
     return ClassTable(
@@ -78,6 +90,7 @@ def _load_semantic_kitti(doc: dict) -> ClassTable:
         ignore_index=int(doc["ignore_index"]),
         learning_lut=lut,
         learning_map_inv=inv,
+        absent_iou_zero=bool(doc["absent_iou_zero"]),
     )
 
 
@@ -88,6 +101,7 @@ def _load_occ3d(doc: dict) -> ClassTable:
         colors=np.asarray(doc["colors"], np.uint8),
         empty_index=int(doc["empty_index"]),
         ignore_index=int(doc["ignore_index"]),
+        absent_iou_zero=bool(doc.get("absent_iou_zero", False)),
     )
 
 

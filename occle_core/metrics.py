@@ -10,10 +10,13 @@ Conventions (SemanticKITTI SSC and Occ3D rules):
 - Completion IoU treats every non-empty class as "occupied": ``TP = occupied in both``,
   ``IoU = TP / (TP + FP + FN)``, precision ``TP / (TP + FP)``, recall ``TP / (TP + FN)``.
 - Per-class IoU ``C[c, c] / (row_c + col_c - C[c, c])`` for every class id (index = class id, the empty
-  class included). A class that appears neither in the targets nor in the predictions has an undefined
-  IoU: NaN, and it is left out of the mean.
-- ``miou`` is the mean over ``classes.semantic_classes`` (19 for SemanticKITTI, 17 for Occ3D: 0..16)
-  of the defined per-class IoUs.
+  class included). A class that appears neither in the targets nor in the predictions (on counted voxels)
+  is *absent*: its per-class IoU is undefined, NaN.
+- ``miou`` follows the dataset's official rule (``ClassTable.absent_iou_zero``). SemanticKITTI
+  (``evaluate_completion.py``: ``tp / (tp + fp + fn + 1e-15)``): the mean over all 19 semantic classes,
+  an absent class counting 0. Occ3D (``np.nanmean``): the mean over the present semantic classes (0..16).
+- ``miou_present`` is always the mean over the present semantic classes and ``classes_present`` their
+  number, so a score on a subset of the classes can be read beside the official one.
 - All values are fractions in [0, 1] (NaN where undefined); :meth:`SSCMetrics.table` prints percentages.
 
 Accumulation is over the whole evaluation set (one confusion matrix), not a mean of per-frame scores.
@@ -161,7 +164,9 @@ class SSCMetrics:
 
         Returns:
             dict with ``iou``, ``precision``, ``recall`` (scene completion, occupied vs empty), ``miou``
-            (mean over ``classes.semantic_classes``), ``per_class_iou`` (list of K floats, index = class id),
+            (the dataset's official mean over ``classes.semantic_classes``), ``miou_present`` and
+            ``classes_present`` (mean over, and number of, the present semantic classes), ``per_class_iou``
+            (list of K floats, index = class id, NaN when absent),
             ``names`` (K class names), ``miou_classes`` (ids averaged), ``confusion`` ((K, K) int64 copy,
             rows = target, columns = prediction) and ``num_voxels``. Fractions in [0, 1], NaN if undefined.
         """
@@ -176,12 +181,19 @@ class SSCMetrics:
         fn = C[occ, e].sum()  # occupied predicted empty
         sem = self.classes.semantic_classes
         sem_iou = per_class[sem]
-        defined = ~np.isnan(sem_iou)
+        present = ~np.isnan(sem_iou)
+        miou_present = float(sem_iou[present].mean()) if present.any() else float("nan")
+        if self.classes.absent_iou_zero and present.any():
+            miou = float(np.nan_to_num(sem_iou, nan=0.0).mean())
+        else:
+            miou = miou_present
         return {
             "iou": float(_safe_div(tp, tp + fp + fn)),
             "precision": float(_safe_div(tp, tp + fp)),
             "recall": float(_safe_div(tp, tp + fn)),
-            "miou": float(sem_iou[defined].mean()) if defined.any() else float("nan"),
+            "miou": miou,
+            "miou_present": miou_present,
+            "classes_present": int(present.sum()),
             "per_class_iou": [float(v) for v in per_class],
             "names": list(self.classes.names),
             "miou_classes": list(sem),
@@ -193,7 +205,7 @@ class SSCMetrics:
         """A printable table: one row per class (IoU %, target voxel count), then IoU / precision / recall / mIoU."""
         s = self.compute() if scores is None else scores
         counts = self.confusion.sum(1)
-        width = max(len(n) for n in (*self.classes.names, "IoU (completion)")) + 2
+        width = max(len(n) for n in (*self.classes.names, "IoU (completion)", "mIoU (99 present)")) + 2
         lines = [f"{'class':<{width}}{'IoU %':>8}{'voxels':>12}", "-" * (width + 20)]
         for c in self.classes.semantic_classes:
             v = s["per_class_iou"][c]
@@ -203,4 +215,6 @@ class SSCMetrics:
         for key, label in (("iou", "IoU (completion)"), ("precision", "precision"), ("recall", "recall")):
             lines.append(f"{label:<{width}}{100 * s[key]:8.2f}")
         lines.append(f"{'mIoU':<{width}}{100 * s['miou']:8.2f}")
+        present = f"mIoU ({s['classes_present']} present)"
+        lines.append(f"{present:<{width}}{100 * s['miou_present']:8.2f}")
         return "\n".join(lines)

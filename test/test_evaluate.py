@@ -47,7 +47,8 @@ def test_invalid_voxels_are_not_counted(tiny_data, tmp_path):  # noqa: F811
     invalid = sum(int((ds[i].voxel_labels == 255).sum()) for i in range(len(ds)))
     assert invalid > 0, "the test data should hold invalid voxels"
     scores, images = evaluate_model(_Oracle(20), ds, cfg, render_dir=tmp_path / "png", render_count=1)
-    assert scores["iou"] == pytest.approx(1.0) and scores["miou"] == pytest.approx(1.0)
+    assert scores["iou"] == pytest.approx(1.0) and scores["miou_present"] == pytest.approx(1.0)
+    assert scores["miou"] == pytest.approx(scores["classes_present"] / 19)  # absent classes count 0
     assert scores["num_voxels"] == len(ds) * 32 * 32 * 4 - invalid
     assert scores["frames"] == len(ds)
     assert len(images) == 1 and images[0].dtype == np.uint8 and len(list((tmp_path / "png").glob("*.png"))) == 1
@@ -78,7 +79,7 @@ def test_cli_prints_table_and_writes_json_and_pngs(tiny_data, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "mIoU" in text and "IoU (completion)" in text and "car" in text
     doc = json.loads((out / "metrics.json").read_text())
-    assert {"iou", "miou", "per_class_iou", "precision", "recall", "confusion", "frames"} <= set(doc)
+    assert {"iou", "miou", "miou_present", "classes_present", "per_class_iou", "confusion", "frames"} <= set(doc)
     assert doc["frames"] == 2 and set(doc["per_class_iou"]) == set(cfg.data.classes().names)
     assert len(list((out / "frames").glob("*.png"))) == 2
     # --frames takes an evenly spaced subset

@@ -40,8 +40,10 @@ def test_semantic_kitti_learning_map() -> None:
     table = class_table("semantic_kitti")
     assert table.num_classes == 20 and table.empty_index == 0
     assert len(table.semantic_classes) == 19
-    raw = np.array([0, 1, 10, 252, 40, 60, 44, 48, 50, 52, 70, 71, 72, 80, 81, 99, 30, 254, (7 << 16) | 10])
-    expected = [0, 0, 1, 1, 9, 9, 10, 11, 13, 0, 15, 16, 17, 18, 19, 0, 6, 6, 1]
+    raw = np.array([0, 1, 10, 252, 40, 60, 44, 48, 50, 52, 70, 71, 72, 80, 81, 99, 30, 254, (7 << 16) | 10, 2, 300])
+    # evaluate_completion.py: outlier (1), other-structure (52), other-object (99) and ids the map does not
+    # list (2, 300) are ignored (255); only raw 0 is empty
+    expected = [0, 255, 1, 1, 9, 9, 10, 11, 13, 255, 15, 16, 17, 18, 19, 255, 6, 6, 1, 255, 255]
     assert table.map_raw(raw).tolist() == expected
     assert table.names[table.map_raw(np.array([81]))[0]] == "traffic-sign"
     # car is blue-ish in RGB (SemanticKITTI's BGR [245, 150, 100] reversed)

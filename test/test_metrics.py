@@ -35,6 +35,7 @@ def test_toy_confusion_and_scores_by_hand():
     assert s["recall"] == pytest.approx(4 / 5)
     assert s["num_voxels"] == 7
     assert s["miou_classes"] == [1, 2]
+    assert s["miou_present"] == s["miou"] and s["classes_present"] == 2
 
 
 def test_torch_inputs_match_numpy_and_accumulate():
@@ -72,7 +73,8 @@ def test_occ3d_camera_mask_by_hand():
     assert s["per_class_iou"][4] == pytest.approx(1 / 3)
     assert s["per_class_iou"][11] == pytest.approx(1.0)
     assert math.isnan(s["per_class_iou"][0])
-    assert s["miou"] == pytest.approx((1 / 3 + 1) / 2)
+    # Occ3D's official nanmean: the 15 absent classes are left out
+    assert s["miou"] == pytest.approx((1 / 3 + 1) / 2) == s["miou_present"] and s["classes_present"] == 2
     assert s["iou"] == pytest.approx(2 / 4)  # TP (4,4),(11,11); FP (17->4); FN (4->17)
     m.reset()
     m.update(pred, target)  # no camera mask: (0 -> 11) counts
@@ -98,9 +100,36 @@ def test_semantic_kitti_19_classes_and_perfect_prediction():
     assert "traffic-sign" in text and "mIoU" in text and "100.00" in text
 
 
+def test_semantic_kitti_absent_classes_count_zero_by_hand():
+    """evaluate_completion.py: mIoU = mean over all 19 classes of tp / (tp + fp + fn + 1e-15)."""
+    sk = class_table("semantic_kitti")
+    assert sk.absent_iou_zero
+    target = np.array([0, 0, 1, 1, 9, 9, 9, 255])
+    pred = np.array([0, 1, 1, 1, 9, 9, 13, 4])  # the 255 voxel is not counted, so truck (4) stays absent
+    m = SSCMetrics(sk)
+    m.update(pred, target)
+    s = m.compute()
+    # car: TP 2, row 2, col 3 -> 2/3; road: TP 2, row 3, col 2 -> 2/3; building: TP 0, row 0, col 1 -> 0
+    assert s["per_class_iou"][1] == pytest.approx(2 / 3) and s["per_class_iou"][9] == pytest.approx(2 / 3)
+    assert s["per_class_iou"][13] == 0.0 and math.isnan(s["per_class_iou"][4])
+    assert s["classes_present"] == 3
+    assert s["miou_present"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert s["miou"] == pytest.approx((2 / 3 + 2 / 3) / 19)  # 16 absent classes count 0
+    text = m.table()
+    assert f"{100 * (4 / 3) / 19:8.2f}" in text and "mIoU (3 present)" in text
+    # a perfect prediction of 2 classes is 2/19 officially, 1.0 over the present classes
+    m.reset()
+    m.update(np.where(target == 255, 0, target), target)
+    s = m.compute()
+    assert s["miou"] == pytest.approx(2 / 19) and s["miou_present"] == pytest.approx(1.0)
+
+
 def test_empty_accumulator_gives_nan_not_errors():
     s = SSCMetrics(TOY).compute()
-    assert math.isnan(s["iou"]) and math.isnan(s["miou"])
+    assert math.isnan(s["iou"]) and math.isnan(s["miou"]) and math.isnan(s["miou_present"])
+    assert s["classes_present"] == 0
+    sk = SSCMetrics(class_table("semantic_kitti")).compute()
+    assert math.isnan(sk["miou"]) and sk["classes_present"] == 0  # nothing counted: undefined, not 0
     assert "n/a" in SSCMetrics(TOY).table()
 
 

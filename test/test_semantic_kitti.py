@@ -55,7 +55,7 @@ def make_sequence(root: Path, frames: int = 3, labelled: tuple[int, ...] = (0, 2
             raw = np.zeros(sk.VOXEL_SHAPE, np.uint16)
             raw[10:20, 100:110, 2] = 40  # road -> 9
             raw[30:32, 50:52, 3:5] = 10  # car -> 1
-            raw[0, 0, 0] = 52  # other-structure -> 0 (empty)
+            raw[0, 0, 0] = 52  # other-structure -> 255 (ignored, evaluate_completion.py)
             invalid = np.zeros(sk.VOXEL_SHAPE, bool)
             invalid[200:, :, :] = True
             invalid[10, 100, 2] = True  # a labelled but invalid voxel -> 255
@@ -234,7 +234,8 @@ def test_dataset_labelled_frames_and_sample_fields(tmp_path: Path) -> None:
     assert s.points.dtype == np.float32
     assert s.voxel_labels.shape == (256, 256, 32) and s.voxel_labels.dtype == np.uint8
     assert s.voxel_labels[11, 101, 2] == 9 and s.voxel_labels[30, 50, 3] == 1
-    assert s.voxel_labels[0, 0, 0] == 0 and s.voxel_labels[10, 100, 2] == 255  # invalid -> 255
+    assert s.voxel_labels[0, 0, 0] == 255 and s.voxel_labels[0, 0, 1] == 0  # other-structure ignored, 0 empty
+    assert s.voxel_labels[10, 100, 2] == 255  # invalid -> 255
     assert np.all(s.voxel_labels[200:] == 255)
     np.testing.assert_array_equal(s.invalid, made["invalid"][2])
     np.testing.assert_array_equal(s.pseudo2d, np.full((40, 120), 9, np.uint8))
@@ -295,7 +296,7 @@ def test_dataset_checks_the_number_of_poses(tmp_path: Path) -> None:
 def test_learning_map_of_voxel_labels() -> None:
     table = class_table("semantic_kitti")
     raw = np.array([0, 10, 40, 44, 48, 50, 52, 60, 70, 72, 80, 81, 252], np.uint16)
-    np.testing.assert_array_equal(table.map_raw(raw), [0, 1, 9, 10, 11, 13, 0, 9, 15, 17, 18, 19, 1])
+    np.testing.assert_array_equal(table.map_raw(raw), [0, 1, 9, 10, 11, 13, 255, 9, 15, 17, 18, 19, 1])
 
 
 # ------------------------------------------------------------------------------------ free_space_mask
