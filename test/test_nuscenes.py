@@ -221,3 +221,16 @@ def test_matches_the_official_devkit(tmp_path):
         np.testing.assert_allclose(ours[:, :3], multi[:3].T, rtol=1e-6, atol=2e-5)  # float32 points
         np.testing.assert_array_equal(ours[:, 3], multi[3])
         np.testing.assert_allclose(ours[:, 5], dev["times"], atol=1e-6)
+
+
+def test_replica_writer_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"points: expected one entry per key frame \(2\), got 1"):
+        write_nuscenes_replica(tmp_path, samples_per_scene=2, points=[np.zeros((5, 4), np.float32)], occ3d=False)
+    with pytest.raises(ValueError, match=r"points\[0\]: expected an \(N, 4\) or \(N, 5\) array"):
+        write_nuscenes_replica(tmp_path, samples_per_scene=1, points=[np.zeros((5, 3), np.float32)], occ3d=False)
+    with pytest.raises(ValueError, match=r"images\[0\]\['CAM_FRONT'\]: expected \(90, 160, 3\) uint8"):
+        write_nuscenes_replica(
+            tmp_path, samples_per_scene=1, images=[dict.fromkeys(CAMERAS, np.zeros((9, 16, 3), np.uint8))]
+        )
+    with pytest.raises(ValueError, match=r"occupancy\[0\]: expected three \(200, 200, 16\) arrays"):
+        write_nuscenes_replica(tmp_path, samples_per_scene=1, occupancy=[(np.zeros((2, 2, 2)),) * 3])
