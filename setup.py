@@ -48,6 +48,10 @@ setup(
         "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.5", "spconv==2.3.8", "transformers>=4.40"],
         # the TFLite runtime of the 2D segmenter (occle-pseudo --segmenter deeplab-cityscapes)
         "segmenter": ["ai-edge-litert>=2.0"],
+        # Tests only: the official nuScenes devkit, for test_nuscenes' cross-check. It pins numpy<2 (and pulls
+        # opencv, matplotlib, scikit-learn, shapely), so install it in a venv of its own and point
+        # OCCLE_NUSCENES_DEVKIT_PYTHON at that venv's python; the reader itself never imports it.
+        "devkit": ["nuscenes-devkit==1.2.0"],
         # GPU hosts: CUDA kernels for the selective scan and sparse convolution.
         "cuda": ["mamba-ssm>=2", "spconv-cu120>=2.3"],
     },

@@ -141,33 +141,30 @@ class _CameraOracle(nn.Module):
 
 
 def test_occ3d_splits_and_camera_mask(tmp_path):
-    from occle_core.data.occ3d import write_occ3d_frame
+    from occle_core.synth.released import write_nuscenes_replica
 
     rng = np.random.default_rng(0)
-    K = np.array([[40.0, 0, 32], [0, 40.0, 16], [0, 0, 1]])
-    T = np.eye(4)
-    T[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]
-    camera = {}
-    for token in ("scene-a/t0", "scene-a/t1", "scene-b/t2"):
+    occupancy = []
+    for _ in range(3):
         sem = np.where(rng.random((200, 200, 16)) < 0.9, 17, rng.integers(0, 17, (200, 200, 16))).astype(np.uint8)
         cam = rng.random((200, 200, 16)) < 0.5
-        camera[token] = cam
-        write_occ3d_frame(
-            tmp_path, token, rng.integers(0, 255, (32, 64, 3), dtype=np.uint8),
-            rng.uniform(-30, 30, (500, 4)).astype(np.float32), K, T, semantics=sem, mask_camera=cam,
-        )  # fmt: skip
-    (tmp_path / "train.txt").write_text("scene-a/t0\nscene-a/t1\n")
+        occupancy.append((sem, np.ones_like(sem), cam))
+    occupancy.append(occupancy[0])
+    rep = write_nuscenes_replica(tmp_path, "v1.0-mini", ("scene-0061", "scene-0103"), 2, 0, occupancy=occupancy)
+    frames = [f"{rep.scene_of[t]}/{t}" for t in rep.samples]
+    camera = {f: occ[2] for f, occ in zip(frames, occupancy, strict=True)}
+    (tmp_path / "train.txt").write_text("\n".join(frames[:2]) + "\n")
     cfg = load_config(
         None,
         {"data": {"dataset": "occ3d_nuscenes", "root": str(tmp_path), "image_size": [32, 64],
-                  "train_sequences": ["train.txt"], "val_sequences": ["scene-b"]}},
+                  "train_sequences": ["train.txt"], "val_sequences": [f"scene-0103/{rep.samples[2]}"]}},
     )  # fmt: skip
     assert len(build_dataset(cfg, "train")) == 2
     val = build_dataset(cfg, "val")
     assert len(val) == 1
     scores, _ = evaluate_model(_CameraOracle(18, camera), val, cfg)
     assert scores["iou"] == pytest.approx(1.0) and scores["miou"] == pytest.approx(1.0)
-    assert scores["num_voxels"] == int(camera["scene-b/t2"].sum())
-    cfg.data.val_sequences = ["scene-c"]
+    assert scores["num_voxels"] == int(camera[frames[2]].sum())
+    cfg.data.val_sequences = ["scene-0553"]
     with pytest.raises(ValueError, match="select no Occ3D frame"):
         build_dataset(cfg, "val")

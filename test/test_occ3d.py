@@ -1,168 +1,160 @@
-"""Occ3D-nuScenes reader: a stand-in frame written in tmp_path is read back; bad files give clear errors."""
+"""Occ3D-nuScenes reader: gts/ and annotations.json beside a nuScenes replica are read back; splits; clear errors;
+the Occ3D mIoU under one mask, by hand."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
-import yaml
 
-from occle_core.data.occ3d import (
-    Occ3DDataset,
-    discover_tokens,
-    read_occ3d_labels,
-    read_pcd_bin,
-    write_occ3d_frame,
-)
+from occle_core.data.nuscenes import CAMERAS
+from occle_core.data.occ3d import Occ3DDataset, discover_tokens, read_annotations, read_occ3d_labels
 from occle_core.data.sample import Sample
+from occle_core.data.semantic_kitti import write_label_image
+from occle_core.metrics_occ3d import Occ3DMIoU
+from occle_core.synth.released import write_nuscenes_replica
 
 SHAPE = (200, 200, 16)
-K = np.array([[120.0, 0, 80.0], [0, 120.0, 45.0], [0, 0, 1]])
-# LiDAR sensor (x right, y forward, z up, as nuScenes LIDAR_TOP) -> camera (x right, y down, z forward)
-T_CAM_LIDAR = np.array([[1.0, 0, 0, 0.1], [0, 0, -1, -0.3], [0, 1, 0, -0.5], [0, 0, 0, 1]])
-# LiDAR sensor -> ego (Occ3D grid frame: x forward, y left, z up): a -90 deg yaw and a 1.8 m mount height
-T_EGO_LIDAR = np.array([[0.0, 1, 0, 0.9], [-1, 0, 0, 0.0], [0, 0, 1, 1.8], [0, 0, 0, 1]])
 
 
-def _frame(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    sem = rng.integers(0, 18, SHAPE).astype(np.uint8)
-    mask_lidar = rng.random(SHAPE) < 0.6
-    mask_camera = rng.random(SHAPE) < 0.3
-    points = np.zeros((500, 5), np.float32)
-    points[:, :3] = rng.uniform(-30, 30, (500, 3))
-    points[:, 3] = rng.uniform(0, 255, 500)
-    points[:, 4] = rng.integers(0, 32, 500)
-    image = rng.integers(0, 256, (90, 160, 3)).astype(np.uint8)
-    return sem, mask_lidar, mask_camera, points, image
+def _occupancy(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    out = []
+    for _ in range(n):
+        sem = rng.integers(0, 18, SHAPE).astype(np.uint8)
+        mask_lidar = (rng.random(SHAPE) < 0.6).astype(np.uint8)
+        mask_camera = (rng.random(SHAPE) < 0.3).astype(np.uint8)
+        out.append((sem, mask_lidar, mask_camera))
+    return out
 
 
-def test_round_trip(tmp_path):
-    sem, ml, mc, points, image = _frame()
-    pseudo = np.full(image.shape[:2], 255, np.uint8)
-    pseudo[40:, :] = 11
-    pose = np.eye(4)
-    pose[:3, 3] = [100.0, 200.0, 0.0]
-    write_occ3d_frame(
-        tmp_path,
-        "scene-0001/tok_a",
-        image,
-        points,
-        K,
-        T_CAM_LIDAR,
-        sem,
-        ml,
-        mc,
-        T_ego_lidar=T_EGO_LIDAR,
-        pose=pose,
-        pseudo2d=pseudo,
-    )
-    ds = Occ3DDataset(tmp_path, ["scene-0001/tok_a"])
-    assert len(ds) == 1
-    s = ds[0]
-    assert isinstance(s, Sample) and s.frame_id == "scene-0001/tok_a"
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory):
+    root = tmp_path_factory.mktemp("occ3d")
+    occ = _occupancy(np.random.default_rng(0), 3)
+    # scene-0061 is in the official mini_train, scene-0103 in mini_val
+    return write_nuscenes_replica(root, "v1.0-mini", ("scene-0061", "scene-0103"), 2, 1, occupancy=occ + occ[:1])
+
+
+def test_round_trip_labels_cameras_and_pseudo(replica):
+    frames = [f"{replica.scene_of[t]}/{t}" for t in replica.samples]
+    assert discover_tokens(replica.root) == sorted(frames)
+    token = replica.samples[1]
+    pseudo = np.full((90, 160), 255, np.uint8)
+    pseudo[50:] = 11
+    pseudo_file = replica.root / "pseudo_2d" / frames[1] / "CAM_BACK.png"
+    pseudo_file.parent.mkdir(parents=True)
+    write_label_image(pseudo_file, pseudo)
+    ds = Occ3DDataset(replica.root, "train")  # annotations.json: train_split = [scene-0061]
+    assert ds.tokens == frames[:2]
+    s = ds[1]
+    assert isinstance(s, Sample) and s.frame_id == frames[1] and s.grid_frame == "ego"
+    sem, mask_lidar, mask_camera = replica.occupancy[token]
     np.testing.assert_array_equal(s.voxel_labels, sem)
     assert s.voxel_labels.dtype == np.uint8
-    np.testing.assert_array_equal(s.camera_mask, mc)
-    np.testing.assert_array_equal(s.invalid, ~ml)
-    np.testing.assert_array_equal(s.image, image)
-    np.testing.assert_array_equal(s.pseudo2d, pseudo)
-    np.testing.assert_array_equal(s.pose, pose)
-    # points are returned in the ego (grid) frame with intensities scaled to [0, 1]
-    ego = points[:, :3] @ T_EGO_LIDAR[:3, :3].T + T_EGO_LIDAR[:3, 3]
-    assert s.points.shape == (500, 4) and s.points.dtype == np.float32
-    np.testing.assert_allclose(s.points[:, :3], ego, atol=1e-4)
-    np.testing.assert_allclose(s.points[:, 3], points[:, 3] / 255.0, rtol=1e-6)
-    # projecting the ego-frame points with the sample's calib equals projecting the raw sensor points
-    cam = points[:, :3] @ T_CAM_LIDAR[:3, :3].T + T_CAM_LIDAR[:3, 3]
-    uv_expected = (cam @ K.T)[:, :2] / cam[:, 2:3]
-    uv, depth, _ = s.calib.project(s.points)
-    front = cam[:, 2] > 0.5
-    np.testing.assert_allclose(uv[front], uv_expected[front], rtol=1e-4, atol=1e-2)
-    np.testing.assert_allclose(depth, cam[:, 2], atol=1e-3)
-    assert s.calib.image_size == (90, 160)
+    np.testing.assert_array_equal(s.camera_mask, mask_camera.astype(bool))
+    np.testing.assert_array_equal(s.invalid, ~mask_lidar.astype(bool))
+    assert [c.name for c in s.cameras] == list(CAMERAS)
+    np.testing.assert_array_equal(s.cameras[CAMERAS.index("CAM_BACK")].pseudo2d, pseudo)
+    assert s.cameras[0].pseudo2d is None
+    given = replica.points[token]
+    np.testing.assert_allclose(s.points[: len(given), :3], given[:, :3], atol=1e-4)
+    np.testing.assert_allclose(s.points[: len(given), 3], given[:, 3] / 255.0, rtol=1e-6)
+    by_camera = Occ3DDataset(replica.root, "train", invalid_from="camera")[1]
+    np.testing.assert_array_equal(by_camera.invalid, ~mask_camera.astype(bool))
+    assert Occ3DDataset(replica.root, "train", invalid_from="none")[0].invalid is None
+    unlabelled = Occ3DDataset(replica.root, [token], with_labels=False, sweeps=3)[0]  # a bare sample token
+    assert unlabelled.voxel_labels is None and unlabelled.camera_mask is None and unlabelled.frame_id == frames[1]
+    assert len(np.unique(unlabelled.points[:, 5])) == 3  # key frame 1, its sweep, key frame 0
 
 
-def test_masks_options_discovery_split_file_yaml_and_jpg(tmp_path):
-    sem, ml, mc, points, _ = _frame(1)
-    yy, xx = np.mgrid[0:90, 0:160]
-    image = np.stack([xx, yy * 2, np.full_like(xx, 90)], axis=-1).astype(np.uint8)  # smooth: jpg keeps it
-    for tok in ("b", "a"):
-        write_occ3d_frame(tmp_path, tok, image, points[:, :4], K, T_CAM_LIDAR, sem, ml, mc, image_format="jpg")
-    assert discover_tokens(tmp_path) == ["a", "b"]
-    # calib.yaml instead of calib.json
-    doc = json.loads((tmp_path / "frames/b/calib.json").read_text())
-    (tmp_path / "frames/b/calib.json").unlink()
-    (tmp_path / "frames/b/calib.yaml").write_text(yaml.safe_dump(doc))
-    split = tmp_path / "val.txt"
-    split.write_text("# val split\nb\n\n")
-    ds = Occ3DDataset(tmp_path, split, invalid_from="camera", intensity_scale=1.0)
-    s = ds[0]
-    assert s.frame_id == "b" and s.pseudo2d is None and s.pose is None
-    np.testing.assert_array_equal(s.invalid, ~mc)
-    np.testing.assert_allclose(s.points[:, :3], points[:, :3], atol=1e-5)  # no T_ego_lidar: identity
-    np.testing.assert_allclose(s.points[:, 3], points[:, 3])
-    assert np.abs(s.image.astype(int) - image).mean() < 3  # jpg: lossy but the same picture
-    assert Occ3DDataset(tmp_path, invalid_from="none")[1].invalid is None
-    unlabelled = Occ3DDataset(tmp_path, ["a"], with_labels=False)[0]
-    assert unlabelled.voxel_labels is None and unlabelled.camera_mask is None
+def test_splits_from_annotations_or_the_official_scene_split(replica, tmp_path):
+    doc = read_annotations(replica.root / "annotations.json")
+    assert doc["train_split"] == ["scene-0061"] and doc["val_split"] == ["scene-0103"]
+    info = doc["scene_infos"]["scene-0103"][replica.samples[2]]
+    assert info["gt_path"] == f"gts/scene-0103/{replica.samples[2]}/labels.npz" and info["prev"] == "EOF"
+    assert set(info["camera_sensor"]) == set(CAMERAS)
+    assert {"img_path", "intrinsics", "extrinsic", "ego_pose"} <= set(info["camera_sensor"]["CAM_FRONT"])
+    val = Occ3DDataset(replica.root, "val")
+    assert val.tokens == [f"scene-0103/{t}" for t in replica.samples[2:]]
+    # a split file of frames; then annotations.json that moves scene-0103 into training
+    split = tmp_path / "mine.txt"
+    split.write_text(f"# two frames\nscene-0103/{replica.samples[3]}\n\n{replica.samples[0]}\n")
+    expected = [f"scene-0103/{replica.samples[3]}", f"scene-0061/{replica.samples[0]}"]
+    assert Occ3DDataset(replica.root, split).tokens == expected
+    original = (replica.root / "annotations.json").read_text()
+    try:
+        (replica.root / "annotations.json").write_text(json.dumps(dict(doc, train_split=["scene-0103"])))
+        assert Occ3DDataset(replica.root, "train").tokens == val.tokens
+        (replica.root / "annotations.json").unlink()  # no annotations.json: the official v1.0-mini split
+        assert Occ3DDataset(replica.root, "val").tokens == val.tokens
+        (replica.root / "annotations.json").write_text(json.dumps({"train_split": []}))
+        with pytest.raises(ValueError, match="'val_split' must be a JSON list"):
+            Occ3DDataset(replica.root, "val")
+    finally:
+        (replica.root / "annotations.json").write_text(original)
 
 
 def test_missing_and_broken_files_are_named(tmp_path):
-    sem, ml, mc, points, image = _frame(2)
-    d = write_occ3d_frame(tmp_path, "f", image, points, K, T_CAM_LIDAR, sem, ml, mc)
-    with pytest.raises(FileNotFoundError, match="1 of 2 split tokens.*nope"):
-        Occ3DDataset(tmp_path, ["f", "nope"])
-    ds = Occ3DDataset(tmp_path, ["f"])
-    # truncated LiDAR file
-    raw = (d / "lidar.pcd.bin").read_bytes()
-    (d / "lidar.pcd.bin").write_bytes(raw[:-6])
-    with pytest.raises(ValueError, match=r"lidar\.pcd\.bin.*not a multiple of 20"):
-        ds[0]
-    (d / "lidar.pcd.bin").unlink()
-    with pytest.raises(FileNotFoundError, match=r"lidar\.pcd\.bin"):
-        ds[0]
-    (d / "lidar.pcd.bin").write_bytes(raw)
-    assert read_pcd_bin(d / "lidar.pcd.bin").shape == (500, 5)
-    # labels: wrong shape, missing key, values out of range, missing file
-    np.savez_compressed(d / "labels.npz", semantics=sem[:100], mask_lidar=ml, mask_camera=mc)
+    occ = _occupancy(np.random.default_rng(1), 2)
+    rep = write_nuscenes_replica(tmp_path, "v1.0-mini", ("scene-0061",), 2, 0, occupancy=occ)
+    frames = [f"scene-0061/{t}" for t in rep.samples]
+    path = tmp_path / "gts" / frames[0] / "labels.npz"
+    sem, ml, mc = rep.occupancy[rep.samples[0]]
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=f"1 of 2 split frames have no labels.npz.*{rep.samples[0]}"):
+        Occ3DDataset(tmp_path, frames)
+    np.savez_compressed(path, semantics=sem[:100], mask_lidar=ml, mask_camera=mc)
+    ds = Occ3DDataset(tmp_path, frames)
     with pytest.raises(ValueError, match=r"labels\.npz.*'semantics' has shape \(100, 200, 16\)"):
         ds[0]
-    np.savez_compressed(d / "labels.npz", semantics=sem, mask_lidar=ml)
+    np.savez_compressed(path, semantics=sem, mask_lidar=ml)
     with pytest.raises(ValueError, match="missing array 'mask_camera'"):
-        read_occ3d_labels(d / "labels.npz")
+        read_occ3d_labels(path)
     bad = sem.copy()
     bad[0, 0, 0] = 42
-    np.savez_compressed(d / "labels.npz", semantics=bad, mask_lidar=ml, mask_camera=mc)
+    np.savez_compressed(path, semantics=bad, mask_lidar=ml, mask_camera=mc)
     with pytest.raises(ValueError, match="outside 0..17"):
         ds[0]
-    (d / "labels.npz").unlink()
-    with pytest.raises(FileNotFoundError, match=r"labels\.npz"):
-        ds[0]
-    np.savez_compressed(d / "labels.npz", semantics=sem, mask_lidar=ml, mask_camera=mc)
+    np.savez_compressed(path, semantics=sem, mask_lidar=ml, mask_camera=mc)
     assert ds[0].voxel_labels.shape == SHAPE
-    # calibration: missing key, wrong matrix shape, image size mismatch
-    doc = json.loads((d / "calib.json").read_text())
-    (d / "calib.json").write_text(json.dumps({k: v for k, v in doc.items() if k != "K"}))
-    with pytest.raises(ValueError, match=r"calib\.json: missing key 'K'"):
-        ds[0]
-    (d / "calib.json").write_text(json.dumps(dict(doc, T_cam_lidar=[[1, 0, 0]])))
-    with pytest.raises(ValueError, match="'T_cam_lidar' has shape"):
-        ds[0]
-    (d / "calib.json").write_text(json.dumps(dict(doc, image_size=[100, 160])))
-    with pytest.raises(ValueError, match="cam_front.png.*image_size"):
-        ds[0]
-    (d / "cam_front.png").unlink()
-    with pytest.raises(FileNotFoundError, match="camera image not found"):
-        ds[0]
-
-
-def test_writer_rejects_bad_input(tmp_path):
-    sem, ml, mc, points, image = _frame(3)
-    with pytest.raises(ValueError, match="image must be"):
-        write_occ3d_frame(tmp_path, "x", image[..., 0], points, K, T_CAM_LIDAR)
-    with pytest.raises(ValueError, match="points must be"):
-        write_occ3d_frame(tmp_path, "x", image, points[:, :3], K, T_CAM_LIDAR)
     with pytest.raises(ValueError, match="invalid_from"):
-        Occ3DDataset(tmp_path, ["x"], invalid_from="radar")
+        Occ3DDataset(tmp_path, frames, invalid_from="radar")
+    with pytest.raises(ValueError, match="belongs to scene-0061"):
+        Occ3DDataset(tmp_path, [f"scene-0103/{rep.samples[0]}"], with_labels=False)[0]
+    with pytest.raises(KeyError, match="not in"):
+        Occ3DDataset(tmp_path, ["0" * 32], with_labels=False)
+    with pytest.raises(FileNotFoundError, match="gts folder not found"):
+        discover_tokens(tmp_path / "nowhere")
+
+
+def test_occ3d_miou_by_hand_under_one_mask():
+    # six voxels: gt / pred, class 17 = free
+    gt = np.array([17, 17, 4, 4, 11, 0]).reshape(1, 2, 3)
+    pred = np.array([17, 4, 4, 17, 11, 11]).reshape(1, 2, 3)
+    mask_camera = np.array([1, 1, 1, 1, 1, 0], np.uint8).reshape(1, 2, 3)
+    mask_lidar = np.array([0, 1, 1, 0, 1, 1], np.uint8).reshape(1, 2, 3)
+    cam = Occ3DMIoU()  # official: under mask_camera
+    cam.update(pred, gt, mask_camera=mask_camera, mask_lidar=mask_lidar)
+    s = cam.compute()
+    # car (4): TP 1, FP 1 (17 -> 4), FN 1 (4 -> 17) -> 1/3; driveable surface (11): 1/1; others (0) unseen: NaN
+    assert s["per_class_iou"][4] == pytest.approx(1 / 3) and s["per_class_iou"][11] == pytest.approx(1.0)
+    assert math.isnan(s["per_class_iou"][0]) and s["num_voxels"] == 5
+    assert s["miou"] == pytest.approx((1 / 3 + 1) / 2)
+    lidar = Occ3DMIoU("lidar")  # voxels 1, 2, 4, 5: (17 -> 4), (4 -> 4), (11 -> 11), (0 -> 11)
+    lidar.update(pred, gt, mask_camera=mask_camera, mask_lidar=mask_lidar)
+    s = lidar.compute()
+    assert s["per_class_iou"][4] == pytest.approx(1 / 2) and s["per_class_iou"][11] == pytest.approx(1 / 2)
+    assert s["per_class_iou"][0] == 0.0 and s["num_voxels"] == 4
+    assert s["miou"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)  # not the intersection of both masks (3 voxels)
+    none = Occ3DMIoU("none")
+    none.update(pred, gt)
+    none.update(pred, gt)  # accumulates
+    assert none.compute()["num_voxels"] == 12 and none.compute()["per_class_iou"][11] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="mask_camera is required"):
+        Occ3DMIoU().update(pred, gt)
+    with pytest.raises(ValueError, match="mask must be one of"):
+        Occ3DMIoU("both")
+    with pytest.raises(ValueError, match="outside 0..17"):
+        none.update(pred * 0 + 30, gt)
