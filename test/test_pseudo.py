@@ -13,7 +13,8 @@ from occle_core.pseudo.align import (
     load_label_map,
     normalise_name,
 )
-from occle_core.pseudo.labeller import FileLabeller, PseudoLabeller, split_frame_id, write_label_png
+from occle_core.data.label_png import write_label_png
+from occle_core.pseudo.labeller import FileLabeller, PseudoLabeller, split_frame_id
 
 SK = class_table("semantic_kitti")
 OCC = class_table("occ3d_nuscenes")
