@@ -41,8 +41,9 @@ class _EvalCollate:
         self.grid = cfg.data.voxel_grid()
 
     def __call__(self, samples: list[Sample]) -> tuple[Batch, np.ndarray | None, list[np.ndarray | None]]:
+        inputs = collate_inputs(samples, self.cfg)  # validates every sample (label shapes included)
         truth = voxel_truth(samples, self.grid)  # (B, X, Y, Z) uint8, invalid = 255; None when unlabelled
-        return collate_inputs(samples, self.cfg), truth, [s.camera_mask for s in samples]
+        return inputs, truth, [s.camera_mask for s in samples]
 
 
 def frame_indices(n: int, frames: int = 0) -> list[int]:

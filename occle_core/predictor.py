@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from occle_core.checkpoint import build_model, load_checkpoint
+from occle_core.checkpoint import load_model
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch, collate_inputs
 from occle_core.data.sample import Sample
@@ -72,7 +72,7 @@ class Predictor:
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto") -> None:
         dev = resolve_device(device)
         path = default_checkpoint() if checkpoint is None else Path(checkpoint)
-        model, cfg = build_model(load_checkpoint(path, map_location="cpu"))
+        model, cfg, _ = load_model(path)
         self.checkpoint_path: Path | None = path
         self._setup(model, cfg, dev)
 
