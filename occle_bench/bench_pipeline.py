@@ -214,17 +214,15 @@ def load_model(
         with_predictor: also load ``occle_core.predictor.Predictor`` from the checkpoint; ``model`` is then the
             predictor's network.
     """
-    from occle_core.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from occle_core.checkpoint import load_model, make_checkpoint, save_checkpoint
+    from occle_core.device import resolve_device
     from occle_core.model.occle import OccLE
 
-    dev = torch.device(device)
+    dev = resolve_device(device)
     shipped = _shipped_checkpoint() if prefer_shipped and not cfg_overrides else None
     if shipped is not None:
-        ckpt = load_checkpoint(shipped)
-        cfg = OccleConfig.from_dict(ckpt["config"])
-        model = OccLE(cfg)
-        model.load_state_dict(ckpt["model"])
-        source = ModelSource(cfg, model.eval(), shipped, f"shipped {SHIPPED}", dev)
+        model, cfg, _ = load_model(shipped)
+        source = ModelSource(cfg, model, shipped, f"shipped {SHIPPED}", dev)
     else:
         cfg = load_config(None, cfg_overrides)
         torch.manual_seed(0)
@@ -289,7 +287,7 @@ class StagedPipeline:
         from rclpy.serialization import deserialize_message, serialize_message
         from sensor_msgs.msg import CameraInfo
 
-        from occle_core.data.batch import collate
+        from occle_core.data.batch import collate_inputs
         from occle_core.data.sample import Sample
         from occle_core.model.lidar_encoder import voxelize_points
         from occle_ros import cdr
@@ -329,7 +327,7 @@ class StagedPipeline:
 
         def preprocess() -> Any:  # what Predictor.predict_logits does before the network
             pts = predictor.validate(rgb, points, calib)  # (N, 4) finite
-            batch = collate([Sample.single("predict", rgb, pts, calib)], cfg, with_targets=False)
+            batch = collate_inputs([Sample.single("predict", rgb, pts, calib)], cfg)
             return batch.to(self.device)
 
         batch = timed("preprocess: crop points, resize image, calib", preprocess)

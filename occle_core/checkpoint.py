@@ -1,4 +1,4 @@
-"""Checkpoints: one file holding config, class table, grid and weights.
+"""Checkpoints: one file holding config, class table, grid and weights, and the one checkpoint -> model builder.
 
 Written atomically (temporary file in the same folder, fsync, ``os.replace``) so a crash mid-write leaves
 the previous checkpoint intact; read with ``torch.load(..., weights_only=True)`` so a file that would run
@@ -12,12 +12,16 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import ClassTable
+
+if TYPE_CHECKING:
+    from occle_core.config import OccleConfig
+    from occle_core.model.occle import OccLE
 
 FORMAT = "occle-checkpoint"
 VERSION = 1
@@ -117,3 +121,49 @@ def check_compatible(ckpt: dict, classes: ClassTable | None = None, grid: VoxelG
             raise CheckpointError(
                 f"checkpoint grid {have.to_dict()} does not match the requested grid {grid.to_dict()}"
             )
+
+
+def build_model(ckpt: dict, expect: OccleConfig | None = None) -> tuple[OccLE, OccleConfig]:
+    """Build the :class:`~occle_core.model.occle.OccLE` of a loaded checkpoint's config and load its weights.
+
+    The pretrained-backbone path of the stored config is cleared (the weights come from the checkpoint) and the
+    grid is stored in the returned config (no YAML lookup per frame).
+
+    Args:
+        ckpt: what :func:`load_checkpoint` returned.
+        expect: when given, the checkpoint must be for its class table and grid.
+
+    Raises:
+        CheckpointError: the config, classes, grid or weights do not fit the network (or ``expect``).
+    """
+    from occle_core.config import OccleConfig
+    from occle_core.model.occle import OccLE
+
+    try:
+        cfg = OccleConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint config is not a valid occle config: {exc}") from exc
+    cfg.model.pretrained_image = ""
+    grid = cfg.data.voxel_grid()
+    cfg.data.grid = grid.to_dict()
+    check_compatible(ckpt, cfg.data.classes(), grid)  # the file agrees with itself
+    if expect is not None:
+        check_compatible(ckpt, expect.data.classes(), expect.data.voxel_grid())
+    model = OccLE(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        raise CheckpointError(f"checkpoint weights do not fit the network of its config: {details[0]}{more}") from exc
+    return model, cfg
+
+
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", expect: OccleConfig | None = None
+) -> tuple[OccLE, OccleConfig, dict]:
+    """:func:`load_checkpoint` (``weights_only=True``) then :func:`build_model`; the model is in eval mode on
+    ``device``. Returns (model, config, checkpoint dict)."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model, cfg = build_model(ckpt, expect)
+    return model.to(device).eval(), cfg, ckpt

@@ -3,11 +3,16 @@
 A YAML file may set any subset of the fields; the rest keep their defaults. ``model.size`` picks a preset
 (``tiny`` for CPU tests and the demo, ``paper`` for the published scale on a GPU) whose values individual
 keys can still override. Unknown keys are an error that names the key.
+
+Values are checked by the classes themselves: :meth:`OccleConfig.validate` (each section's ``validate``) raises a
+``ValueError`` naming the first bad field and what it expects; :meth:`OccleConfig.resume_changes` lists the
+fields a resumed training run may not change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +65,11 @@ class DataConfig:
         """The dataset's class table."""
         return class_table(self.dataset)
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad training-relevant ``data`` value."""
+        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points"))
+        _require([(0 <= self.label_ratio <= 1, "data.label_ratio", "in [0, 1]", self.label_ratio)])
+
 
 @dataclass
 class ModelConfig:
@@ -110,6 +120,15 @@ class LossConfig:
     teacher_threshold: float = 0.9
     class_weighted: bool = True
 
+    WEIGHTS = ("voxel_ce", "lovasz", "pseudo_2d", "pseudo_3d", "geometry", "teacher", "projection")
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad ``loss`` value."""
+        _require_numbers(self, "loss", self.WEIGHTS)
+        checks = [(0 <= self.teacher_threshold <= 1, "loss.teacher_threshold", "in [0, 1]", self.teacher_threshold)]
+        checks += [(getattr(self, n) >= 0, f"loss.{n}", ">= 0 (0 = off)", getattr(self, n)) for n in self.WEIGHTS]
+        _require(checks)
+
 
 @dataclass
 class TrainConfig:
@@ -135,6 +154,49 @@ class TrainConfig:
     eval_frames: int = 0  # val frames evaluated during training (0 = the whole split)
     class_weight_frames: int = 64  # training frames whose labelled voxels give the class weights
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad ``train`` value."""
+        _require_numbers(
+            self, "train", ("steps", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay", "warmup", "seed")
+        )
+        _require(
+            [
+                (self.steps >= 1, "train.steps", "an integer >= 1", self.steps),
+                (self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size),
+                (self.lr > 0, "train.lr", "> 0", self.lr),
+                (self.weight_decay >= 0, "train.weight_decay", ">= 0", self.weight_decay),
+                (self.grad_clip >= 0, "train.grad_clip", ">= 0 (0 = off)", self.grad_clip),
+                (self.schedule in ("onecycle", "cosine"), "train.schedule", "'onecycle' or 'cosine'", self.schedule),
+                (
+                    self.amp_dtype in ("auto", "bf16", "fp16"),
+                    "train.amp_dtype",
+                    "'auto', 'bf16' or 'fp16'",
+                    self.amp_dtype,
+                ),
+                (self.teacher in ("self", "ema"), "train.teacher", "'self' or 'ema'", self.teacher),
+                (0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay),
+                (0 <= self.warmup < 1, "train.warmup", "in [0, 1)", self.warmup),
+                (self.log_every >= 1, "train.log_every", ">= 1", self.log_every),
+                (self.ckpt_every >= 0, "train.ckpt_every", ">= 0 (0 = only at the end)", self.ckpt_every),
+                (self.eval_every >= 0, "train.eval_every", ">= 0 (0 = only at the end)", self.eval_every),
+                (self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers),
+            ]
+        )
+
+
+# config fields a resumed run may change: where things live and how often it logs; the rest must match
+RESUMABLE_CHANGES = frozenset(
+    {
+        "data.root",
+        "train.out_dir",
+        "train.num_workers",
+        "train.log_every",
+        "train.eval_every",
+        "train.eval_frames",
+        "train.ckpt_every",
+    }
+)
+
 
 @dataclass
 class OccleConfig:
@@ -148,6 +210,25 @@ class OccleConfig:
     def to_dict(self) -> dict:
         """Plain nested dict (YAML/JSON/checkpoint friendly)."""
         return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Check the values training reads (``train``, ``loss``, ``data``); ``ValueError`` names the first bad one."""
+        self.train.validate()
+        self.loss.validate()
+        self.data.validate()
+
+    def resume_changes(self, new: OccleConfig) -> list[str]:
+        """``section.key=old->new`` for every field of ``new`` that differs from this (saved) config and may not
+        change on resume (anything outside :data:`RESUMABLE_CHANGES`)."""
+        a, b = self.to_dict(), new.to_dict()
+        out = []
+        for section, values in a.items():
+            for key, old in values.items():
+                name = f"{section}.{key}"
+                now = b[section][key]
+                if name not in RESUMABLE_CHANGES and _plain(old) != _plain(now):
+                    out.append(f"{name}={old!r}->{now!r}")
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> OccleConfig:
@@ -168,6 +249,28 @@ class OccleConfig:
             loss=_build(LossConfig, d.get("loss"), "loss"),
             train=_build(TrainConfig, d.get("train"), "train"),
         )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (a YAML list and a tuple default compare equal)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _require_numbers(obj: Any, section: str, names: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` when a field of ``names`` is not an int or float (bool excluded)."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            yaml_float = isinstance(v, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", v.strip())
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if yaml_float else ""
+            raise ValueError(f"{section}.{name} must be a number, got {v!r}{hint}")
+
+
+def _require(checks: list[tuple[bool, str, str, Any]]) -> None:
+    """Raise ``ValueError("<field> must be <expected>, got <value>")`` for the first failed check."""
+    for ok, field_name, expected, got in checks:
+        if not ok:
+            raise ValueError(f"{field_name} must be {expected}, got {got!r}")
 
 
 def _build(kind: type, values: dict | None, section: str) -> Any:

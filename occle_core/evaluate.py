@@ -24,21 +24,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from occle_core.checkpoint import CheckpointError, check_compatible, load_checkpoint
-from occle_core.config import OccleConfig
+from occle_core.checkpoint import CheckpointError, load_model
+from occle_core.config import OccleConfig, load_config
+from occle_core.data.batch import Batch, collate_inputs, voxel_truth
+from occle_core.data.factory import build_dataset
+from occle_core.data.sample import Sample
+from occle_core.device import resolve_device
 from occle_core.metrics import SSCMetrics
 
 
 class _EvalCollate:
-    """Picklable collate: the batch plus each frame's camera mask (Occ3D) for the metrics."""
+    """Picklable collate: network inputs (no training target), the voxel truth and each frame's camera mask."""
 
     def __init__(self, cfg: OccleConfig) -> None:
         self.cfg = cfg
+        self.grid = cfg.data.voxel_grid()
 
-    def __call__(self, samples: list) -> tuple[Any, list[np.ndarray | None]]:
-        from occle_core.data.batch import collate
-
-        return collate(samples, self.cfg), [s.camera_mask for s in samples]
+    def __call__(self, samples: list[Sample]) -> tuple[Batch, np.ndarray | None, list[np.ndarray | None]]:
+        inputs = collate_inputs(samples, self.cfg)  # validates every sample (label shapes included)
+        truth = voxel_truth(samples, self.grid)  # (B, X, Y, Z) uint8, invalid = 255; None when unlabelled
+        return inputs, truth, [s.camera_mask for s in samples]
 
 
 def frame_indices(n: int, frames: int = 0) -> list[int]:
@@ -111,13 +116,13 @@ def evaluate_model(
 
         it = tqdm(loader, total=len(loader), unit="batch", desc="eval")
     try:
-        for batch, cam_masks in it:
-            if batch.voxel_labels is None:
+        for batch, truth, cam_masks in it:
+            if truth is None:
                 raise ValueError(f"frame {batch.frame_ids[0]} has no voxel labels: cannot evaluate it")
             batch = batch.to(device)
             with autocast:
                 pred = model.predict_labels(batch).long()  # (B, X, Y, Z) argmax, no float logits grid
-            target = batch.voxel_labels  # (B, X, Y, Z), invalid = 255
+            target = torch.from_numpy(truth).long().to(device)  # (B, X, Y, Z), invalid = 255
             mask = target != classes.ignore_index
             for b, cm in enumerate(cam_masks):
                 if cm is not None:
@@ -177,36 +182,6 @@ def scores_to_json(scores: dict, **extra: Any) -> dict:
     }
 
 
-def load_model(
-    checkpoint: str | Path, device: torch.device | str = "cpu", expect: OccleConfig | None = None
-) -> tuple[nn.Module, OccleConfig, dict]:
-    """Build the OccLE of a checkpoint's config and load its weights (``weights_only=True``).
-
-    Args:
-        expect: when given, the checkpoint must be for its class table and grid.
-
-    Raises:
-        FileNotFoundError: no such file. CheckpointError: unsafe, damaged, or not for ``expect``'s classes / grid,
-            or weights that do not fit the model of its own config.
-    """
-    from occle_core.model.occle import OccLE
-
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = OccleConfig.from_dict(ckpt["config"])
-    check_compatible(ckpt, cfg.data.classes(), cfg.data.voxel_grid())  # the file agrees with itself
-    if expect is not None:
-        check_compatible(ckpt, expect.data.classes(), expect.data.voxel_grid())
-    model = OccLE(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise CheckpointError(
-            f"checkpoint {checkpoint} weights do not fit the model of its config: {' '.join(first[:3])}"
-        ) from exc
-    return model.to(device).eval(), cfg, ckpt
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="occle-eval", description="Evaluate an OccLE checkpoint: IoU, mIoU, per class.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (model.pt or checkpoint.pt of a run)")
@@ -222,29 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu" or name.startswith("cuda"):
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {name!r}: CUDA is not available on this host")
-        return torch.device(name)
-    raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``occle-eval``: 0 on success, 2 on a bad checkpoint / data / argument (one error line)."""
     args = build_parser().parse_args(argv)
-    from occle_core.train import build_dataset
-
     try:
         if args.frames < 0 or args.render < 0 or args.batch_size < 1:
             raise ValueError("--frames and --render must be >= 0 and --batch-size >= 1")
-        device = _device(args.device)
+        device = resolve_device(args.device)
         expect = None
         if args.config:
-            from occle_core.config import load_config
-
             expect = load_config(args.config)
         model, cfg, ckpt = load_model(args.checkpoint, device, expect)
         cfg.data.root = args.data

@@ -3,12 +3,13 @@
 This is what the ROS node and ``occle-predict`` call. The checkpoint (config, class table, grid, weights) is
 read once with ``weights_only=True``; the network is built from its config, put in eval mode and run under
 ``torch.inference_mode``. Inputs are checked and turned into a :class:`~occle_core.data.batch.Batch` by the
-same :func:`~occle_core.data.batch.collate` as in training (image and calibration resized to the configured
-size, points outside the grid dropped), so training and inference preprocess identically.
+same :func:`~occle_core.data.batch.collate_inputs` as in training (image and calibration resized to the
+configured size, points outside the grid dropped), so training and inference preprocess identically; no training
+target is built.
 
-Devices: ``"auto"`` takes CUDA when available, else the CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` raise
-``ValueError("device 'cuda' requested but CUDA is not available")`` on a host without CUDA (or naming the
-missing index).
+Devices are resolved by :func:`occle_core.device.resolve_device`: ``"auto"`` takes CUDA when available, else the
+CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` raise ``ValueError("device 'cuda' requested but CUDA is not available")``
+on a host without CUDA (or naming the missing index).
 
 ``occle-predict --checkpoint C --data ROOT --sequence SS [--frames 0 5 10-20] --out DIR`` runs a checkpoint on
 frames of a SemanticKITTI-layout sequence and writes ``DIR/sequences/SS/predictions/NNNNNN.label`` (uint16
@@ -28,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from occle_core.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from occle_core.checkpoint import load_model
 from occle_core.config import OccleConfig
-from occle_core.data.batch import Batch, collate
+from occle_core.data.batch import Batch, collate_inputs
 from occle_core.data.sample import Sample
+from occle_core.device import resolve_device
 from occle_core.geometry import Calib, VoxelGrid
 from occle_core.labels import ClassTable
 from occle_core.model.occle import OccLE
@@ -44,55 +46,6 @@ def default_checkpoint() -> Path:
     from occle_core.resources import resource_path
 
     return resource_path(*DEFAULT_CHECKPOINT)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` -> ``torch.device``.
-
-    Raises:
-        ValueError: an unknown name, CUDA requested on a host without it, or a CUDA index that does not exist.
-    """
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        index = name.partition(":")[2]
-        if index and not index.isdigit():
-            raise ValueError(f"device {device!r} is not valid: expected 'cuda:N' with an integer N")
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
-        if index and int(index) >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-        return torch.device(name)
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-
-
-def build_model_from_checkpoint(ckpt: dict) -> tuple[OccLE, OccleConfig]:
-    """Build :class:`OccLE` from a loaded checkpoint dict and load its weights.
-
-    The pretrained-backbone path of the stored config is ignored (the weights come from the checkpoint).
-
-    Raises:
-        CheckpointError: the config, classes, grid or weights do not fit the network.
-    """
-    try:
-        cfg = OccleConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint config is not a valid occle config: {exc}") from exc
-    cfg.model.pretrained_image = ""
-    grid = cfg.data.voxel_grid()
-    cfg.data.grid = grid.to_dict()  # no YAML lookup per frame
-    check_compatible(ckpt, cfg.data.classes(), grid)
-    model = OccLE(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
-        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-        raise CheckpointError(f"checkpoint weights do not fit the network of its config: {details[0]}{more}") from exc
-    return model, cfg
 
 
 class Predictor:
@@ -119,7 +72,7 @@ class Predictor:
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto") -> None:
         dev = resolve_device(device)
         path = default_checkpoint() if checkpoint is None else Path(checkpoint)
-        model, cfg = build_model_from_checkpoint(load_checkpoint(path, map_location="cpu"))
+        model, cfg, _ = load_model(path)
         self.checkpoint_path: Path | None = path
         self._setup(model, cfg, dev)
 
@@ -170,7 +123,7 @@ class Predictor:
     def batch(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> Batch:
         """Validated network input of one frame on the predictor's device (what :meth:`predict` feeds the model)."""
         pts = self.validate(image, points, calib)
-        return collate([Sample.single("predict", image, pts, calib)], self.config, with_targets=False).to(self.device)
+        return collate_inputs([Sample.single("predict", image, pts, calib)], self.config).to(self.device)
 
     @torch.inference_mode()
     def predict_logits(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""collate(): resizing, point selection, targets and validation of Samples."""
+"""collate_inputs() / add_targets() / collate(): resizing, point selection, targets and validation of Samples."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from occle_core.data.batch import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Batch,
+    add_targets,
     collate,
+    collate_inputs,
     image_to_tensor,
     resize_nearest,
     select_points,
+    voxel_truth,
 )
 from occle_core.data.sample import Sample
 from occle_core.geometry import Calib, VoxelGrid, free_space_mask
@@ -135,6 +138,23 @@ def test_unlabelled_samples_and_inference_mode():
     assert (mixed.pseudo2d[1] == 255).all()
     bare = collate([_sample()], _cfg(), with_targets=False)
     assert bare.voxel_labels is None and bare.occupied is None and bare.free is None and bare.pseudo3d is None
+
+
+def test_inputs_and_targets_are_built_apart():
+    samples, cfg = [_sample(0), _sample(1, labels=False)], _cfg()
+    inputs = collate_inputs(samples, cfg)
+    targets = ("voxel_labels", "label_mask", "pseudo2d", "pseudo3d", "occupied", "free")
+    assert all(getattr(inputs, name) is None for name in targets)
+    full = add_targets(inputs, samples, cfg)
+    assert all(getattr(inputs, name) is None for name in targets), "add_targets must not modify its input"
+    whole = collate(samples, cfg)
+    for name in ("image", "points", "lidar_to_image", *targets):
+        assert torch.equal(getattr(full, name), getattr(whole, name)), name
+    assert full.frame_ids == whole.frame_ids == ["00/000000", "00/000001"]
+    truth = voxel_truth(samples, VoxelGrid.from_dict(GRID))
+    assert truth.dtype == np.uint8 and (truth[0, 0] == 255).all() and (truth[1] == 255).all()
+    np.testing.assert_array_equal(truth[0, 1:], samples[0].voxel_labels[1:])
+    assert voxel_truth([_sample(labels=False)], VoxelGrid.from_dict(GRID)) is None
 
 
 def test_resize_nearest_picks_pixel_centres():

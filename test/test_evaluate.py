@@ -13,21 +13,37 @@ from torch import nn
 
 from occle_core.checkpoint import make_checkpoint, save_checkpoint
 from occle_core.config import load_config
+from occle_core.data.factory import build_dataset
 from occle_core.evaluate import evaluate_model, frame_indices, main, scores_to_json
-from occle_core.train import build_dataset
+
+
+def _truth(dataset) -> dict[str, np.ndarray]:
+    """Frame id -> (X, Y, Z) uint8 labels with invalid voxels set to 255."""
+    out = {}
+    for i in range(len(dataset)):
+        s = dataset[i]
+        lab = s.voxel_labels.copy()
+        if s.invalid is not None:
+            lab[s.invalid] = 255
+        out[s.frame_id] = lab
+    return out
 
 
 class _Oracle(nn.Module):
-    """Predicts the truth on valid voxels and ``wrong_class`` on invalid (label 255) voxels."""
+    """Predicts the truth on valid voxels and ``wrong_class`` on invalid (label 255) voxels.
 
-    def __init__(self, num_classes: int, wrong_class: int | None = 1) -> None:
+    The evaluator hands the network inputs only (no labels in the batch): the oracle knows the truth by frame id.
+    """
+
+    def __init__(self, truth: dict[str, np.ndarray], wrong_class: int | None = 1) -> None:
         super().__init__()
-        self.k = num_classes
+        self.truth = truth
         self.wrong_class = wrong_class
         self.anchor = nn.Parameter(torch.zeros(()))
 
     def predict_labels(self, batch):  # what evaluate_model calls: (B, X, Y, Z) uint8 class ids
-        lab = batch.voxel_labels.clone()  # (B, X, Y, Z)
+        assert batch.voxel_labels is None and batch.pseudo3d is None and batch.free is None, "targets were built"
+        lab = torch.from_numpy(np.stack([self.truth[f] for f in batch.frame_ids]))  # (B, X, Y, Z)
         if self.wrong_class is None:  # predict everything empty
             lab[:] = 0
         else:
@@ -46,13 +62,14 @@ def test_invalid_voxels_are_not_counted(tiny_data, tmp_path):  # noqa: F811
     ds = build_dataset(cfg, "val")
     invalid = sum(int((ds[i].voxel_labels == 255).sum()) for i in range(len(ds)))
     assert invalid > 0, "the test data should hold invalid voxels"
-    scores, images = evaluate_model(_Oracle(20), ds, cfg, render_dir=tmp_path / "png", render_count=1)
+    truth = _truth(ds)
+    scores, images = evaluate_model(_Oracle(truth), ds, cfg, render_dir=tmp_path / "png", render_count=1)
     assert scores["iou"] == pytest.approx(1.0) and scores["miou_present"] == pytest.approx(1.0)
     assert scores["miou"] == pytest.approx(scores["classes_present"] / 19)  # absent classes count 0
     assert scores["num_voxels"] == len(ds) * 32 * 32 * 4 - invalid
     assert scores["frames"] == len(ds)
     assert len(images) == 1 and images[0].dtype == np.uint8 and len(list((tmp_path / "png").glob("*.png"))) == 1
-    empty, _ = evaluate_model(_Oracle(20, wrong_class=None), ds, cfg)
+    empty, _ = evaluate_model(_Oracle(truth, wrong_class=None), ds, cfg)
     assert empty["iou"] == 0.0 and empty["recall"] == 0.0
     doc = scores_to_json(empty, split="val")
     json.dumps(doc)  # plain JSON (NaN mapped to None)
@@ -125,14 +142,15 @@ def test_config_files_load():
 class _CameraOracle(nn.Module):
     """Predicts the truth inside each frame's camera mask and a wrong class outside it."""
 
-    def __init__(self, num_classes: int, camera: dict[str, np.ndarray]) -> None:
+    def __init__(self, num_classes: int, camera: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> None:
         super().__init__()
         self.k = num_classes
         self.camera = camera
+        self.truth = truth
         self.anchor = nn.Parameter(torch.zeros(()))
 
     def predict_labels(self, batch):  # (B, X, Y, Z) uint8 class ids
-        lab = batch.voxel_labels.clone()
+        lab = torch.from_numpy(np.stack([self.truth[f] for f in batch.frame_ids])).long()
         lab[lab == 255] = 0
         for b, fid in enumerate(batch.frame_ids):
             outside = ~torch.from_numpy(self.camera[fid])
@@ -162,7 +180,7 @@ def test_occ3d_splits_and_camera_mask(tmp_path):
     assert len(build_dataset(cfg, "train")) == 2
     val = build_dataset(cfg, "val")
     assert len(val) == 1
-    scores, _ = evaluate_model(_CameraOracle(18, camera), val, cfg)
+    scores, _ = evaluate_model(_CameraOracle(18, camera, _truth(val)), val, cfg)
     assert scores["iou"] == pytest.approx(1.0) and scores["miou"] == pytest.approx(1.0)
     assert scores["num_voxels"] == int(camera[frames[2]].sum())
     cfg.data.val_sequences = ["scene-0553"]

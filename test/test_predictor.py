@@ -10,7 +10,7 @@ from occle_core.checkpoint import CheckpointError, make_checkpoint, save_checkpo
 from occle_core.config import OccleConfig
 from occle_core.geometry import Calib, VoxelGrid, write_kitti_calib
 from occle_core.model.occle import OccLE
-from occle_core.predictor import Predictor, default_checkpoint, main, parse_frames, resolve_device
+from occle_core.predictor import Predictor, default_checkpoint, main, parse_frames
 
 GRID = {"origin": [0.0, -6.4, -2.0], "voxel_size": 0.4, "shape": [32, 32, 8]}
 H, W = 60, 180
@@ -100,20 +100,6 @@ def test_bad_inputs_raise_value_errors_naming_the_field(tmp_path, field, make, m
     with pytest.raises(ValueError, match=message) as err:
         pred.predict(*make(*_frame()))
     assert field in str(err.value)
-
-
-def test_devices():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
-        resolve_device("tpu")
-    with pytest.raises(ValueError, match="cuda:N"):
-        resolve_device("cuda:x")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"^device 'cuda' requested but CUDA is not available$"):
-            resolve_device("cuda")
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda:1")
 
 
 def test_checkpoint_errors(tmp_path):

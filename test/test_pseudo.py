@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from occle_core.data.label_png import write_label_png
 from occle_core.labels import class_table
 from occle_core.pseudo.align import (
     AlignedLabeller,
@@ -13,7 +14,7 @@ from occle_core.pseudo.align import (
     load_label_map,
     normalise_name,
 )
-from occle_core.pseudo.labeller import FileLabeller, PseudoLabeller, split_frame_id, write_label_png
+from occle_core.pseudo.labeller import FileLabeller, PseudoLabeller, split_frame_id
 
 SK = class_table("semantic_kitti")
 OCC = class_table("occ3d_nuscenes")

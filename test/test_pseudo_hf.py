@@ -10,8 +10,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from occle_core.device import resolve_device  # noqa: E402
 from occle_core.pseudo.align import AlignedLabeller, load_label_map  # noqa: E402
-from occle_core.pseudo.hf_adapter import HFCLIPSegSegmenter, HFSegmenterLabeller, resolve_device  # noqa: E402
+from occle_core.pseudo.hf_adapter import HFCLIPSegSegmenter, HFSegmenterLabeller  # noqa: E402
 
 CITYSCAPES = [
     "road",

@@ -17,6 +17,7 @@ import torch
 
 from occle_core.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from occle_core.config import OccleConfig, load_config
+from occle_core.data.factory import grid_scale
 from occle_core.data.semantic_kitti import (
     VOXEL_SHAPE,
     write_image,
@@ -25,17 +26,9 @@ from occle_core.data.semantic_kitti import (
     write_voxel_bits,
     write_voxel_labels,
 )
+from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, TRAIN_LOG, Trainer
 from occle_core.geometry import SEMANTIC_KITTI_GRID, Calib, write_kitti_calib
-from occle_core.train import (
-    CHECKPOINT_NAME,
-    MODEL_NAME,
-    TRAIN_LOG,
-    Trainer,
-    config_changes,
-    grid_scale,
-    main,
-    parse_overrides,
-)
+from occle_core.train import main, parse_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_HW = (64, 200)
@@ -155,13 +148,13 @@ def test_parse_overrides_and_grid_scale(tiny_data, tmp_path):
         grid_scale(cfg)
 
 
-def test_config_changes_lists_what_may_not_change(tiny_data, tmp_path):
+def test_resume_changes_lists_what_may_not_change(tiny_data, tmp_path):
     a = tiny_config(tiny_data, tmp_path)
     b = tiny_config(tiny_data, tmp_path / "elsewhere", num_workers=2)
-    assert config_changes(a, b) == []  # out_dir and num_workers may change on resume
+    assert a.resume_changes(b) == []  # out_dir and num_workers may change on resume
     b.train.lr = 1.0
     b.loss.lovasz = 0.0
-    assert config_changes(a, b) == ["loss.lovasz=1.0->0.0", "train.lr=0.002->1.0"]
+    assert a.resume_changes(b) == ["loss.lovasz=1.0->0.0", "train.lr=0.002->1.0"]
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -201,7 +194,7 @@ _CHILD = textwrap.dedent(
     import json, os, sys, time
     sys.path.insert(0, {test_dir!r})
     import torch
-    from occle_core import train
+    from occle_core.engine import trainer as train
     from test_train import tiny_config
 
     data, out, mode, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -353,7 +346,7 @@ _DDP_CHILD = textwrap.dedent(
     sys.path.insert(0, {test_dir!r})
     import torch
     from pathlib import Path
-    from occle_core.train import Trainer
+    from occle_core.engine.trainer import Trainer
     from test_train import tiny_config
 
     data, out = Path(sys.argv[1]), Path(sys.argv[2])

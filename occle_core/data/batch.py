@@ -1,14 +1,16 @@
 """Batches: a list of :class:`~occle_core.data.sample.Sample` -> the tensors the network and the losses read.
 
-:func:`collate` resizes each image (and its calibration) to ``cfg.data.image_size``, keeps the LiDAR points
-inside the output grid (a random subset beyond ``cfg.data.max_points``), and builds the voxel targets: labels
-(invalid voxels set to 255), the label-budget mask, the lifted 3D pseudo labels and the LiDAR free-space masks.
+Network inputs and training targets are built apart. :func:`collate_inputs` (training, evaluation, inference)
+resizes the front camera's image (and its calibration) to ``cfg.data.image_size`` and keeps the LiDAR points
+inside the output grid (a random subset beyond ``cfg.data.max_points``). :func:`add_targets` (training only)
+adds the voxel targets: labels (invalid voxels set to 255, see :func:`voxel_truth`), the label-budget mask, the
+2D and lifted 3D pseudo labels and the LiDAR free-space masks. :func:`collate` is the two in a row.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -26,7 +28,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class Batch:
-    """Network inputs and training targets of B frames (see ``notes/INTERFACES.md``).
+    """Network inputs and training targets of B frames (inputs from :func:`collate_inputs`, targets from
+    :func:`add_targets`; the network reads the inputs, :mod:`occle_core.losses` the targets).
 
     Attributes:
         image: (B, 3, H, W) float32, ImageNet-normalised, (H, W) = ``cfg.data.image_size``.
@@ -149,23 +152,16 @@ def _frame_rng(frame_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(frame_id.encode())])
 
 
-def collate(
-    samples: list[Sample],
-    cfg: OccleConfig,
-    rng: np.random.Generator | None = None,
-    with_targets: bool = True,
-) -> Batch:
-    """Build a :class:`Batch` from ``samples``.
+def collate_inputs(samples: list[Sample], cfg: OccleConfig, rng: np.random.Generator | None = None) -> Batch:
+    """The network inputs of ``samples`` (front camera): image, points, LiDAR-to-image matrices, frame ids.
 
     Args:
         samples: B frames; images may differ in size (each is resized to ``cfg.data.image_size``).
-        cfg: the configuration (grid, classes, image size, ``max_points``).
+        cfg: the configuration (grid, image size, ``max_points``).
         rng: generator of the random point subset; None draws it reproducibly from each frame id.
-        with_targets: False skips every target (labels, pseudo labels, free space): inference input only.
 
     Returns:
-        the batch; a target is None when no sample carries it, and 255-filled for samples without it
-        when others have it.
+        a :class:`Batch` whose targets are all None.
 
     Raises:
         ValueError: empty list, or a sample whose arrays do not match the documented shapes.
@@ -173,20 +169,8 @@ def collate(
     if not samples:
         raise ValueError("collate needs at least one sample")
     grid = cfg.data.voxel_grid()
-    num_classes = cfg.data.classes().num_classes if with_targets else 0  # the class table is read from YAML
     size = tuple(int(v) for v in cfg.data.image_size)
-    free_space = _free_space_fn() if with_targets else None
-    B = len(samples)
-
     images, l2i, point_rows = [], [], []
-    if with_targets:  # (B, X, Y, Z) / (B, h, w) target grids; inference allocates none of them
-        labels = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8)
-        masks = np.zeros((B, *grid.shape), bool)
-        pseudo2d = np.full((B, *size), IGNORE_INDEX, np.uint8)
-        pseudo3d = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8)
-        occupied = np.zeros((B, *grid.shape), bool)
-        free = np.zeros((B, *grid.shape), bool)
-    has_labels = has_p2d = False
     for b, s in enumerate(samples):
         validate_sample(s, grid)
         images.append(image_to_tensor(s.image, size))
@@ -195,19 +179,57 @@ def collate(
         gen = rng if rng is not None else _frame_rng(s.frame_id, cfg.data.label_seed)
         pts = select_points(s.points, grid, cfg.data.max_points, gen)  # (M_b, 4)
         point_rows.append(np.concatenate([np.full((len(pts), 1), b, np.float32), pts], axis=1))
-        if with_targets and s.voxel_labels is not None:
-            has_labels = True
-            lab = np.asarray(s.voxel_labels, np.uint8).copy()
-            if s.invalid is not None:
-                lab[np.asarray(s.invalid, bool)] = IGNORE_INDEX
-            labels[b] = lab
-            valid = lab != IGNORE_INDEX
-            masks[b] = valid if s.label_mask is None else (np.asarray(s.label_mask, bool) & valid)
-        if with_targets and s.pseudo2d is not None:
-            has_p2d = True
-            pseudo2d[b] = resize_nearest(np.asarray(s.pseudo2d, np.uint8), size)
-            from occle_core.pseudo.lift import lift_to_voxels
+    points = torch.from_numpy(np.concatenate(point_rows, axis=0))
+    return Batch(
+        image=torch.stack(images),
+        points=points.reshape(-1, 5),
+        lidar_to_image=torch.stack(l2i),
+        frame_ids=[s.frame_id for s in samples],
+    )
 
+
+def voxel_truth(samples: list[Sample], grid: VoxelGrid) -> np.ndarray | None:
+    """(B, X, Y, Z) uint8 voxel labels with invalid voxels set to 255 (255-filled for unlabelled samples);
+    None when no sample is labelled. What the losses and the metrics score against."""
+    if all(s.voxel_labels is None for s in samples):
+        return None
+    labels = np.full((len(samples), *grid.shape), IGNORE_INDEX, np.uint8)
+    for b, s in enumerate(samples):
+        if s.voxel_labels is not None:
+            labels[b] = s.voxel_labels
+            if s.invalid is not None:
+                labels[b][np.asarray(s.invalid, bool)] = IGNORE_INDEX
+    return labels
+
+
+def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
+    """``batch`` (from :func:`collate_inputs` of the same ``samples``) with the training targets added.
+
+    Returns:
+        a copy of ``batch`` with ``voxel_labels`` / ``label_mask`` (labels under the budget), ``pseudo2d`` /
+        ``pseudo3d`` (2D pseudo labels resized to the network image, lifted to voxels) and ``occupied`` /
+        ``free`` (LiDAR free space); a target is None when no sample carries it, and 255-filled for samples
+        without it when others have it.
+    """
+    from occle_core.pseudo.lift import lift_to_voxels
+
+    grid = cfg.data.voxel_grid()
+    size = tuple(int(v) for v in cfg.data.image_size)
+    num_classes = cfg.data.classes().num_classes
+    free_space = _free_space_fn()
+    B = len(samples)
+    labels = voxel_truth(samples, grid)  # (B, X, Y, Z) uint8 or None
+    masks = None if labels is None else labels != IGNORE_INDEX  # (B, X, Y, Z) valid labelled voxels
+    has_p2d = any(s.pseudo2d is not None for s in samples)
+    pseudo2d = np.full((B, *size), IGNORE_INDEX, np.uint8) if has_p2d else None
+    pseudo3d = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8) if has_p2d else None
+    occupied = np.zeros((B, *grid.shape), bool) if free_space is not None else None
+    free = np.zeros((B, *grid.shape), bool) if free_space is not None else None
+    for b, s in enumerate(samples):
+        if masks is not None and s.label_mask is not None:
+            masks[b] &= np.asarray(s.label_mask, bool)
+        if s.pseudo2d is not None:
+            pseudo2d[b] = resize_nearest(np.asarray(s.pseudo2d, np.uint8), size)
             pseudo3d[b] = lift_to_voxels(
                 _finite(s.points), np.asarray(s.pseudo2d, np.uint8), s.calib, grid, num_classes
             )
@@ -215,16 +237,26 @@ def collate(
             # every finite return: rays of points beyond the grid still cross (and free) voxels inside it
             occupied[b], free[b] = free_space(grid, _finite(s.points)[:, :3])
 
-    points = torch.from_numpy(np.concatenate(point_rows, axis=0)) if point_rows else torch.zeros(0, 5)
-    return Batch(
-        image=torch.stack(images),
-        points=points.reshape(-1, 5),
-        lidar_to_image=torch.stack(l2i),
-        voxel_labels=torch.from_numpy(labels).long() if has_labels else None,
-        label_mask=torch.from_numpy(masks) if has_labels else None,
-        pseudo2d=torch.from_numpy(pseudo2d).long() if has_p2d else None,
-        pseudo3d=torch.from_numpy(pseudo3d).long() if has_p2d else None,
-        occupied=torch.from_numpy(occupied) if free_space is not None else None,
-        free=torch.from_numpy(free) if free_space is not None else None,
-        frame_ids=[s.frame_id for s in samples],
+    def tensor(a: np.ndarray | None, long: bool = False) -> Tensor | None:
+        return None if a is None else (torch.from_numpy(a).long() if long else torch.from_numpy(a))
+
+    return replace(
+        batch,
+        voxel_labels=tensor(labels, long=True),
+        label_mask=tensor(masks),
+        pseudo2d=tensor(pseudo2d, long=True),
+        pseudo3d=tensor(pseudo3d, long=True),
+        occupied=tensor(occupied),
+        free=tensor(free),
     )
+
+
+def collate(
+    samples: list[Sample],
+    cfg: OccleConfig,
+    rng: np.random.Generator | None = None,
+    with_targets: bool = True,
+) -> Batch:
+    """:func:`collate_inputs`, then (``with_targets``) :func:`add_targets`: a training batch of ``samples``."""
+    batch = collate_inputs(samples, cfg, rng)
+    return add_targets(batch, samples, cfg) if with_targets else batch

@@ -30,6 +30,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from occle_core.data.label_png import read_label_png
+from occle_core.data.label_png import write_label_png as write_label_image  # noqa: F401  (used by occle-synth)
 from occle_core.data.sample import Sample
 from occle_core.geometry import read_kitti_calib
 from occle_core.labels import IGNORE_INDEX, ClassTable, class_table
@@ -272,24 +274,6 @@ def write_image(path: str | Path, image: np.ndarray, compress_level: int = 1) ->
     Image.fromarray(img, "RGB").save(Path(path), compress_level=compress_level)
 
 
-def read_label_image(path: str | Path) -> np.ndarray:
-    """Read a single-channel label PNG (``pseudo_2d/NNNNNN.png``) -> (H, W) uint8."""
-    path = Path(path)
-    _require_file(path)
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P"):
-            raise ValueError(f"{path}: label image mode {im.mode!r}, expected 'L' (uint8 class ids)")
-        return np.asarray(im if im.mode == "L" else im.convert("L"))
-
-
-def write_label_image(path: str | Path, labels: np.ndarray) -> None:
-    """Write (H, W) uint8 labels as a grayscale PNG."""
-    lab = np.asarray(labels)
-    if lab.ndim != 2 or lab.dtype != np.uint8:
-        raise ValueError(f"label image must be (H, W) uint8, got {lab.shape} {lab.dtype}")
-    Image.fromarray(lab, "L").save(Path(path), compress_level=1)
-
-
 # ----------------------------------------------------------------------------------------------------- pooling
 
 
@@ -490,7 +474,7 @@ class SemanticKittiDataset(Dataset):
         pseudo = None
         pseudo_path = seq_dir / self.pseudo_dir / f"{frame}.png"
         if self.pseudo_dir and pseudo_path.is_file():
-            pseudo = read_label_image(pseudo_path)
+            pseudo = read_label_png(pseudo_path)
             if pseudo.shape != image.shape[:2]:
                 raise ValueError(f"{pseudo_path}: shape {pseudo.shape}, expected the image size {image.shape[:2]}")
         voxel_labels = invalid = None

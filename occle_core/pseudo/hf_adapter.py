@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from occle_core.device import resolve_device
 from occle_core.labels import IGNORE_INDEX
 from occle_core.pseudo.align import LabelMap, OpenVocabResult
 from occle_core.pseudo.labeller import PseudoLabeller, check_image
@@ -38,19 +39,6 @@ def require_transformers() -> Any:
             "pip install transformers (or pip install -e '.[dev]')"
         ) from exc
     return transformers
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; other strings are checked against what is available."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def _check_model_dir(model_dir: str | Path) -> Path:

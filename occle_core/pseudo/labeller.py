@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from occle_core.data.label_png import read_label_png
 from occle_core.labels import ClassTable
 
 DEFAULT_PATTERN = "sequences/{sequence}/pseudo_2d/{frame}.png"
@@ -102,11 +102,7 @@ class FileLabeller(PseudoLabeller):
         path = self.path(frame_id)
         if not path.is_file():
             raise FileNotFoundError(f"pseudo-label file not found for frame {frame_id!r}: {path}")
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise ValueError(f"{path}: pseudo labels must be an 8-bit single-channel PNG, got mode {im.mode}")
-            labels = np.asarray(im, np.uint8)
-        return check_labels(labels, self.classes, str(path))
+        return check_labels(read_label_png(path), self.classes, str(path))
 
     def label(self, image: np.ndarray, frame_id: str) -> np.ndarray:
         """The stored labels of ``frame_id``; their size must match ``image``."""
@@ -115,14 +111,3 @@ class FileLabeller(PseudoLabeller):
         if labels.shape != image.shape[:2]:
             raise ValueError(f"{self.path(frame_id)}: labels are {labels.shape} but the image is {image.shape[:2]}")
         return labels
-
-
-def write_label_png(path: str | Path, labels: np.ndarray) -> Path:
-    """Store (H, W) uint8 labels as an 8-bit PNG (parent folders created); returns the path."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.dtype != np.uint8:
-        raise ValueError(f"labels must be (H, W) uint8, got {labels.shape} {labels.dtype}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(labels).save(path, format="PNG")
-    return path

@@ -1,0 +1,117 @@
+"""Dataset construction from config: the reader of a split with its grid pooling, and the training view of it.
+
+:func:`build_dataset` picks the reader of ``cfg.data.dataset`` (SemanticKITTI or Occ3D-nuScenes) for the
+``train`` or ``val`` split; :class:`TrainFrames` wraps a reader for training (the label budget and per-frame
+seeded randomness, so that a resumed run reads the same frames the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from occle_core.config import DataConfig, OccleConfig
+from occle_core.data.label_budget import select_budget
+from occle_core.data.sample import Sample
+from occle_core.engine.reproducibility import isolated_rng, seed_of
+from occle_core.geometry import VoxelGrid
+
+
+def standard_grid(dataset: str) -> VoxelGrid:
+    """The dataset's full-resolution label grid (from ``config/<dataset>.yaml``)."""
+    return DataConfig(dataset=dataset).voxel_grid()
+
+
+def grid_scale(cfg: OccleConfig) -> int:
+    """Integer pooling factor from the dataset's standard grid to ``cfg.data.grid``.
+
+    Raises:
+        ValueError: the configured grid is not the standard grid pooled by an integer factor.
+    """
+    std = standard_grid(cfg.data.dataset)
+    want = cfg.data.voxel_grid()
+    factor = want.voxel_size / std.voxel_size
+    scale = int(round(factor))
+    if scale < 1 or abs(factor - scale) > 1e-6 or any(s % scale for s in std.shape) or std.scaled(scale) != want:
+        raise ValueError(
+            f"data.grid {want.to_dict()} must be the {cfg.data.dataset} grid {std.to_dict()} pooled by an integer "
+            f"factor (same origin and extent, voxel_size a multiple of {std.voxel_size})"
+        )
+    return scale
+
+
+def occ3d_tokens(root: Path, entries: Sequence[str]) -> list[str]:
+    """Occ3D split entries -> frame tokens: split files under ``root`` (one token per line) or scene-name prefixes."""
+    from occle_core.data.occ3d import discover_tokens, read_split_file
+
+    tokens: list[str] = []
+    everything: list[str] | None = None
+    for e in entries:
+        if (root / e).is_file():
+            tokens += read_split_file(root / e)
+            continue
+        everything = discover_tokens(root) if everything is None else everything
+        tokens += [t for t in everything if t == e or t.startswith(e.rstrip("/") + "/")]
+    return tokens
+
+
+def build_dataset(cfg: OccleConfig, split: str, with_labels: bool = True) -> Dataset:
+    """The reader of ``split`` (``train`` or ``val``) for ``cfg.data`` (its grid pooling applied).
+
+    Raises:
+        ValueError: ``data.root`` unset, an unknown split or an empty selection.
+        FileNotFoundError: the reader's own error for missing folders.
+    """
+    if not cfg.data.root:
+        raise ValueError("data.root is not set (pass --data ROOT or set data.root in the config)")
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    entries = list(cfg.data.train_sequences if split == "train" else cfg.data.val_sequences)
+    if cfg.data.dataset == "semantic_kitti":
+        from occle_core.data.semantic_kitti import SemanticKittiDataset
+
+        return SemanticKittiDataset(cfg.data.root, entries, grid_scale=grid_scale(cfg), with_labels=with_labels)
+    if cfg.data.dataset == "occ3d_nuscenes":
+        from occle_core.data.occ3d import Occ3DDataset
+
+        if grid_scale(cfg) != 1:
+            raise ValueError("data.grid: the Occ3D reader serves the released 200x200x16 grid only")
+        tokens = occ3d_tokens(Path(cfg.data.root), entries)
+        if not tokens:
+            raise ValueError(f"data.{split}_sequences {entries} select no Occ3D frame under {cfg.data.root}")
+        return Occ3DDataset(cfg.data.root, tokens, grid=cfg.data.voxel_grid(), with_labels=with_labels)
+    raise ValueError(f"data.dataset {cfg.data.dataset!r} has no reader")
+
+
+class TrainFrames(Dataset):
+    """Training view of a reader: the label budget as ``Sample.label_mask`` and per-frame seeded randomness.
+
+    Args:
+        base: a dataset of :class:`Sample`.
+        ratio / label_seed / budget: the label budget (``data.label_ratio`` / ``label_seed`` / ``label_budget``).
+        seed: ``train.seed``; any randomness of the reader for frame ``i`` in epoch ``e`` is seeded by
+            ``(seed, e, i)`` so that a resumed run reads the same frames the same way.
+    """
+
+    def __init__(self, base: Dataset, ratio: float, label_seed: int, seed: int, budget: str = "voxel") -> None:
+        self.base = base
+        self.budget = budget
+        self.ratio = float(ratio)
+        self.label_seed = int(label_seed)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> Sample:
+        with isolated_rng(seed_of(self.seed, self.epoch, index)):
+            s: Sample = self.base[index]
+        if s.voxel_labels is None:
+            raise ValueError(f"training frame {s.frame_id} has no voxel labels (voxels/*.label missing?)")
+        s.label_mask = select_budget(
+            self.budget, s.voxel_labels, self.ratio, self.label_seed, s.frame_id, s.invalid, (index, len(self.base))
+        )
+        return s
