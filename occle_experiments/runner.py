@@ -159,8 +159,8 @@ def run_row(
     Raises:
         RuntimeError: training or evaluation failed (their error line is printed above).
     """
+    from occle_core.engine.trainer import MODEL_NAME
     from occle_core.evaluate import main as eval_main
-    from occle_core.train import MODEL_NAME
     from occle_core.train import main as train_main
 
     if steps < 1 or eval_every < 0:

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from occle_core.data.label_png import write_label_png
 from occle_core.data.nuscenes import CAMERAS
 from occle_core.data.occ3d import Occ3DDataset, discover_tokens, read_annotations, read_occ3d_labels
 from occle_core.data.sample import Sample
-from occle_core.data.semantic_kitti import write_label_image
 from occle_core.metrics_occ3d import Occ3DMIoU
 from occle_core.synth.released import write_nuscenes_replica
 
@@ -45,7 +45,7 @@ def test_round_trip_labels_cameras_and_pseudo(replica):
     pseudo[50:] = 11
     pseudo_file = replica.root / "pseudo_2d" / frames[1] / "CAM_BACK.png"
     pseudo_file.parent.mkdir(parents=True)
-    write_label_image(pseudo_file, pseudo)
+    write_label_png(pseudo_file, pseudo)
     ds = Occ3DDataset(replica.root, "train")  # annotations.json: train_split = [scene-0061]
     assert ds.tokens == frames[:2]
     s = ds[1]

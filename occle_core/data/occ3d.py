@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from occle_core.data.label_png import read_label_png
 from occle_core.data.nuscenes import CAMERAS, NuScenesTables, split_scenes
 from occle_core.data.sample import Sample
-from occle_core.data.semantic_kitti import read_label_image
 from occle_core.geometry import OCC3D_GRID, VoxelGrid
 from occle_core.labels import IGNORE_INDEX
 
@@ -220,7 +220,7 @@ class Occ3DDataset(Dataset):
             for view in sample.cameras:
                 path = self.root / PSEUDO_DIR / frame / f"{view.name}.png"
                 if path.is_file():
-                    pseudo = read_label_image(path)
+                    pseudo = read_label_png(path)
                     if pseudo.shape != view.image.shape[:2]:
                         raise ValueError(f"{path}: shape {pseudo.shape} differs from the image {view.image.shape[:2]}")
                     view.pseudo2d = pseudo
