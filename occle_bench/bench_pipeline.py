@@ -138,12 +138,12 @@ def synthetic_frame(num_points: int = FULL_POINTS, seed: int = 0, with_messages:
     if with_messages:
         from rclpy.serialization import serialize_message
 
-        from occle_ros import conversions as cv
+        from occle_ros import msgs as ros_msgs
 
         frame.messages = {
-            "image": cv.rgb_to_image(frame.rgb, "camera", 0),
-            "camera_info": cv.projection_to_camera_info(calib.P, calib.image_size, "camera", 0),
-            "points": cv.xyzi_to_pointcloud2(frame.points, "velodyne", 0),
+            "image": ros_msgs.rgb_to_image(frame.rgb, "camera", 0),
+            "camera_info": ros_msgs.projection_to_camera_info(calib.P, calib.image_size, "camera", 0),
+            "points": ros_msgs.xyzi_to_pointcloud2(frame.points, "velodyne", 0),
         }
         frame.serialized = {k: serialize_message(m) for k, m in frame.messages.items()}
     return frame
@@ -261,12 +261,12 @@ class StagedPipeline:
     """``OccleNode.process`` split into separately timed stages (see the module docstring)."""
 
     def __init__(self, source: ModelSource, harness: Any = None, amp: bool = False) -> None:
-        from occle_ros import conversions as cv
+        from occle_ros import msgs as ros_msgs
 
         if source.predictor is None:
             raise ValueError("StagedPipeline needs a ModelSource loaded with with_predictor=True")
 
-        self.cv = cv
+        self.ros_msgs = ros_msgs
         self.source = source
         self.cfg = source.cfg
         self.model = source.model
@@ -275,7 +275,7 @@ class StagedPipeline:
         self.device = source.device
         self.amp = amp and self.device.type == "cuda"
         self.harness = harness
-        self.lut = cv.publish_mask(self.classes)
+        self.lut = ros_msgs.publish_mask(self.classes)
         self.T_cam_lidar: np.ndarray | None = None
 
     def _autocast(self) -> Any:
@@ -292,9 +292,9 @@ class StagedPipeline:
         from occle_core.data.batch import collate
         from occle_core.data.sample import Sample
         from occle_core.model.lidar_encoder import voxelize_points
-        from occle_ros import cdr
+        from occle_ros.msgs import cdr
 
-        cv, cfg, grid = self.cv, self.cfg, self.grid
+        ros_msgs, cfg, grid = self.ros_msgs, self.cfg, self.grid
         times: dict[str, float] = {}
         cuda = self.device.type == "cuda"
 
@@ -318,12 +318,12 @@ class StagedPipeline:
             ),
         )
         image_msg, info_msg, cloud_msg = msgs
-        rgb = timed("message -> numpy: image", lambda: cv.image_to_rgb(image_msg))
-        points = timed("message -> numpy: cloud", lambda: cv.pointcloud2_to_xyzi(cloud_msg))
+        rgb = timed("message -> numpy: image", lambda: ros_msgs.image_to_rgb(image_msg))
+        points = timed("message -> numpy: cloud", lambda: ros_msgs.pointcloud2_to_xyzi(cloud_msg))
         T = frame.calib.T_cam_lidar
         calib = timed(
             "message -> numpy: camera_info -> calib",
-            lambda: Calib(cv.camera_info_projection(info_msg), T, rgb.shape[:2]),
+            lambda: Calib(ros_msgs.camera_info_projection(info_msg), T, rgb.shape[:2]),
         )
         predictor = self.source.predictor
 
@@ -343,18 +343,20 @@ class StagedPipeline:
         labels = timed("labels -> numpy", lambda: labels_t[0].cpu().numpy())
         voxels = timed(
             "occupied voxels by class",
-            lambda: cv.occupied_voxels(labels, grid, self.lut, self.classes.empty_index),
+            lambda: ros_msgs.occupied_voxels(labels, grid, self.lut, self.classes.empty_index),
         )
         stamp = cloud_msg.header.stamp
         markers = timed(
             "MarkerArray build (serialized)",
-            lambda: cv.serialize_occupancy_markers(labels, grid, self.classes, "velodyne", stamp, 0.8, voxels=voxels),
+            lambda: ros_msgs.serialize_occupancy_markers(
+                labels, grid, self.classes, "velodyne", stamp, 0.8, voxels=voxels
+            ),
         )
         if self.harness is not None:
             timed("MarkerArray publish", lambda: self.harness.publish_markers(markers))
         cloud = timed(
             "voxel PointCloud2 build",
-            lambda: cv.occupancy_to_pointcloud2(labels, grid, self.classes, "velodyne", stamp, voxels=voxels),
+            lambda: ros_msgs.occupancy_to_pointcloud2(labels, grid, self.classes, "velodyne", stamp, voxels=voxels),
         )
         data = timed("voxel PointCloud2 serialize_message", lambda: serialize_message(cloud))
         if self.harness is not None:

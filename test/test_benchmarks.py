@@ -82,7 +82,7 @@ def test_machine_info_names_cpu_and_torch():
 def test_struct_unpack_baseline_matches_vectorised_decoder():
     pytest.importorskip("rclpy")
     from occle_bench.bench_messages import make_cloud_points, struct_unpack_xyzi
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
 
     pts = make_cloud_points(500, seed=3)
     pts[7, 0] = np.nan  # removed by both
@@ -91,8 +91,8 @@ def test_struct_unpack_baseline_matches_vectorised_decoder():
                       "itemsize": 28})  # fmt: skip
     arr = np.zeros(len(pts), dtype)
     arr["x"], arr["y"], arr["z"], arr["intensity"] = pts.T
-    msg = cv.array_to_pointcloud2(arr, "velodyne", 0, is_bigendian=True)
-    ours, base = cv.pointcloud2_to_xyzi(msg), struct_unpack_xyzi(msg)
+    msg = ros_msgs.array_to_pointcloud2(arr, "velodyne", 0, is_bigendian=True)
+    ours, base = ros_msgs.pointcloud2_to_xyzi(msg), struct_unpack_xyzi(msg)
     assert base.shape == (499, 4)
     np.testing.assert_array_equal(ours, base)
 
@@ -105,7 +105,7 @@ def test_marker_baselines_hold_every_voxel():
     from occle_bench.bench_messages import make_occupancy, marker_per_voxel, points_cube_list
     from occle_core.geometry import VoxelGrid
     from occle_core.labels import class_table
-    from occle_ros import conversions as cv
+    from occle_ros import readback
 
     grid = VoxelGrid((0.0, -3.2, -1.0), 0.2, (32, 32, 8))
     classes = class_table("semantic_kitti")
@@ -114,7 +114,7 @@ def test_marker_baselines_hold_every_voxel():
     per_voxel = deserialize_message(marker_per_voxel(labels, grid, classes, "f"), MarkerArray)
     assert sum(m.type == Marker.CUBE for m in per_voxel.markers) == 300
     cube_list = deserialize_message(points_cube_list(labels, grid, classes, "f"), MarkerArray)
-    np.testing.assert_array_equal(cv.marker_array_to_occupancy(cube_list, grid, classes), labels)
+    np.testing.assert_array_equal(readback.marker_array_to_occupancy(cube_list, grid, classes), labels)
     with pytest.raises(ValueError, match="occupied"):
         make_occupancy(grid.num_voxels + 1, grid, classes)
 
@@ -124,13 +124,13 @@ def test_cdr_stamp_of_serialized_markers():
     from occle_bench.bench_pipeline import _cdr_header_stamp_ns
     from occle_core.geometry import VoxelGrid
     from occle_core.labels import class_table
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
 
     grid = VoxelGrid((0.0, 0.0, 0.0), 0.5, (8, 8, 4))
     labels = np.zeros(grid.shape, np.uint8)
     labels[1, 2, 3] = 9
     stamp = 1_712_345_678_123_456_789
-    data = cv.serialize_occupancy_markers(labels, grid, class_table("semantic_kitti"), "f", stamp)
+    data = ros_msgs.serialize_occupancy_markers(labels, grid, class_table("semantic_kitti"), "f", stamp)
     assert _cdr_header_stamp_ns(data) == stamp
 
 

@@ -21,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
 from occle_ros import bag_player, kitti2bag
-from occle_ros import conversions as cv
+from occle_ros import msgs as ros_msgs
 
 pytestmark = pytest.mark.ros
 
@@ -118,7 +118,7 @@ def test_play_ros2_mcap_bag_publishes_every_frame(tmp_path, ros_context):
     from occle_core.data.semantic_kitti import read_points
 
     for i, msg in enumerate(col.msgs["/cloud"]):
-        np.testing.assert_array_equal(cv.pointcloud2_to_xyzi(msg), read_points(seq / "velodyne" / f"{i:06d}.bin"))
+        np.testing.assert_array_equal(ros_msgs.pointcloud2_to_xyzi(msg), read_points(seq / "velodyne" / f"{i:06d}.bin"))
     assert [m.header.stamp.nanosec for m in col.msgs[topics["image"]]] == [0, 50_000_000, 100_000_000]
     assert col.msgs[topics["camera_info"]][0].p[2] == 40.0
 
@@ -171,9 +171,9 @@ def test_play_ros1_bag_converts_and_skips_unknown_types(tmp_path, ros_context):
     assert stats.skipped_types == {"/custom": "my_pkg/msg/Custom"}
     img = col.msgs["/cam/image"][1]
     assert img.header.stamp.nanosec == 20_000_000 and img.header.frame_id == "cam"
-    np.testing.assert_array_equal(cv.image_to_rgb(img), rgb[:, :, ::-1])
+    np.testing.assert_array_equal(ros_msgs.image_to_rgb(img), rgb[:, :, ::-1])
     np.testing.assert_array_equal(np.asarray(col.msgs["/cam/info"][1].p), np.arange(12) + 1.0)
-    np.testing.assert_array_equal(cv.pointcloud2_to_xyzi(col.msgs["/velo"][0]), pts)
+    np.testing.assert_array_equal(ros_msgs.pointcloud2_to_xyzi(col.msgs["/velo"][0]), pts)
 
 
 def _string_bag(path: Path, n: int = 5, period_ns: int = 100_000_000, storage=StoragePlugin.SQLITE3) -> None:
