@@ -6,34 +6,14 @@ result, never used per frame by the node.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
-from builtin_interfaces.msg import Time
-from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import ClassTable
 from occle_ros.msgs.base import ConversionError
-from occle_ros.msgs.markers import serialize_occupancy_markers
 from occle_ros.msgs.pointcloud import field_column, pointcloud2_to_array
-
-
-def occupancy_to_marker_array(
-    labels: np.ndarray,
-    grid: VoxelGrid,
-    classes: ClassTable,
-    frame_id: str,
-    stamp: Time | int | None = None,
-    alpha: float = 1.0,
-    publish: Iterable[str | int] | None = None,
-    ns_prefix: str = "",
-) -> MarkerArray:
-    """The ``MarkerArray`` object of :func:`serialize_occupancy_markers` (for callers that want a message)."""
-    data = serialize_occupancy_markers(labels, grid, classes, frame_id, stamp, alpha, publish, ns_prefix)
-    return deserialize_message(data, MarkerArray)
 
 
 def pointcloud2_to_occupancy(
