@@ -112,14 +112,18 @@ class OccleNode(Node):
         from diagnostic_msgs.msg import DiagnosticArray
 
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        qos = qos_profile_sensor_data  # best effort, keep last 5: matches any publisher
-        if s.input_qos == "reliable":  # bag playback: lossless, but needs reliable publishers
-            qos = QoSProfile(depth=qos.depth, reliability=ReliabilityPolicy.RELIABLE)
+        # sensor_data: best effort, keep last 5, matches any publisher; reliable (bag playback): lossless, but only
+        # reliable publishers connect
+        sensor = qos_profile_sensor_data
+        reliability = ReliabilityPolicy.RELIABLE if s.input_qos == "reliable" else sensor.reliability
         overridable = QoSOverridingOptions.with_default_policies()  # qos_overrides.<topic>.subscription.*
         # image and cloud arrive serialized and are read without copying their pixels / points
         for stream, msg_type, raw in ((Stream.IMAGE, Image, True), (Stream.CAMERA_INFO, CameraInfo, False),
                                       (Stream.POINTS, PointCloud2, True)):  # fmt: skip
             callback = (lambda b, st=stream: self._on_raw(st, b)) if raw else (lambda m, st=stream: self._on_msg(st, m))
+            # a new profile per subscription: rclpy writes the topic's QoS overrides into the profile it is given
+            qos = QoSProfile(history=sensor.history, depth=sensor.depth, reliability=reliability,
+                             durability=sensor.durability)  # fmt: skip
             self.create_subscription(msg_type, stream.topic, callback, qos, raw=raw, qos_overriding_options=overridable)
         self.create_timer(s.diagnostics_period, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name="occle-worker", daemon=True)
