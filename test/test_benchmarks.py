@@ -121,7 +121,7 @@ def test_marker_baselines_hold_every_voxel():
 
 def test_cdr_stamp_of_serialized_markers():
     pytest.importorskip("rclpy")
-    from occle_bench.bench_pipeline import _cdr_header_stamp_ns
+    from occle_bench.bench_node import _cdr_header_stamp_ns
     from occle_core.geometry import VoxelGrid
     from occle_core.labels import class_table
     from occle_ros import msgs as ros_msgs
@@ -158,26 +158,23 @@ def test_cli_rejects_unknown_section(capsys):
 
 
 PIPELINE_STAGES = [
-    "receive: deserialise image + camera_info + cloud",
-    "message -> numpy: image",
-    "message -> numpy: cloud",
-    "message -> numpy: camera_info -> calib",
-    "preprocess: crop points, resize image, calib",
-    "voxelisation (inside the forward)",
-    "model: encoders, branches, fusion (incl. voxelisation)",
-    "logits head GEMM alone (same blocks, no decision)",
-    "logits head fused with the class decision",
-    "labels -> numpy",
+    "receive: deserialise image + camera_info + cloud (pipeline.read_raw)",
+    "message -> numpy: cloud (pipeline.cloud_points)",
+    "max_range / max_points (pipeline.limit_points)",
+    "message -> numpy: image (pipeline.image_rgb)",
+    "message -> numpy: camera_info -> calib (pipeline.frame_calib)",
+    "predict (pipeline.predict: Predictor.predict)",
     "occupied voxels by class",
     "MarkerArray build (serialized)",
     "MarkerArray publish",
     "voxel PointCloud2 build",
     "voxel PointCloud2 serialize_message",
     "voxel PointCloud2 publish",
-    "model forward (excl. voxelisation)",
-    "class decision (fused head - its GEMM)",
+    "of predict: preprocess: crop points, resize image, calib (Predictor.batch)",
+    "of predict: model forward + class decision (model.predict_labels)",
+    "of predict: labels -> numpy",
     "non-model stages together",
-    "whole frame (sum of stages)",
+    "whole frame (sum of the node's stages)",
 ]
 
 
@@ -230,12 +227,13 @@ def test_quick_pipeline_table(quick_run):
     assert list(rows) == PIPELINE_STAGES
     for r in rows.values():
         assert r["median_ms"] >= 0 and r["p95_ms"] >= r["median_ms"] * 0.999, r
-    model = rows["model forward (excl. voxelisation)"]["median_ms"]
-    assert _positive(model) and rows["whole frame (sum of stages)"]["median_ms"] > model
-    assert rows["model forward (excl. voxelisation)"]["pct_of_model"] == 100.0
+    model_row = rows["of predict: model forward + class decision (model.predict_labels)"]
+    assert _positive(model_row["median_ms"]) and model_row["pct_of_model"] == 100.0
+    predict = rows["predict (pipeline.predict: Predictor.predict)"]["median_ms"]
+    assert rows["whole frame (sum of the node's stages)"]["median_ms"] > predict > 0
     info = sec["info"]["target"]
     assert info["occupied_voxels"] > 0 and info["peak_rss_mb"] > 50
-    assert info["predictor_agrees"] is True  # the staged path is the node's path
+    assert info["predictor_agrees"] is True  # the timed parts of predict compute the node's labels
     names = [c["name"] for c in sec["checks"]]
     assert any(n.startswith("non-model stages vs tiny forward") for n in names)
     threads = sec["tables"][-1]["rows"]  # Predictor.predict idle / with busy cores, default and 1 thread
