@@ -111,7 +111,8 @@ def test_play_ros2_mcap_bag_publishes_every_frame(tmp_path, ros_context):
     finally:
         node.destroy_node()
         col.close()
-    assert 0.05 / 4.0 * 2 * 0.9 <= elapsed < 2.0  # 3 frames 50 ms apart at 4x speed: 25 ms
+    # 3 frames 50 ms apart at 4x speed: the player sleeps at least 25 ms (no upper bound: a busy machine is slower)
+    assert elapsed >= 0.05 / 4.0 * 2 * 0.9
     assert stats.published[topics["points"]] == 3
     tf_available = bag_player.ros2_message_class("tf2_msgs/msg/TFMessage") is not None
     assert ("/tf" in stats.skipped_types) == (not tf_available)
@@ -196,7 +197,7 @@ def test_play_rate_offset_clock_and_loop(tmp_path, ros_context):
         elapsed = time.monotonic() - t0
         assert col.wait({"/chatter": 3, "/clock": 3})
         assert [m.data for m in col.msgs["/chatter"]] == ["m2", "m3", "m4"]  # offset 0.15 s skips m0, m1
-        assert 0.09 <= elapsed < 3.0  # 200 ms of bag at 2x (generous upper bound for a busy machine)
+        assert elapsed >= 0.09  # 200 ms of bag at 2x: at least 100 ms of sleeps (no upper bound: load makes it slower)
         assert col.msgs["/clock"][0].clock.sec == 5 and col.msgs["/clock"][0].clock.nanosec == 200_000_000
         assert stats.published == {"/chatter": 3}
 
