@@ -185,7 +185,8 @@ def declare(node: Node) -> tuple[StartupParams, RuntimeParams]:
     choice, or an unknown parameter name."""
     defaults = default_values()
     overrides: dict[str, Parameter] = node._parameter_overrides  # rclpy's parsed --ros-args / parameter_overrides
-    unknown = sorted(n for n in overrides if n not in SPECS and not n.startswith("qos_overrides."))
+    known = set(SPECS) | {n for n in overrides if node.has_parameter(n)}  # rclpy's own, e.g. use_sim_time
+    unknown = sorted(n for n in overrides if n not in known and not n.startswith("qos_overrides."))
     if unknown:
         raise StartupError(f"unknown parameter(s) {unknown}; known: {sorted(SPECS)}")
     values: dict[str, Any] = {}

@@ -23,7 +23,10 @@ def node(ros_context, checkpoint, predictor):
         predictor=predictor,
         context=ros_context,
         parameter_overrides=node_params(
-            checkpoint, max_range=50, **{"qos_overrides./points.subscription.reliability": "reliable"}
+            checkpoint,
+            max_range=50,
+            use_sim_time=False,
+            **{"qos_overrides./points.subscription.reliability": "reliable"},
         ),
     )
     yield n
