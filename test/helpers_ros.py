@@ -102,8 +102,9 @@ def write_sequence(root: Path, frames: int = 3, seed: int = 0, hw: tuple[int, in
     return seq
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 20.0) -> bool:
-    """Poll ``cond`` every 20 ms until it is truthy (True) or ``timeout`` seconds have passed (False)."""
+def wait_until(cond: Callable[[], object], timeout: float = 60.0) -> bool:
+    """Poll ``cond`` every 20 ms until it is truthy (True) or ``timeout`` seconds have passed (False). The default
+    is generous on purpose: it only runs out when a test fails, and DDS discovery on a loaded machine is slow."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

@@ -18,7 +18,7 @@ from occle_ros import msgs as ros_msgs
 
 U32 = 2**32 - 1
 FUZZ = settings(
-    max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 # Small values most of the time (realistic, exercise the decode path), huge ones sometimes (header lies).
 sizes = st.one_of(st.integers(0, 40), st.integers(0, U32))
