@@ -213,13 +213,13 @@ def publish_harness(timeout: float = 10.0) -> Iterator[PublishHarness]:
 
 
 def _decode_rows(n_points: int, repeats: int, baseline_repeats: int) -> tuple[list[dict], bool]:
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
 
     pts = make_cloud_points(n_points)
-    msg = cv.xyzi_to_pointcloud2(pts, "velodyne", 0)
-    ours = time_fn(lambda: cv.pointcloud2_to_xyzi(msg), repeats)
+    msg = ros_msgs.xyzi_to_pointcloud2(pts, "velodyne", 0)
+    ours = time_fn(lambda: ros_msgs.pointcloud2_to_xyzi(msg), repeats)
     base = time_fn(lambda: struct_unpack_xyzi(msg), baseline_repeats, warmup=0)
-    agree = bool(np.array_equal(cv.pointcloud2_to_xyzi(msg), struct_unpack_xyzi(msg)))
+    agree = bool(np.array_equal(ros_msgs.pointcloud2_to_xyzi(msg), struct_unpack_xyzi(msg)))
     row = {
         "bench": "PointCloud2 -> (N,4) xyzi",
         "size": f"{n_points} points",
@@ -236,14 +236,14 @@ def _marker_rows(occupied: int, repeats: int, baseline_repeats: int) -> tuple[li
     from rclpy.serialization import deserialize_message
     from visualization_msgs.msg import MarkerArray
 
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
 
     grid, classes = SEMANTIC_KITTI_GRID, class_table("semantic_kitti")
     labels = make_occupancy(occupied, grid, classes)
-    ours = time_fn(lambda: cv.serialize_occupancy_markers(labels, grid, classes, "velodyne"), repeats)
+    ours = time_fn(lambda: ros_msgs.serialize_occupancy_markers(labels, grid, classes, "velodyne"), repeats)
     per_voxel = time_fn(lambda: marker_per_voxel(labels, grid, classes, "velodyne"), baseline_repeats, warmup=0)
     cube_list = time_fn(lambda: points_cube_list(labels, grid, classes, "velodyne"), baseline_repeats, warmup=0)
-    fast = deserialize_message(cv.serialize_occupancy_markers(labels, grid, classes, "velodyne"), MarkerArray)
+    fast = deserialize_message(ros_msgs.serialize_occupancy_markers(labels, grid, classes, "velodyne"), MarkerArray)
     slow = deserialize_message(points_cube_list(labels, grid, classes, "velodyne"), MarkerArray)
     agree = sum(len(m.points) for m in fast.markers) == occupied and all(
         (a.id, len(a.points)) == (b.id, len(b.points)) for a, b in zip(fast.markers, slow.markers)

@@ -1,39 +1,33 @@
 """The node's path per frame, stage by stage, and the node's end-to-end latency over real DDS.
 
 Stage table (:func:`run`): one synthetic frame at SemanticKITTI size (a 64-beam scan resampled to 120k points,
-a 376 x 1241 image, the 256 x 256 x 32 grid; ``occle_core.data.synthetic``) goes through exactly what
-``occle_ros.node.OccleNode.process`` does, each stage timed on its own, for >= 50 frames:
+a 376 x 1241 image, the 256 x 256 x 32 grid; ``occle_core.data.synthetic``) goes through the node's own steps
+(:mod:`occle_ros.pipeline`, the encoders of :mod:`occle_ros.msgs`), called one by one in the order
+``occle_ros.node.OccleNode.process`` calls them and each timed, for >= 50 frames:
 
-    reading the incoming Image / PointCloud2 bytes (``occle_ros.cdr``, the node's raw subscriptions) and
-    rclpy deserialisation of the CameraInfo (the executor's work)
-    -> message -> numpy (image, cloud, camera_info)
-    -> preprocessing (points inside the grid, image resize + normalisation, calibration of the resized image)
-    -> model: encoders, branches and fusion (its voxelisation step also timed on its own)
-    -> logits head fused with the class decision -> (X, Y, Z) uint8 labels (``OccLE.classify``: the head's GEMM
-       runs block by block and each block is decided while in cache; the head's GEMM alone, over the same
-       blocks, is timed too, so model time = trunk - voxelisation + GEMM and the decision = fused - GEMM)
-    -> occupied voxels grouped by class -> serialized MarkerArray -> publish
+    read_raw (the Image / PointCloud2 bytes of the node's raw subscriptions) + rclpy deserialisation of the
+    CameraInfo -> cloud_points -> limit_points (the node's default max_range / max_points) -> image_rgb
+    -> frame_calib -> predict (Predictor.predict) -> occupied voxels -> serialized MarkerArray -> publish
     -> voxel PointCloud2 -> serialize_message -> publish
 
-Publishing goes to a matched subscriber in a second DDS participant. The staged labels are checked to equal
-``Predictor.predict`` on the same input. The model is the shipped ``models/occle_tiny_synthetic.pt`` when it
-exists, else a random-initialised ``tiny`` model whose empty-class bias is shifted so that a realistic share
-of voxels (2.5 %) comes out occupied (the message stages scale with that count; timing does not otherwise
-depend on the weights). On CUDA a second table runs the model under AMP, plus the ``paper`` config forward.
-
-End-to-end (:func:`run_node`): ``occle_node`` runs in its own process; this process publishes frames at a steady
-rate slower than the model and subscribes (raw, no deserialisation) to ``occupancy/markers``: latency = receive
-time - the cloud's header stamp, compared with the model time the node reports in ``/diagnostics``.
+The whole frame is the sum of these. The parts of ``Predictor.predict`` are then timed on the same inputs in a
+second pass, each measured (none derived by subtraction): preprocessing (``Predictor.batch``: points inside the
+grid, image resize + normalisation, calibration of the resized image), the model (``model.predict_labels``:
+network and class decision) and labels -> numpy; the model row is the reference of ``pct_of_model`` and the
+"non-model" total is every other node stage plus preprocessing and labels -> numpy. The labels of the second
+pass are checked to equal the node's. Publishing goes to a matched subscriber in a second DDS participant. The
+model is the shipped ``models/occle_tiny_synthetic.pt`` when it exists, else a random-initialised ``tiny`` model
+whose empty-class bias is shifted so that a realistic share of voxels (2.5 %) comes out occupied (the message
+stages scale with that count; timing does not otherwise depend on the weights). On CUDA a second table runs the
+node's path there, plus the ``paper`` config forward in fp32 and AMP.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,7 +50,6 @@ from occle_bench.common import (
 )
 from occle_core.config import OccleConfig, load_config
 from occle_core.geometry import Calib, VoxelGrid
-from occle_ros.dds import apply_large_data_profile
 
 __all__ = [
     "FULL_POINTS",
@@ -64,11 +57,9 @@ __all__ = [
     "ModelSource",
     "StagedPipeline",
     "head_gemm_only",
-    "large_data_profile",
     "load_model",
     "resample_points",
     "run",
-    "run_node",
     "synthetic_frame",
 ]
 
@@ -79,15 +70,26 @@ OCCUPIED_FRACTION = 0.025  # share of voxels a random-initialised model is calib
 QUICK_GRID = {"origin": [0.0, -25.6, -2.0], "voxel_size": 0.8, "shape": [64, 64, 8]}
 QUICK_POINTS = 30_000
 
-#: non-model stages: everything but the network (the voxelisation inside the forward is counted here too)
-MODEL_STAGE = "model forward (excl. voxelisation)"
-VOXELISE_STAGE = "voxelisation (inside the forward)"
-TRUNK_STAGE = "model: encoders, branches, fusion (incl. voxelisation)"
-FUSED_HEAD_STAGE = "logits head fused with the class decision"
-HEAD_GEMM_STAGE = "logits head GEMM alone (same blocks, no decision)"
-DECISION_STAGE = "class decision (fused head - its GEMM)"
-#: rows shown for reference whose parts make up the totals: model = trunk - voxelisation + head GEMM
-PART_STAGES = {TRUNK_STAGE: "(model incl. vox.)", FUSED_HEAD_STAGE: "(model + decision)", HEAD_GEMM_STAGE: "(model)"}
+#: stages of the node's path (``occle_ros.pipeline`` and ``occle_ros.msgs``, in the node's order); the whole
+#: frame is their sum
+RECEIVE_STAGE = "receive: deserialise image + camera_info + cloud (pipeline.read_raw)"
+CLOUD_STAGE = "message -> numpy: cloud (pipeline.cloud_points)"
+LIMIT_STAGE = "max_range / max_points (pipeline.limit_points)"
+IMAGE_STAGE = "message -> numpy: image (pipeline.image_rgb)"
+CALIB_STAGE = "message -> numpy: camera_info -> calib (pipeline.frame_calib)"
+PREDICT_STAGE = "predict (pipeline.predict: Predictor.predict)"
+VOXELS_STAGE = "occupied voxels by class"
+MARKERS_STAGE = "MarkerArray build (serialized)"
+MARKERS_PUBLISH_STAGE = "MarkerArray publish"
+CLOUD_OUT_STAGE = "voxel PointCloud2 build"
+CLOUD_SERIALIZE_STAGE = "voxel PointCloud2 serialize_message"
+CLOUD_PUBLISH_STAGE = "voxel PointCloud2 publish"
+#: what Predictor.predict does, each part timed on its own in a second pass over the same inputs (not part of the
+#: whole-frame sum): preprocessing and labels -> numpy count as non-model, the network as the model
+PREPROCESS_STAGE = "of predict: preprocess: crop points, resize image, calib (Predictor.batch)"
+MODEL_STAGE = "of predict: model forward + class decision (model.predict_labels)"
+TO_NUMPY_STAGE = "of predict: labels -> numpy"
+PREDICT_PARTS = (PREPROCESS_STAGE, MODEL_STAGE, TO_NUMPY_STAGE)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -138,12 +140,12 @@ def synthetic_frame(num_points: int = FULL_POINTS, seed: int = 0, with_messages:
     if with_messages:
         from rclpy.serialization import serialize_message
 
-        from occle_ros import conversions as cv
+        from occle_ros import msgs as ros_msgs
 
         frame.messages = {
-            "image": cv.rgb_to_image(frame.rgb, "camera", 0),
-            "camera_info": cv.projection_to_camera_info(calib.P, calib.image_size, "camera", 0),
-            "points": cv.xyzi_to_pointcloud2(frame.points, "velodyne", 0),
+            "image": ros_msgs.rgb_to_image(frame.rgb, "camera", 0),
+            "camera_info": ros_msgs.projection_to_camera_info(calib.P, calib.image_size, "camera", 0),
+            "points": ros_msgs.xyzi_to_pointcloud2(frame.points, "velodyne", 0),
         }
         frame.serialized = {k: serialize_message(m) for k, m in frame.messages.items()}
     return frame
@@ -256,43 +258,35 @@ def head_gemm_only(model: Any, fused: torch.Tensor) -> None:
 
 
 class StagedPipeline:
-    """``OccleNode.process`` split into separately timed stages (see the module docstring)."""
+    """The node's path per frame, each step of ``occle_ros.pipeline`` (and the output encoders of
+    ``occle_ros.msgs``) called and timed on its own, with the node's default ``max_range`` / ``max_points`` /
+    ``intensity_scale`` / ``marker_alpha`` (``config/occle.yaml``)."""
 
-    def __init__(self, source: ModelSource, harness: Any = None, amp: bool = False) -> None:
-        from occle_ros import conversions as cv
+    def __init__(self, source: ModelSource, harness: Any = None) -> None:
+        from occle_ros import msgs
+        from occle_ros.params import default_values
 
         if source.predictor is None:
             raise ValueError("StagedPipeline needs a ModelSource loaded with with_predictor=True")
-
-        self.cv = cv
         self.source = source
-        self.cfg = source.cfg
-        self.model = source.model
-        self.grid: VoxelGrid = self.cfg.data.voxel_grid()
-        self.classes = self.cfg.data.classes()
+        self.predictor = source.predictor
+        self.grid: VoxelGrid = self.predictor.grid
+        self.classes = self.predictor.classes
         self.device = source.device
-        self.amp = amp and self.device.type == "cuda"
         self.harness = harness
-        self.lut = cv.publish_mask(self.classes)
-        self.T_cam_lidar: np.ndarray | None = None
+        self.params = default_values()
+        self.lut = msgs.publish_mask(self.classes)  # publish_classes ["all"]
 
-    def _autocast(self) -> Any:
-        if not self.amp:
-            return torch.autocast("cpu", enabled=False)
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-
-    def run(self, frame: Frame) -> tuple[dict[str, float], np.ndarray, int]:
-        """One frame through every stage; returns (stage -> ms, labels (X, Y, Z) uint8, occupied voxel count)."""
+    def run(self, frame: Frame) -> tuple[dict[str, float], np.ndarray, np.ndarray, int]:
+        """One frame through every stage; returns (stage -> ms, labels (X, Y, Z) uint8 of the node's path, labels
+        of the timed parts of predict, occupied voxel count)."""
         from rclpy.serialization import deserialize_message, serialize_message
         from sensor_msgs.msg import CameraInfo
 
-        from occle_core.data.batch import collate_inputs
-        from occle_core.data.sample import Sample
-        from occle_core.model.lidar_encoder import voxelize_points
-        from occle_ros import cdr
+        from occle_ros import msgs, pipeline
+        from occle_ros.pipeline import Stream
 
-        cv, cfg, grid = self.cv, self.cfg, self.grid
+        grid, classes, predictor, p = self.grid, self.classes, self.predictor, self.params
         times: dict[str, float] = {}
         cuda = self.device.type == "cuda"
 
@@ -307,113 +301,89 @@ class StagedPipeline:
             return out
 
         ser = frame.serialized
-        msgs = timed(  # as the node: image and cloud through its raw subscriptions, camera_info through rclpy
-            "receive: deserialise image + camera_info + cloud",
+        image_msg, info_msg, cloud_msg = timed(  # as the node: image and cloud raw, camera_info through rclpy
+            RECEIVE_STAGE,
             lambda: (
-                cdr.deserialize_image(ser["image"]),
+                pipeline.read_raw(Stream.IMAGE, ser["image"]),
                 deserialize_message(ser["camera_info"], CameraInfo),
-                cdr.deserialize_pointcloud2(ser["points"]),
+                pipeline.read_raw(Stream.POINTS, ser["points"]),
             ),
         )
-        image_msg, info_msg, cloud_msg = msgs
-        rgb = timed("message -> numpy: image", lambda: cv.image_to_rgb(image_msg))
-        points = timed("message -> numpy: cloud", lambda: cv.pointcloud2_to_xyzi(cloud_msg))
+        points = timed(CLOUD_STAGE, lambda: pipeline.cloud_points(cloud_msg, p["intensity_scale"]))
+        seed = msgs.stamp_ns(cloud_msg.header.stamp) & 0xFFFFFFFF
+        points, _ = timed(LIMIT_STAGE, lambda: pipeline.limit_points(points, p["max_range"], p["max_points"], seed))
+        rgb = timed(IMAGE_STAGE, lambda: pipeline.image_rgb(image_msg))
         T = frame.calib.T_cam_lidar
-        calib = timed(
-            "message -> numpy: camera_info -> calib",
-            lambda: Calib(cv.camera_info_projection(info_msg), T, rgb.shape[:2]),
-        )
-        predictor = self.source.predictor
-
-        def preprocess() -> Any:  # what Predictor.predict_logits does before the network
-            pts = predictor.validate(rgb, points, calib)  # (N, 4) finite
-            batch = collate_inputs([Sample.single("predict", rgb, pts, calib)], cfg)
-            return batch.to(self.device)
-
-        batch = timed("preprocess: crop points, resize image, calib", preprocess)
-        stride = getattr(self.model, "feature_stride", cfg.model.feature_stride)
-        timed(VOXELISE_STAGE, lambda: voxelize_points(batch.points, grid, stride, 1))
-        model = self.model
-        with torch.inference_mode(), self._autocast():  # Predictor.predict = model.classify(model.features(batch))
-            fused = timed(TRUNK_STAGE, lambda: model.features(batch))  # (1, F, Xs, Ys, Zs)
-            timed(HEAD_GEMM_STAGE, lambda: head_gemm_only(model, fused))
-            labels_t = timed(FUSED_HEAD_STAGE, lambda: model.classify(fused))  # (1, X, Y, Z) uint8
-        labels = timed("labels -> numpy", lambda: labels_t[0].cpu().numpy())
-        voxels = timed(
-            "occupied voxels by class",
-            lambda: cv.occupied_voxels(labels, grid, self.lut, self.classes.empty_index),
-        )
-        stamp = cloud_msg.header.stamp
+        calib = timed(CALIB_STAGE, lambda: pipeline.frame_calib(info_msg, rgb.shape[:2], T))
+        labels = timed(PREDICT_STAGE, lambda: pipeline.predict(predictor, rgb, points, calib))  # (X, Y, Z) uint8
+        voxels = timed(VOXELS_STAGE, lambda: msgs.occupied_voxels(labels, grid, self.lut, classes.empty_index))
+        stamp, alpha = cloud_msg.header.stamp, p["marker_alpha"]
         markers = timed(
-            "MarkerArray build (serialized)",
-            lambda: cv.serialize_occupancy_markers(labels, grid, self.classes, "velodyne", stamp, 0.8, voxels=voxels),
+            MARKERS_STAGE,
+            lambda: msgs.serialize_occupancy_markers(labels, grid, classes, "velodyne", stamp, alpha, voxels=voxels),
         )
         if self.harness is not None:
-            timed("MarkerArray publish", lambda: self.harness.publish_markers(markers))
+            timed(MARKERS_PUBLISH_STAGE, lambda: self.harness.publish_markers(markers))
         cloud = timed(
-            "voxel PointCloud2 build",
-            lambda: cv.occupancy_to_pointcloud2(labels, grid, self.classes, "velodyne", stamp, voxels=voxels),
+            CLOUD_OUT_STAGE,
+            lambda: msgs.occupancy_to_pointcloud2(labels, grid, classes, "velodyne", stamp, voxels=voxels),
         )
-        data = timed("voxel PointCloud2 serialize_message", lambda: serialize_message(cloud))
+        data = timed(CLOUD_SERIALIZE_STAGE, lambda: serialize_message(cloud))
         if self.harness is not None:
-            timed("voxel PointCloud2 publish", lambda: self.harness.publish_voxels(data))
-        times[MODEL_STAGE] = times[TRUNK_STAGE] - times[VOXELISE_STAGE] + times[HEAD_GEMM_STAGE]
-        times[DECISION_STAGE] = max(times[FUSED_HEAD_STAGE] - times[HEAD_GEMM_STAGE], 0.0)
-        return times, labels, int(voxels.labels.shape[0])
+            timed(CLOUD_PUBLISH_STAGE, lambda: self.harness.publish_voxels(data))
+        # second pass: the parts of Predictor.predict on the same inputs, each measured (none derived)
+        batch = timed(PREPROCESS_STAGE, lambda: predictor.batch(rgb, points, calib))
+        with torch.inference_mode():
+            labels_t = timed(MODEL_STAGE, lambda: predictor.model.predict_labels(batch))  # (1, X, Y, Z)
+        parts = timed(TO_NUMPY_STAGE, lambda: labels_t[0].cpu().numpy())
+        return times, labels, parts, int(voxels.labels.shape[0])
 
 
 def _stage_table(
     title: str, samples: dict[str, list[float]], notes: list[str]
 ) -> tuple[Table, dict[str, float], dict[str, float]]:
-    """Rows per stage (median, p95, share of the model forward) and the non-model / model totals."""
-    model_stages = {MODEL_STAGE}
-    skip = set(PART_STAGES)  # shown, but their parts are what the totals add up
-    n = len(next(iter(samples.values())))
-    per_frame_non_model = [
-        sum(v[i] for k, v in samples.items() if k not in model_stages | skip) for i in range(n)
-    ]  # fmt: skip
+    """Rows per stage (median, p95, share of the model forward) and the non-model / model totals.
+
+    Per frame: model = the measured forward (MODEL_STAGE); non-model = every node stage but predict, plus the
+    measured preprocessing and labels -> numpy parts of predict; whole frame = the sum of the node's stages."""
+    n = len(samples[MODEL_STAGE])
+    node_stages = [k for k in samples if k not in PREDICT_PARTS]
+    non_model_stages = [k for k in node_stages if k != PREDICT_STAGE] + [PREPROCESS_STAGE, TO_NUMPY_STAGE]
     model = summarize(samples[MODEL_STAGE])
-    rows = []
-    for name, vals in samples.items():
+    kinds = {MODEL_STAGE: "model", PREDICT_STAGE: "model + preprocessing", PREPROCESS_STAGE: "non-model (of predict)",
+             TO_NUMPY_STAGE: "non-model (of predict)"}  # fmt: skip
+
+    def row(name: str, kind: str, vals: list[float]) -> dict[str, Any]:
         t = summarize(vals)
-        kind = "model" if name in model_stages else PART_STAGES.get(name, "non-model")
-        rows.append(
-            {
-                "stage": name,
-                "kind": kind,
-                "median_ms": round(t.median, 3),
-                "p95_ms": round(t.p95, 3),
-                "pct_of_model": round(100.0 * t.median / model.median, 2),
-            }
-        )
-    nm = summarize(per_frame_non_model)
-    totals = [sum(v[i] for k, v in samples.items() if k not in skip) for i in range(n)]
-    tt = summarize(totals)
-    rows.append({"stage": "non-model stages together", "kind": "non-model", "median_ms": round(nm.median, 3),
-                 "p95_ms": round(nm.p95, 3), "pct_of_model": round(100.0 * nm.median / model.median, 2)})  # fmt: skip
-    rows.append({"stage": "whole frame (sum of stages)", "kind": "total", "median_ms": round(tt.median, 3),
-                 "p95_ms": round(tt.p95, 3), "pct_of_model": round(100.0 * tt.median / model.median, 2)})  # fmt: skip
+        return {"stage": name, "kind": kind, "median_ms": round(t.median, 3), "p95_ms": round(t.p95, 3),
+                "pct_of_model": round(100.0 * t.median / model.median, 2)}  # fmt: skip
+
+    rows = [row(name, kinds.get(name, "non-model"), vals) for name, vals in samples.items()]
+    non_model = [sum(samples[k][i] for k in non_model_stages) for i in range(n)]
+    whole = [sum(samples[k][i] for k in node_stages) for i in range(n)]
+    rows.append(row("non-model stages together", "non-model", non_model))
+    rows.append(row("whole frame (sum of the node's stages)", "total", whole))
     table = Table(title, ["stage", "kind", "median_ms", "p95_ms", "pct_of_model"], rows, notes)
+    nm = summarize(non_model)
     return table, {"median": nm.median, "p95": nm.p95}, {"median": model.median, "p95": model.p95}
 
 
 def _run_stages(
     pipe: StagedPipeline, frame: Frame, frames: int, warmup: int
-) -> tuple[dict[str, list[float]], np.ndarray, int, RssSampler]:
+) -> tuple[dict[str, list[float]], bool, int, RssSampler]:
+    """Samples per stage over ``frames`` frames after ``warmup``; whether the labels of the node's path equalled
+    those of the timed parts of predict in every frame; occupied voxels; memory."""
     for _ in range(warmup):
         pipe.run(frame)
     samples: dict[str, list[float]] = {}
+    agree = True
     with RssSampler() as rss:
         for _ in range(frames):
-            times, labels, occupied = pipe.run(frame)
+            times, labels, parts, occupied = pipe.run(frame)
+            agree &= bool(np.array_equal(labels, parts))  # same process, threads and inputs
             for k, v in times.items():
                 samples.setdefault(k, []).append(v)
-    return samples, labels, occupied, rss
-
-
-def _predictor_agrees(source: ModelSource, frame: Frame, labels: np.ndarray) -> bool:
-    """True when ``Predictor.predict`` on the frame's arrays gives the staged labels."""
-    return bool(np.array_equal(source.predictor.predict(frame.rgb, frame.points, frame.calib), labels))
+    return samples, agree, occupied, rss
 
 
 def _measure_table(
@@ -422,8 +392,7 @@ def _measure_table(
     """One stage table of ``source`` on ``frame``; returns it and its summary (medians, memory, agreement)."""
     grid = source.cfg.data.voxel_grid()
     pipe = StagedPipeline(source, harness)
-    samples, labels, occupied, rss = _run_stages(pipe, frame, frames, warmup)
-    agree = _predictor_agrees(source, frame, labels)
+    samples, agree, occupied, rss = _run_stages(pipe, frame, frames, warmup)
     h, w = source.cfg.data.image_size
     notes = [
         f"model: {source.description}; grid {'x'.join(map(str, grid.shape))}; {frame.points.shape[0]} points "
@@ -433,7 +402,7 @@ def _measure_table(
         f"median / '{MODEL_STAGE}' median",
         f"peak RSS during the frames {rss.peak_mb:.0f} MiB (+{rss.delta_mb:.0f} MiB over the start); "
         f"process peak so far {peak_rss_mb():.0f} MiB",
-        f"staged labels == Predictor.predict: {'yes' if agree else 'NO'}",
+        f"labels of the timed parts of predict == the node's predict: {'yes' if agree else 'NO'}",
     ]
     table, non_model, model = _stage_table(title, samples, notes)
     info = {
@@ -443,9 +412,6 @@ def _measure_table(
         "max_points": int(source.cfg.data.max_points),
         "occupied_voxels": occupied,
         "peak_rss_mb": round(rss.peak_mb, 1),
-        "forward_median_ms": round(
-            summarize(samples[TRUNK_STAGE]).median + summarize(samples[HEAD_GEMM_STAGE]).median, 2
-        ),
         "model_median_ms": round(model["median"], 2),
         "non_model_median_ms": round(non_model["median"], 2),
         "non_model_pct": round(100.0 * non_model["median"] / model["median"], 2),
@@ -511,15 +477,18 @@ def run(quick: bool = False, frames: int | None = None, workdir: str | Path | No
         )
         agree = all(section.info[k]["predictor_agrees"] for k in ("node_model", "target"))
         section.checks.append(
-            Check("staged pipeline == Predictor.predict", "identical labels", "equal" if agree else "different", agree)
+            Check(
+                "timed parts of predict == the node's predict",
+                "identical labels",
+                "equal" if agree else "different",
+                agree,
+            )
         )
         if torch.cuda.is_available():
             calib_batch = synthetic_batch(load_config(None, overrides), n_points)
             _cuda_tables(section, frame, overrides, quick, frames, harness, calib_batch, workdir)
         else:
-            section.checks.append(
-                Check("CUDA + AMP stage table", "run when a GPU is present", "no CUDA device here", None)
-            )
+            section.checks.append(Check("CUDA stage table", "run when a GPU is present", "no CUDA device here", None))
     section.tables.append(_threads_table(frame, overrides, workdir, 3 if quick else 10))
     section.seconds = time.perf_counter() - start
     return section
@@ -567,16 +536,17 @@ def _cuda_tables(
     calib_batch: Any,
     workdir: str | Path | None,
 ) -> None:
-    """CUDA + AMP stage table, and the ``paper`` config forward at 256x256x32 (ms, CUDA peak memory)."""
+    """The node's path on CUDA (as the node runs it: no AMP), and the ``paper`` config forward at 256x256x32 in
+    fp32 and AMP (ms, CUDA peak memory)."""
     from occle_core.model.occle import OccLE, synthetic_batch
 
     source = load_model(overrides, "cuda", calibration_batch=calib_batch, workdir=workdir, with_predictor=True)
-    pipe = StagedPipeline(source, harness, amp=True)
+    pipe = StagedPipeline(source, harness)
     cuda_peak_mb(reset=True)
     samples, _, occupied, _ = _run_stages(pipe, frame, frames, warmup=3)
     peak = cuda_peak_mb()
     table, non_model, model = _stage_table(
-        "Node path per frame, CUDA + AMP (tiny)",
+        "Node path per frame, CUDA (tiny)",
         samples,
         [f"{torch.cuda.get_device_name(0)}; CUDA peak {peak:.0f} MiB; {occupied} occupied voxels"],
     )
@@ -609,235 +579,3 @@ def _cuda_tables(
             rows,
         )  # fmt: skip
     )
-
-
-# ------------------------------------------------------------------------------------------------ node e2e
-
-
-def large_data_profile() -> str | None:
-    """Apply occle's shipped Fast DDS profile (``config/fastdds_large_data.xml``: 32 MiB shared-memory segment +
-    UDP, :mod:`occle_ros.dds`) to this process unless the user configured Fast DDS (e.g. set
-    FASTDDS_DEFAULT_PROFILES_FILE); returns the profiles file in use (None: not Fast DDS).
-
-    With Fast DDS's default transports a 376 x 1241 rgb8 Image (1.4 MB) published best-effort from this process
-    is mostly lost on the way to occle_node. Must run before the first DDS participant of the process is created
-    (Fast DDS reads it once); the node started by :func:`run_node` inherits it."""
-    return apply_large_data_profile()
-
-
-def _cdr_header_stamp_ns(data: bytes) -> int:
-    """Header stamp of a serialized MarkerArray: the first marker's header follows the 4-byte encapsulation and
-    the uint32 marker count (sec int32, nanosec uint32)."""
-    order = "<" if data[1] == 1 else ">"
-    sec = np.frombuffer(data, np.dtype(order + "i4"), 1, 8)[0]
-    nsec = np.frombuffer(data, np.dtype(order + "u4"), 1, 12)[0]
-    return int(sec) * 1_000_000_000 + int(nsec)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when the benchmark process dies (no orphaned node)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-
-
-def _node_params(path: Path, checkpoint: Path, T: np.ndarray) -> None:
-    import yaml
-
-    params = {
-        "checkpoint": str(checkpoint),
-        "device": "cpu",
-        "extrinsics": {"source": "matrix", "matrix": [float(v) for v in T.reshape(-1)]},
-        "diagnostics_period": 0.5,
-    }
-    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-
-
-def run_node(
-    quick: bool = False,
-    frames: int | None = None,
-    period: float | None = None,
-    workdir: str | Path | None = None,
-    forward_ms: float | None = None,
-) -> Section:
-    """End-to-end latency of ``occle_node`` (own process) over real DDS: cloud stamp -> markers received.
-
-    Frames are published at a steady period longer than the node's per-frame work (first measured over three
-    warm-up frames), so the node is never behind; the warm-up frames are not counted. The target compares the
-    latency with the model time the node reports (``/diagnostics`` ``model_p50_ms``: ``Predictor.predict``);
-    ``forward_ms`` (the stage table's network forward from the same run) adds a second, stricter ratio.
-    """
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, qos_profile_sensor_data
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-    from visualization_msgs.msg import MarkerArray
-
-    from occle_core.model.occle import synthetic_batch
-
-    start = time.perf_counter()
-    frames = frames or (4 if quick else 15)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="occle-bench-node-"))
-    overrides = {"data": {"grid": QUICK_GRID}} if quick else None
-    n_points = QUICK_POINTS if quick else FULL_POINTS
-    frame = synthetic_frame(n_points)
-    source = load_model(overrides, "cpu", synthetic_batch(load_config(None, overrides), n_points), workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    params = workdir / "node_params.yaml"
-    _node_params(params, source.checkpoint, frame.calib.T_cam_lidar)
-    ns, node_name = f"/occle_bench_e2e_{os.getpid()}", f"occle_bench_node_{os.getpid()}"
-    cmd = [sys.executable, "-m", "occle_ros.node", "--ros-args", "-r", f"__ns:={ns}", "-r", f"__node:={node_name}"]
-    cmd += ["--params-file", str(params)]
-    log = open(workdir / "node.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    section = Section("node")
-    received: list[tuple[int, int]] = []  # (stamp ns, receive ns)
-    diag: dict[str, float] = {}
-    lock = threading.Lock()
-    executor = SingleThreadedExecutor(context=ctx)
-    spin = None
-    try:
-        node = rclpy.create_node("occle_bench_driver", namespace=ns, context=ctx)
-        pubs = {
-            "image": node.create_publisher(Image, "image", qos_profile_sensor_data),
-            "camera_info": node.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data),
-            "points": node.create_publisher(PointCloud2, "points", qos_profile_sensor_data),
-        }
-
-        def on_markers(data: bytes) -> None:
-            now = time.time_ns()
-            with lock:
-                received.append((_cdr_header_stamp_ns(data), now))
-
-        def on_diag(msg: DiagnosticArray) -> None:
-            for status in msg.status:
-                if status.name != f"{node_name}: occupancy":
-                    continue
-                with lock:
-                    for kv in status.values:
-                        with contextlib.suppress(ValueError):
-                            diag[kv.key] = float(kv.value)
-
-        sub = node.create_subscription(MarkerArray, "occupancy/markers", on_markers, QoSProfile(depth=2), raw=True)
-        node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-        executor.add_node(node)
-        spin = threading.Thread(target=executor.spin, daemon=True)
-        spin.start()
-        deadline = time.monotonic() + 120.0
-        while any(p.get_subscription_count() < 1 for p in pubs.values()) or sub.get_publisher_count() < 1:
-            if proc.poll() is not None:
-                raise RuntimeError(f"occle_node exited with {proc.returncode}; see {workdir / 'node.log'}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"occle_node not matched within 120 s; see {workdir / 'node.log'}")
-            time.sleep(0.05)
-        msgs = frame.messages
-
-        def publish_frame() -> int:
-            stamp = time.time_ns()
-            for key in ("image", "camera_info", "points"):
-                m = msgs[key]
-                m.header.stamp.sec, m.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-                pubs[key].publish(m)
-            return stamp
-
-        def wait_for(count: int, timeout: float) -> None:
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                with lock:
-                    if len(received) >= count:
-                        return
-                time.sleep(0.005)
-
-        # warm-up: one frame at a time, each waited for; gives the per-frame work of the node
-        warm = []
-        for i in range(3):
-            t0 = time.time_ns()
-            publish_frame()
-            wait_for(i + 1, 60.0)
-            warm.append((time.time_ns() - t0) / 1e6)
-            with lock:
-                if len(received) < i + 1:  # no answer within a minute: do not wait for the others
-                    break
-        with lock:
-            if len(received) < 3:
-                seen = {k: v for k, v in diag.items() if k.startswith(("received_", "sync_", "rejected"))}
-                raise RuntimeError(
-                    f"occle_node answered {len(received)} of 3 warm-up frames (node counters {seen}; a missing "
-                    f"received_image means the 1.4 MB images were lost in DDS: see config/fastdds_large_data.xml); "
-                    f"log: {workdir}/node.log"
-                )
-        # twice the warm-up round trip: while frames stream, the publisher competes with the node for the
-        # cores, and a period shorter than the node's work would measure queueing, not latency
-        period = period or max(2.0 * float(np.median(warm)) / 1e3, 0.1)
-        sent: list[int] = []
-        next_t = time.monotonic()
-        for _ in range(frames):
-            next_t += period
-            sent.append(publish_frame())
-            time.sleep(max(0.0, next_t - time.monotonic()))
-        wait_for(3 + frames, 5 * period + 10.0)
-        time.sleep(1.2)  # one more diagnostics period
-        with lock:
-            by_stamp = dict(received)
-            stats = dict(diag)
-        lat = [(by_stamp[s] - s) / 1e6 for s in sent if s in by_stamp]
-        lost = len(sent) - len(lat)
-    finally:
-        executor.shutdown()
-        if spin is not None:
-            spin.join(timeout=5)
-        rclpy.try_shutdown(context=ctx)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-    if not lat:
-        raise RuntimeError(f"no markers received for {len(sent)} frames; see {workdir / 'node.log'}")
-    t = summarize(lat)
-    model_ms = stats.get("model_p50_ms", float("nan"))
-    nan = float("nan")
-    rows = [
-        {"measure": "end-to-end: cloud stamp -> markers received", "median_ms": round(t.median, 2),
-         "p95_ms": round(t.p95, 2), "n": t.n},
-        {"measure": "node: model time (Predictor.predict, /diagnostics model_p50_ms)", "median_ms": round(model_ms, 2),
-         "p95_ms": None, "n": None},
-        {"measure": "node: set complete -> published (/diagnostics latency)",
-         "median_ms": round(stats.get("latency_p50_ms", nan), 2), "p95_ms": round(stats.get("latency_p95_ms", nan), 2),
-         "n": None},
-    ]  # fmt: skip
-    if forward_ms:
-        rows.append({"measure": "stage table: model forward (excl. voxelisation), same run",
-                     "median_ms": round(forward_ms, 2), "p95_ms": None, "n": None})  # fmt: skip
-    ratio = t.median / model_ms if model_ms == model_ms and model_ms > 0 else float("nan")
-    notes = [
-        f"model: {source.description}; grid {'x'.join(map(str, source.cfg.data.voxel_grid().shape))}, "
-        f"{n_points} points, image {frame.rgb.shape[1]}x{frame.rgb.shape[0]}",
-        f"{len(sent)} frames at a {period * 1e3:.0f} ms period after 3 warm-up frames; {lost} not received; "
-        f"dropped by the node: {int(stats.get('dropped_superseded', 0))}"
-        + ("" if t.p95 < period * 1e3 else "; p95 latency >= period: frames queued, the period was too short"),
-        f"end-to-end / node model time = {ratio:.2f}"
-        + (f"; end-to-end / network forward = {t.median / forward_ms:.2f}" if forward_ms else ""),
-    ]
-    section.tables.append(Table("Node end-to-end latency over DDS (occle_node in its own process)",
-                                ["measure", "median_ms", "p95_ms", "n"], rows, notes))  # fmt: skip
-    section.info = {"e2e_median_ms": round(t.median, 2), "e2e_p95_ms": round(t.p95, 2), "node_model_ms": model_ms,
-                    "ratio": round(ratio, 3), "lost": lost, "period_ms": round(period * 1e3, 1)}  # fmt: skip
-    section.checks.append(
-        Check(
-            "node end-to-end latency vs model time" + (" (quick: small grid)" if quick else ""),
-            "<= 1.2 x model time at steady state",
-            f"{t.median:.1f} ms vs {model_ms:.1f} ms = {ratio:.2f} x",
-            bool(ratio <= 1.2) if ratio == ratio else None,
-        )
-    )
-    section.seconds = time.perf_counter() - start
-    return section

@@ -81,8 +81,8 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
     from occle_core.data.batch import Batch, select_points
     from occle_core.model.lidar_encoder import voxelize_points
     from occle_core.model.occle import synthetic_batch
-    from occle_ros import cdr
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
+    from occle_ros.msgs import cdr
 
     counts = [15_000, 30_000] if quick else [30_000, 60_000, 120_000, 240_000]
     overrides = {"data": {"grid": QUICK_GRID}} if quick else None
@@ -97,7 +97,7 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
 
     def measure(n: int) -> dict[str, Any]:
         pts = resample_points(scan, n)
-        msg = cv.xyzi_to_pointcloud2(pts, "velodyne", 0)
+        msg = ros_msgs.xyzi_to_pointcloud2(pts, "velodyne", 0)
         data = serialize_message(msg)  # what the node's raw subscription receives
         rep = 10 if quick else 20
         rng = np.random.default_rng(0)
@@ -105,15 +105,15 @@ def _points_table(quick: bool) -> tuple[Table, Check]:
         # as the node: serialized bytes -> RawPointCloud2 (no copy of the points) -> (N, 4) (a view when dense)
         row["deserialise_ms"] = time_fn(lambda: cdr.deserialize_pointcloud2(data), rep).median
         raw_msg = cdr.deserialize_pointcloud2(data)
-        row["decode_ms"] = time_fn(lambda: cv.pointcloud2_to_xyzi(raw_msg), rep).median
+        row["decode_ms"] = time_fn(lambda: ros_msgs.pointcloud2_to_xyzi(raw_msg), rep).median
         sparse = pts.copy()
         sparse[::10, 0] = np.nan  # every 10th point without a return: the copying path of the decoder
-        sparse_msg = cdr.deserialize_pointcloud2(serialize_message(cv.xyzi_to_pointcloud2(sparse, "velodyne", 0)))
-        row["decode_nan_ms"] = time_fn(lambda: cv.pointcloud2_to_xyzi(sparse_msg), rep).median
+        sparse_msg = cdr.deserialize_pointcloud2(serialize_message(ros_msgs.xyzi_to_pointcloud2(sparse, "velodyne", 0)))
+        row["decode_nan_ms"] = time_fn(lambda: ros_msgs.pointcloud2_to_xyzi(sparse_msg), rep).median
         # references: rclpy's deserialiser (the node's receive path before), one plain copy of the payload
         row["rclpy_deserialise_ms"] = time_fn(lambda: deserialize_message(data, PointCloud2), rep).median
         row["copy_ms"] = time_fn(lambda: bytes(raw_msg.data), rep).median  # memoryview -> new bytes
-        decoded = cv.pointcloud2_to_xyzi(raw_msg)  # (N, 4) read-only view, what the node hands the predictor
+        decoded = ros_msgs.pointcloud2_to_xyzi(raw_msg)  # (N, 4) read-only view, what the node hands the predictor
         row["crop_ms"] = time_fn(lambda: select_points(decoded, grid, cfg.data.max_points, rng), rep).median
         kept = select_points(decoded, grid, cfg.data.max_points, rng)  # (M, 4)
         pts5 = torch.from_numpy(np.concatenate([np.zeros((len(kept), 1), np.float32), kept], 1))  # (M, 5)
@@ -169,7 +169,7 @@ def _grid_table(quick: bool) -> Table:
     from occle_core.data.batch import Batch, select_points
     from occle_core.model.lidar_encoder import voxelize_points
     from occle_core.model.occle import synthetic_batch
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
 
     names = ["64x64x8", "128x128x16"] if quick else list(GRIDS)
     grids = dict(GRIDS)
@@ -198,8 +198,8 @@ def _grid_table(quick: bool) -> Table:
             gemm = time_fn(lambda: head_gemm_only(model, fused), rep)
             head = time_fn(lambda: model.classify(fused), rep)
         labels = make_occupancy(int(OCCUPIED_FRACTION * grid.num_voxels), grid, classes)
-        lut = cv.publish_mask(classes)
-        occ = time_fn(lambda: cv.occupied_voxels(labels, grid, lut, classes.empty_index), 5)
+        lut = ros_msgs.publish_mask(classes)
+        occ = time_fn(lambda: ros_msgs.occupied_voxels(labels, grid, lut, classes.empty_index), 5)
         vox = time_fn(lambda: voxelize_points(pts5, grid, model.feature_stride, 1), 5)
         return {
             "grid": name,
@@ -235,42 +235,42 @@ def _publisher_table(quick: bool) -> tuple[Table, list[Check]]:
     from occle_bench.bench_messages import make_occupancy, publish_harness
     from occle_core.geometry import SEMANTIC_KITTI_GRID
     from occle_core.labels import class_table
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
 
     grid, classes = SEMANTIC_KITTI_GRID, class_table("semantic_kitti")
     counts = [12_500, 25_000, 50_000, 100_000] if quick else [1_562, 3_125, 6_250, 12_500, 25_000, 50_000, 100_000,
                                                               200_000]  # fmt: skip
-    lut = cv.publish_mask(classes)
+    lut = ros_msgs.publish_mask(classes)
     rows = []
     rep = 5 if quick else 20
     with publish_harness() as harness:
         for n in counts:
             labels = make_occupancy(n, grid, classes)
-            voxels = cv.occupied_voxels(labels, grid, lut, classes.empty_index)
-            markers = cv.serialize_occupancy_markers(labels, grid, classes, "velodyne", voxels=voxels)
-            cloud = cv.occupancy_to_pointcloud2(labels, grid, classes, "velodyne", voxels=voxels)
+            voxels = ros_msgs.occupied_voxels(labels, grid, lut, classes.empty_index)
+            markers = ros_msgs.serialize_occupancy_markers(labels, grid, classes, "velodyne", voxels=voxels)
+            cloud = ros_msgs.occupancy_to_pointcloud2(labels, grid, classes, "velodyne", voxels=voxels)
             cloud_bytes = serialize_message(cloud)
 
             def t(fn: Callable[[], Any]) -> float:
                 return round(time_fn(fn, rep, warmup=2).median, 3)
 
             def markers_total(lab: np.ndarray = labels) -> None:
-                v = cv.occupied_voxels(lab, grid, lut, classes.empty_index)
-                harness.publish_markers(cv.serialize_occupancy_markers(lab, grid, classes, "velodyne", voxels=v))
+                v = ros_msgs.occupied_voxels(lab, grid, lut, classes.empty_index)
+                harness.publish_markers(ros_msgs.serialize_occupancy_markers(lab, grid, classes, "velodyne", voxels=v))
 
             rows.append(
                 {
                     "occupied": n,
-                    "group_ms": t(lambda lab=labels: cv.occupied_voxels(lab, grid, lut, classes.empty_index)),
+                    "group_ms": t(lambda lab=labels: ros_msgs.occupied_voxels(lab, grid, lut, classes.empty_index)),
                     "markers_build_ms": t(
-                        lambda lab=labels, v=voxels: cv.serialize_occupancy_markers(
+                        lambda lab=labels, v=voxels: ros_msgs.serialize_occupancy_markers(
                             lab, grid, classes, "velodyne", voxels=v
                         )
                     ),
                     "markers_publish_ms": t(lambda m=markers: harness.publish_markers(m)),
                     "markers_total_ms": t(markers_total),
                     "cloud_build_ms": t(
-                        lambda lab=labels, v=voxels: cv.occupancy_to_pointcloud2(
+                        lambda lab=labels, v=voxels: ros_msgs.occupancy_to_pointcloud2(
                             lab, grid, classes, "velodyne", voxels=v
                         )
                     ),

@@ -66,7 +66,7 @@ def _runners(workdir: Path) -> dict[str, Callable[[bool], Any]]:
         return section
 
     def node(quick: bool) -> Any:
-        from occle_bench.bench_pipeline import run_node
+        from occle_bench.bench_node import run_node
 
         return run_node(quick, workdir=workdir / "node", forward_ms=shared.get("forward_ms"))
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="occle-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if not args.dds_defaults:
-        from occle_bench.bench_pipeline import large_data_profile
+        from occle_bench.bench_node import large_data_profile
 
         profile = large_data_profile()  # before the first DDS participant of this process
         if profile:

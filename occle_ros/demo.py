@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sensor_msgs.msg import PointCloud2
     from visualization_msgs.msg import MarkerArray
 
-    from occle_ros import conversions as cv
+    from occle_ros import readback
     from occle_ros.launcher import ProcessGroup, parse_launch_args, plan
 
     launch_args = parse_launch_args(
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_voxels(msg: PointCloud2) -> None:
         f = stamps.get(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
         if f is not None:
-            received[f] = cv.pointcloud2_to_occupancy(msg, grid, classes.empty_index)
+            received[f] = readback.pointcloud2_to_occupancy(msg, grid, classes.empty_index)
 
     def on_markers(msg: MarkerArray) -> None:
         if msg.markers:

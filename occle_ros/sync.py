@@ -1,4 +1,5 @@
-"""Approximate-time synchroniser of several message streams (image, camera_info, cloud).
+"""Approximate-time synchroniser of several message streams (image, camera_info, cloud), and the one-slot
+:class:`Mailbox` that hands the newest matched set to the node's worker.
 
 Pure Python and ROS-free: items are added with an integer stamp in nanoseconds, matched sets come back as
 tuples. The node feeds it from its subscription callbacks; tests drive it directly.
@@ -27,7 +28,7 @@ import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 
 class ApproximateTimeSync:
@@ -187,3 +188,42 @@ class ApproximateTimeSync:
             if spread <= self.slop_ns and (best_spread is None or spread < best_spread):
                 best, best_spread = combo, spread
         return best
+
+
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    """A one-slot queue between the executor thread and the worker: :meth:`put` replaces an unconsumed item (so
+    the worker always gets the newest set and a slow model never builds a backlog)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._closed = False
+
+    def put(self, item: T) -> bool:
+        """Store ``item``; returns True when it replaced one that was never taken."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> T | None:
+        """The stored item (removed), waiting up to ``timeout`` s for one; None when none came or closed."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        """Wake a waiting :meth:`take`; :attr:`closed` becomes True."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -27,7 +27,7 @@ from occle_core.config import load_config
 from occle_core.data.semantic_kitti import write_image, write_points, write_poses, write_times
 from occle_core.geometry import Calib, write_kitti_calib
 from occle_core.model.occle import OccLE
-from occle_ros import conversions as cv
+from occle_ros import msgs as ros_msgs
 
 GRID = {"origin": [0.0, -12.8, -2.0], "voxel_size": 0.4, "shape": [64, 64, 8]}
 T_AXES = np.array([[0, -1, 0, 0.0], [0, 0, -1, -0.1], [1, 0, 0, -0.3], [0, 0, 0, 1]], np.float64)  # lidar -> camera
@@ -63,9 +63,9 @@ def frame_messages(
 ) -> tuple[Image, CameraInfo, PointCloud2]:
     """(image, camera_info, cloud) messages of one frame, all stamped ``stamp_ns``; ``encoding`` rgb8 or bgr8."""
     arr = rgb[:, :, ::-1].copy() if encoding == "bgr8" else rgb
-    image = cv.array_to_image(arr, encoding, "camera", stamp_ns)
-    info = cv.projection_to_camera_info(P, HW, "camera", stamp_ns)
-    cloud = cv.xyzi_to_pointcloud2(pts, "velo", stamp_ns)
+    image = ros_msgs.array_to_image(arr, encoding, "camera", stamp_ns)
+    info = ros_msgs.projection_to_camera_info(P, HW, "camera", stamp_ns)
+    cloud = ros_msgs.xyzi_to_pointcloud2(pts, "velo", stamp_ns)
     return image, info, cloud
 
 
@@ -102,8 +102,9 @@ def write_sequence(root: Path, frames: int = 3, seed: int = 0, hw: tuple[int, in
     return seq
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 20.0) -> bool:
-    """Poll ``cond`` every 20 ms until it is truthy (True) or ``timeout`` seconds have passed (False)."""
+def wait_until(cond: Callable[[], object], timeout: float = 60.0) -> bool:
+    """Poll ``cond`` every 20 ms until it is truthy (True) or ``timeout`` seconds have passed (False). The default
+    is generous on purpose: it only runs out when a test fails, and DDS discovery on a loaded machine is slow."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import array
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +25,9 @@ from sensor_msgs.msg import PointCloud2, PointField
 from occle_core.checkpoint import load_checkpoint, save_checkpoint
 from occle_core.geometry import Calib
 from occle_core.predictor import Predictor
-from occle_ros import conversions as cv
+from occle_ros import msgs as ros_msgs
 from occle_ros import node as occle_node
+from occle_ros.pipeline import Stream
 
 pytestmark = pytest.mark.ros
 
@@ -108,14 +108,14 @@ def _organised(pts: np.ndarray) -> PointCloud2:
 
 
 def _image(arr: np.ndarray, **fields):
-    msg = cv.array_to_image(arr, "rgb8", "camera", STAMP)
+    msg = ros_msgs.array_to_image(arr, "rgb8", "camera", STAMP)
     for k, v in fields.items():
         setattr(msg, k, v)
     return msg
 
 
 def _info(P: np.ndarray | None = None, K: np.ndarray | None = None, hw=HW):
-    info = cv.projection_to_camera_info(np.eye(3, 4) if P is None else P, hw, "camera", STAMP)
+    info = ros_msgs.projection_to_camera_info(np.eye(3, 4) if P is None else P, hw, "camera", STAMP)
     info.p = (np.zeros(12) if P is None else np.asarray(P, np.float64).reshape(-1)).tolist()
     info.k = (np.zeros(9) if K is None else np.asarray(K, np.float64).reshape(-1)).tolist()
     return info
@@ -128,13 +128,14 @@ K_NAN[0, 2] = np.nan
 
 # Each row: id, mutate(rgb, pts, (image, info, cloud)) -> (image, info, cloud), counter, log regex (None: processed).
 FRAME_ROWS = [
-    ("cloud_zero_points", lambda r, p, m: (m[0], m[1], cv.xyzi_to_pointcloud2(p[:0], "velo", STAMP)),
+    ("cloud_zero_points", lambda r, p, m: (m[0], m[1], ros_msgs.xyzi_to_pointcloud2(p[:0], "velo", STAMP)),
      "rejected.cloud_empty", r"frame skipped \(cloud_empty\): PointCloud2 has no finite points"),
-    ("cloud_all_nan", lambda r, p, m: (m[0], m[1], cv.xyzi_to_pointcloud2(p * np.nan, "velo", STAMP)),
+    ("cloud_all_nan", lambda r, p, m: (m[0], m[1], ros_msgs.xyzi_to_pointcloud2(p * np.nan, "velo", STAMP)),
      "rejected.cloud_empty", r"cloud_empty.*no finite points"),
-    ("cloud_some_nan_inf_filtered", lambda r, p, m: (m[0], m[1], cv.xyzi_to_pointcloud2(_with_nan(p), "velo", STAMP)),
+    ("cloud_some_nan_inf_filtered",
+     lambda r, p, m: (m[0], m[1], ros_msgs.xyzi_to_pointcloud2(_with_nan(p), "velo", STAMP)),
      "processed", None),
-    ("cloud_nan_intensity_zeroed", lambda r, p, m: (m[0], m[1], cv.xyzi_to_pointcloud2(
+    ("cloud_nan_intensity_zeroed", lambda r, p, m: (m[0], m[1], ros_msgs.xyzi_to_pointcloud2(
         np.c_[p[:, :3], np.full(len(p), np.nan, np.float32)], "velo", STAMP)), "processed", None),
     ("cloud_non_dense_organised", lambda r, p, m: (m[0], m[1], _organised(p)), "processed", None),
     ("cloud_missing_z", lambda r, p, m: (m[0], m[1], raw_cloud(XYZI[:2] + XYZI[3:], 16, _pts_bytes(p), len(p))),
@@ -193,8 +194,8 @@ def test_bad_frame_is_logged_counted_and_skipped(node, predictor, mutate, counte
     assert s[counter] == 1, s
     if log is None:  # accepted: the frame is processed and equals the predictor on the decodable points
         assert labels is not None and s["rejected"] == 0 and node.log.lines == []
-        finite = cv.pointcloud2_to_xyzi(cloud)
-        P = cv.camera_info_projection(info)
+        finite = ros_msgs.pointcloud2_to_xyzi(cloud)
+        P = ros_msgs.camera_info_projection(info)
         np.testing.assert_array_equal(labels, predictor.predict(rgb, finite, Calib(P, calib.T_cam_lidar, HW)))
     else:
         assert labels is None and s["rejected"] == 1 and s["processed"] == 0
@@ -204,26 +205,24 @@ def test_bad_frame_is_logged_counted_and_skipped(node, predictor, mutate, counte
     assert node.handle_frame(*msgs) is not None and node.statistics()["processed"] == s["processed"] + 1
 
 
-def test_two_million_points_are_subsampled_in_bounded_time(node):
+def test_two_million_points_are_subsampled_before_the_model(node):
     """A 2M-point cloud is decoded vectorised and subsampled to max_points (200k) before the model."""
     rgb, pts, _, (image, info, _) = good_frame(n=2_000_000)
-    cloud = cv.xyzi_to_pointcloud2(pts, "velo", STAMP)
+    cloud = ros_msgs.xyzi_to_pointcloud2(pts, "velo", STAMP)
     seen: list[int] = []
     inner = node.predictor.predict
     node.predictor = type("Spy", (), {"predict": lambda self, im, p, c: seen.append(len(p)) or inner(im, p, c),
                                       "grid": node.grid, "classes": node.classes})()  # fmt: skip
-    t0 = time.perf_counter()
     assert node.handle_frame(image, info, cloud) is not None
-    elapsed = time.perf_counter() - t0
     s = node.statistics()
-    assert s["clouds_subsampled"] == 1 and s["processed"] == 1 and seen == [node.max_points] == [200_000]
-    assert elapsed < 20.0, elapsed
+    assert s["clouds_subsampled"] == 1 and s["processed"] == 1
+    assert seen == [node.get_parameter("max_points").value] == [200_000]
 
 
 def test_repeated_bad_input_is_throttled(ros_module_context, checkpoint, predictor):
     with recording_node(ros_module_context, checkpoint, predictor, log_throttle=30.0) as n:
         _, _, _, (image, info, _) = good_frame()
-        empty = cv.xyzi_to_pointcloud2(np.zeros((0, 4), np.float32), "velo", STAMP)
+        empty = ros_msgs.xyzi_to_pointcloud2(np.zeros((0, 4), np.float32), "velo", STAMP)
         for _ in range(20):
             n.handle_frame(image, info, empty)
         assert n.statistics()["rejected.cloud_empty"] == 20
@@ -238,7 +237,7 @@ def _send(node, stamp_ns: int, streams=(0, 1, 2), msgs=None) -> None:
     for s in streams:
         m = msgs[s]
         m.header.stamp.sec, m.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-        node._on_msg(s, m)
+        node._on_msg(Stream(s), m)
 
 
 def _duplicate(node):
@@ -267,7 +266,7 @@ def _clock_jump_back(node):
 
 
 def _overflow(node):
-    for i in range(node.queue_size + 5):  # image only: the camera is alive, the LiDAR is not
+    for i in range(node.settings.queue_size + 5):  # image only: the camera is alive, the LiDAR is not
         _send(node, STAMP + i * 100_000_000, streams=(0,))
 
 
@@ -287,7 +286,7 @@ def test_timing_faults_are_counted(node, feed, counter, count, matched):
     feed(node)
     s = node.statistics()
     assert s[counter] == count and s["sync_matched"] == matched, s
-    assert max(node._sync.pending()) <= node.queue_size
+    assert max(node._sync.pending()) <= node.settings.queue_size
     assert wait_until(lambda: node.statistics()["processed"] + node.statistics()["dropped_superseded"] == matched)
 
 
@@ -297,15 +296,14 @@ def test_sensor_that_stops_gets_no_stale_republish(node):
     assert wait_until(lambda: node.statistics()["processed"] == 1)
     for i in range(1, 30):
         _send(node, STAMP + i * 100_000_000, streams=(0, 1))
-    time.sleep(0.5)
-    s = node.statistics()
+    s = node.statistics()  # _send runs the callbacks synchronously: nothing more can be matched
     assert s["processed"] == 1 and s["sync_matched"] == 1 and s["rejected"] == 0
-    assert max(node._sync.pending()) <= node.queue_size
+    assert max(node._sync.pending()) <= node.settings.queue_size
 
 
 def test_missing_camera_info_warns_throttled(ros_module_context, checkpoint, predictor):
     with recording_node(ros_module_context, checkpoint, predictor, log_throttle=30.0) as n:
-        n._started -= 10.0  # past the 2 s start-up grace period
+        n.stats.started -= 10.0  # past the 2 s start-up grace period
         for i in range(10):
             _send(n, STAMP + i * 100_000_000, streams=(0, 2))
         warnings = [t for lvl, t in n.log.lines if "camera_info" in t]
@@ -381,12 +379,12 @@ STARTUP_ROWS = [
     ("device_cuda_on_cpu_host", _ok, ["device:=cuda"], r"device 'cuda' requested but CUDA is not available"),
     ("device_unknown", _ok, ["device:=tpu"], r"parameter device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     ("marker_alpha_out_of_range", _ok, ["marker_alpha:=2.0"], r"parameter marker_alpha must be in \[0.0, 1.0\]"),
-    ("sync_slop_negative", _ok, ["sync.slop:=-1.0"], r"parameter sync.slop must be in \[0.0, inf\]"),
-    ("max_points_zero", _ok, ["max_points:=0"], r"parameter max_points must be in \[1, inf\]"),
+    ("sync_slop_negative", _ok, ["sync.slop:=-1.0"], r"parameter sync.slop must be in \[0.0, 10.0\], got -1.0"),
+    ("max_points_zero", _ok, ["max_points:=0"], r"parameter max_points must be in \[1, 100000000\], got 0"),
     ("extrinsics_matrix_wrong_length", _ok, ["extrinsics.source:=matrix", "extrinsics.matrix:=[1.0,2.0,3.0]"],
      r"extrinsics.matrix must be 16 finite row-major values, got 3"),
     ("extrinsics_calib_file_missing", _ok, ["extrinsics.source:=calib_file", "extrinsics.calib_file:=/no/calib.txt"],
-     r"parameter extrinsics: calibration file not found: /no/calib\.txt"),
+     r"parameter extrinsics.calib_file: calibration file not found: /no/calib\.txt"),
     ("unknown_parameter", _ok, ["marker_alfa:=0.3"], r"unknown parameter\(s\) \['marker_alfa'\]"),
 ]  # fmt: skip
 

@@ -82,7 +82,7 @@ def test_machine_info_names_cpu_and_torch():
 def test_struct_unpack_baseline_matches_vectorised_decoder():
     pytest.importorskip("rclpy")
     from occle_bench.bench_messages import make_cloud_points, struct_unpack_xyzi
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
 
     pts = make_cloud_points(500, seed=3)
     pts[7, 0] = np.nan  # removed by both
@@ -91,8 +91,8 @@ def test_struct_unpack_baseline_matches_vectorised_decoder():
                       "itemsize": 28})  # fmt: skip
     arr = np.zeros(len(pts), dtype)
     arr["x"], arr["y"], arr["z"], arr["intensity"] = pts.T
-    msg = cv.array_to_pointcloud2(arr, "velodyne", 0, is_bigendian=True)
-    ours, base = cv.pointcloud2_to_xyzi(msg), struct_unpack_xyzi(msg)
+    msg = ros_msgs.array_to_pointcloud2(arr, "velodyne", 0, is_bigendian=True)
+    ours, base = ros_msgs.pointcloud2_to_xyzi(msg), struct_unpack_xyzi(msg)
     assert base.shape == (499, 4)
     np.testing.assert_array_equal(ours, base)
 
@@ -105,7 +105,7 @@ def test_marker_baselines_hold_every_voxel():
     from occle_bench.bench_messages import make_occupancy, marker_per_voxel, points_cube_list
     from occle_core.geometry import VoxelGrid
     from occle_core.labels import class_table
-    from occle_ros import conversions as cv
+    from occle_ros import readback
 
     grid = VoxelGrid((0.0, -3.2, -1.0), 0.2, (32, 32, 8))
     classes = class_table("semantic_kitti")
@@ -114,23 +114,23 @@ def test_marker_baselines_hold_every_voxel():
     per_voxel = deserialize_message(marker_per_voxel(labels, grid, classes, "f"), MarkerArray)
     assert sum(m.type == Marker.CUBE for m in per_voxel.markers) == 300
     cube_list = deserialize_message(points_cube_list(labels, grid, classes, "f"), MarkerArray)
-    np.testing.assert_array_equal(cv.marker_array_to_occupancy(cube_list, grid, classes), labels)
+    np.testing.assert_array_equal(readback.marker_array_to_occupancy(cube_list, grid, classes), labels)
     with pytest.raises(ValueError, match="occupied"):
         make_occupancy(grid.num_voxels + 1, grid, classes)
 
 
 def test_cdr_stamp_of_serialized_markers():
     pytest.importorskip("rclpy")
-    from occle_bench.bench_pipeline import _cdr_header_stamp_ns
+    from occle_bench.bench_node import _cdr_header_stamp_ns
     from occle_core.geometry import VoxelGrid
     from occle_core.labels import class_table
-    from occle_ros import conversions as cv
+    from occle_ros import msgs as ros_msgs
 
     grid = VoxelGrid((0.0, 0.0, 0.0), 0.5, (8, 8, 4))
     labels = np.zeros(grid.shape, np.uint8)
     labels[1, 2, 3] = 9
     stamp = 1_712_345_678_123_456_789
-    data = cv.serialize_occupancy_markers(labels, grid, class_table("semantic_kitti"), "f", stamp)
+    data = ros_msgs.serialize_occupancy_markers(labels, grid, class_table("semantic_kitti"), "f", stamp)
     assert _cdr_header_stamp_ns(data) == stamp
 
 
@@ -158,26 +158,23 @@ def test_cli_rejects_unknown_section(capsys):
 
 
 PIPELINE_STAGES = [
-    "receive: deserialise image + camera_info + cloud",
-    "message -> numpy: image",
-    "message -> numpy: cloud",
-    "message -> numpy: camera_info -> calib",
-    "preprocess: crop points, resize image, calib",
-    "voxelisation (inside the forward)",
-    "model: encoders, branches, fusion (incl. voxelisation)",
-    "logits head GEMM alone (same blocks, no decision)",
-    "logits head fused with the class decision",
-    "labels -> numpy",
+    "receive: deserialise image + camera_info + cloud (pipeline.read_raw)",
+    "message -> numpy: cloud (pipeline.cloud_points)",
+    "max_range / max_points (pipeline.limit_points)",
+    "message -> numpy: image (pipeline.image_rgb)",
+    "message -> numpy: camera_info -> calib (pipeline.frame_calib)",
+    "predict (pipeline.predict: Predictor.predict)",
     "occupied voxels by class",
     "MarkerArray build (serialized)",
     "MarkerArray publish",
     "voxel PointCloud2 build",
     "voxel PointCloud2 serialize_message",
     "voxel PointCloud2 publish",
-    "model forward (excl. voxelisation)",
-    "class decision (fused head - its GEMM)",
+    "of predict: preprocess: crop points, resize image, calib (Predictor.batch)",
+    "of predict: model forward + class decision (model.predict_labels)",
+    "of predict: labels -> numpy",
     "non-model stages together",
-    "whole frame (sum of stages)",
+    "whole frame (sum of the node's stages)",
 ]
 
 
@@ -230,12 +227,13 @@ def test_quick_pipeline_table(quick_run):
     assert list(rows) == PIPELINE_STAGES
     for r in rows.values():
         assert r["median_ms"] >= 0 and r["p95_ms"] >= r["median_ms"] * 0.999, r
-    model = rows["model forward (excl. voxelisation)"]["median_ms"]
-    assert _positive(model) and rows["whole frame (sum of stages)"]["median_ms"] > model
-    assert rows["model forward (excl. voxelisation)"]["pct_of_model"] == 100.0
+    model_row = rows["of predict: model forward + class decision (model.predict_labels)"]
+    assert _positive(model_row["median_ms"]) and model_row["pct_of_model"] == 100.0
+    predict = rows["predict (pipeline.predict: Predictor.predict)"]["median_ms"]
+    assert rows["whole frame (sum of the node's stages)"]["median_ms"] > predict > 0
     info = sec["info"]["target"]
     assert info["occupied_voxels"] > 0 and info["peak_rss_mb"] > 50
-    assert info["predictor_agrees"] is True  # the staged path is the node's path
+    assert info["predictor_agrees"] is True  # the timed parts of predict compute the node's labels
     names = [c["name"] for c in sec["checks"]]
     assert any(n.startswith("non-model stages vs tiny forward") for n in names)
     threads = sec["tables"][-1]["rows"]  # Predictor.predict idle / with busy cores, default and 1 thread

@@ -26,9 +26,10 @@ from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from occle_ros import cdr
-from occle_ros import conversions as cv
+from occle_ros import msgs as ros_msgs
 from occle_ros import node as occle_node
+from occle_ros.msgs import cdr
+from occle_ros.pipeline import Stream
 
 F32 = PointField.FLOAT32
 
@@ -66,7 +67,7 @@ def _cloud(
         arr["xyz"[k % 3]][k] = (np.nan, np.inf, -np.inf)[k % 3]
     for k in nan_intensity:
         arr[intensity][k] = np.nan
-    msg = cv.array_to_pointcloud2(arr, "velo", STAMP, height=height, is_bigendian=big, row_padding=row_padding)
+    msg = ros_msgs.array_to_pointcloud2(arr, "velo", STAMP, height=height, is_bigendian=big, row_padding=row_padding)
     return msg, arr
 
 
@@ -129,7 +130,7 @@ def test_cdr_reader_reads_big_endian_cdr():
 def test_every_truncation_is_a_conversion_error():
     raw = serialize_message(_odd_clouds()[3])
     for size in range(len(raw)):
-        with pytest.raises(cv.ConversionError, match="PointCloud2 CDR"):
+        with pytest.raises(ros_msgs.ConversionError, match="PointCloud2 CDR"):
             cdr.deserialize_pointcloud2(raw[:size])
 
 
@@ -144,17 +145,17 @@ def test_corrupt_fields_name_what_is_wrong():
     assert struct.unpack_from("<III", raw, 24) == (1, 4, 4)
     with pytest.raises(cdr.UnsupportedEncapsulationError, match=r"encapsulation 0x0003 is not supported"):
         cdr.deserialize_pointcloud2(_patched(raw, 0, b"\x00\x03"))
-    with pytest.raises(cv.ConversionError, match=r"fields length 1000000 does not fit"):
+    with pytest.raises(ros_msgs.ConversionError, match=r"fields length 1000000 does not fit"):
         cdr.deserialize_pointcloud2(_patched(raw, 32, struct.pack("<I", 1_000_000)))
-    with pytest.raises(cv.ConversionError, match=r"header.frame_id \(length 5\) is not NUL-terminated"):
+    with pytest.raises(ros_msgs.ConversionError, match=r"header.frame_id \(length 5\) is not NUL-terminated"):
         cdr.deserialize_pointcloud2(_patched(raw, 20, b"!"))
-    with pytest.raises(cv.ConversionError, match=r"header.frame_id is not valid UTF-8"):
+    with pytest.raises(ros_msgs.ConversionError, match=r"header.frame_id is not valid UTF-8"):
         cdr.deserialize_pointcloud2(_patched(raw, 16, b"\xff"))
-    with pytest.raises(cv.ConversionError, match=r"message ends while reading header.frame_id"):
+    with pytest.raises(ros_msgs.ConversionError, match=r"message ends while reading header.frame_id"):
         cdr.deserialize_pointcloud2(_patched(raw, 12, struct.pack("<I", 2**31)))
-    with pytest.raises(cv.ConversionError, match=r"message ends while reading data and is_dense"):
+    with pytest.raises(ros_msgs.ConversionError, match=r"message ends while reading data and is_dense"):
         cdr.deserialize_pointcloud2(_patched(raw, len(raw) - 1 - 64 - 4, struct.pack("<I", 65)))
-    with pytest.raises(cv.ConversionError, match=r"is_dense is 2 \(a boolean: expected 0 or 1\)"):
+    with pytest.raises(ros_msgs.ConversionError, match=r"is_dense is 2 \(a boolean: expected 0 or 1\)"):
         cdr.deserialize_pointcloud2(_patched(raw, len(raw) - 1, b"\x02"))
     assert cdr.deserialize_pointcloud2(raw).width == 4  # the original still reads
 
@@ -174,18 +175,20 @@ def test_corrupted_bytes_never_raise_anything_but_conversion_error(data):
             raw[at:at] = data.draw(st.binary(min_size=1, max_size=8))
     try:
         msg = cdr.deserialize_pointcloud2(bytes(raw))
-        pts = cv.pointcloud2_to_xyzi(msg)
-    except cv.ConversionError:
+        pts = ros_msgs.pointcloud2_to_xyzi(msg)
+    except ros_msgs.ConversionError:
         return
     assert pts.ndim == 2 and pts.shape[1] == 4 and pts.dtype == np.float32
 
 
 def _images() -> list[Image]:
     rgb = np.random.default_rng(5).integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    padded = cv.array_to_image(rgb, "bgr8", "cam", STAMP, step=9 * 3 + 5)  # row padding
-    mono16 = cv.array_to_image(rgb[:, :, 0].astype(np.uint16) * 257, "mono16", "kamera_ü", STAMP, is_bigendian=True)
-    odd = cv.array_to_image(rgb[:, :, :1].copy(), "mono8", "", STAMP)  # empty frame_id, odd-length encoding
-    return [cv.array_to_image(rgb, "rgb8", "camera", STAMP), padded, mono16, odd, Image()]
+    padded = ros_msgs.array_to_image(rgb, "bgr8", "cam", STAMP, step=9 * 3 + 5)  # row padding
+    mono16 = ros_msgs.array_to_image(
+        rgb[:, :, 0].astype(np.uint16) * 257, "mono16", "kamera_ü", STAMP, is_bigendian=True
+    )
+    odd = ros_msgs.array_to_image(rgb[:, :, :1].copy(), "mono8", "", STAMP)  # empty frame_id, odd-length encoding
+    return [ros_msgs.array_to_image(rgb, "rgb8", "camera", STAMP), padded, mono16, odd, Image()]
 
 
 @pytest.mark.parametrize("msg", _images(), ids=["rgb8", "bgr8_padded", "mono16_big", "mono8", "default"])
@@ -204,11 +207,11 @@ def test_cdr_image_reader_equals_rclpy(msg):
             want.height, want.width, want.encoding, want.is_bigendian, want.step)  # fmt: skip
         if len(got.data):
             assert np.shares_memory(np.frombuffer(got.data, np.uint8), np.frombuffer(raw, np.uint8))
-            rgb = cv.image_to_rgb(got)  # a new writable array, equal to the one of the rclpy message
+            rgb = ros_msgs.image_to_rgb(got)  # a new writable array, equal to the one of the rclpy message
             assert rgb.flags.writeable and not np.shares_memory(rgb, np.frombuffer(raw, np.uint8))
-            np.testing.assert_array_equal(rgb, cv.image_to_rgb(want))
+            np.testing.assert_array_equal(rgb, ros_msgs.image_to_rgb(want))
     for size in range(len(le)):
-        with pytest.raises(cv.ConversionError, match="Image CDR"):
+        with pytest.raises(ros_msgs.ConversionError, match="Image CDR"):
             cdr.deserialize_image(le[:size])
 
 
@@ -237,10 +240,10 @@ def test_fast_decoder_equals_general_decoder(case, scale):
     kw = CASES[case]
     msg, arr = _cloud(**kw)
     big, _ = _cloud(**kw, big=True)
-    want = cv.pointcloud2_to_xyzi(big, intensity_scale=scale)  # (M, 4)
+    want = ros_msgs.pointcloud2_to_xyzi(big, intensity_scale=scale)  # (M, 4)
     assert want.flags.writeable and want.dtype == np.float32
     for m in (msg, cdr.deserialize_pointcloud2(serialize_message(msg))):
-        got = cv.pointcloud2_to_xyzi(m, intensity_scale=scale)
+        got = ros_msgs.pointcloud2_to_xyzi(m, intensity_scale=scale)
         np.testing.assert_array_equal(got, want)
         assert got.dtype == np.float32 and got.shape == want.shape
     finite = np.isfinite(arr["x"]) & np.isfinite(arr["y"]) & np.isfinite(arr["z"])
@@ -251,7 +254,7 @@ def test_fast_decoder_equals_general_decoder(case, scale):
 def test_dense_float_cloud_is_a_read_only_view_of_the_received_bytes(point_step):
     msg, arr = _cloud(20_000, point_step, seed=point_step)
     raw = serialize_message(msg)
-    pts = cv.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(raw))
+    pts = ros_msgs.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(raw))
     assert pts.shape == (20_000, 4) and pts.strides == (point_step, 4)
     assert np.shares_memory(pts, np.frombuffer(raw, np.uint8))  # nothing copied
     assert not pts.flags.writeable
@@ -259,7 +262,7 @@ def test_dense_float_cloud_is_a_read_only_view_of_the_received_bytes(point_step)
         pts[0, 0] = 1.0
     np.testing.assert_array_equal(pts, np.stack([arr["x"], arr["y"], arr["z"], arr["intensity"]], axis=1))
     # an rclpy message's writable array is protected as well: nothing writes into a message through the points
-    from_msg = cv.pointcloud2_to_xyzi(msg)
+    from_msg = ros_msgs.pointcloud2_to_xyzi(msg)
     assert np.shares_memory(from_msg, np.frombuffer(msg.data, np.uint8)) and not from_msg.flags.writeable
 
 
@@ -269,7 +272,7 @@ def test_dense_float_cloud_is_a_read_only_view_of_the_received_bytes(point_step)
 def test_rows_removed_or_values_changed_give_a_new_writable_array(kw, scale):
     msg, _ = _cloud(1000, **kw)
     raw = serialize_message(msg)
-    pts = cv.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(raw), intensity_scale=scale)
+    pts = ros_msgs.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(raw), intensity_scale=scale)
     assert pts.flags.writeable and pts.flags.c_contiguous and pts.dtype == np.float32
     assert not np.shares_memory(pts, np.frombuffer(raw, np.uint8))
 
@@ -282,7 +285,7 @@ def test_finite_values_whose_sum_overflows_are_kept():
         view = np.ndarray((20_000, 4), np.float32, buffer=data, strides=(step, 4))
         view[100:110, :3] = 3e38  # finite, but x + y + z (and their sum over rows) overflow
         msg.data = array.array("B", data.tobytes())
-        pts = cv.pointcloud2_to_xyzi(msg)
+        pts = ros_msgs.pointcloud2_to_xyzi(msg)
         assert pts.shape == (20_000, 4) and not pts.flags.writeable  # still the view: nothing removed
         np.testing.assert_array_equal(pts[100:110, :3], 3e38 * np.ones((10, 3), np.float32))
 
@@ -290,16 +293,16 @@ def test_finite_values_whose_sum_overflows_are_kept():
 def test_layout_errors_are_unchanged_on_the_fast_path():
     msg, _ = _cloud(10)
     msg.row_step = 200
-    with pytest.raises(cv.ConversionError, match=r"PointCloud2.data has 160 bytes, expected row_step\*height"):
-        cv.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(serialize_message(msg)))
+    with pytest.raises(ros_msgs.ConversionError, match=r"PointCloud2.data has 160 bytes, expected row_step\*height"):
+        ros_msgs.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(serialize_message(msg)))
     msg, _ = _cloud(10)
     msg.fields = [*msg.fields, PointField(name="bad", offset=0, datatype=42, count=1)]
-    with pytest.raises(cv.ConversionError, match=r"field 'bad' has unknown datatype 42"):
-        cv.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(serialize_message(msg)))
+    with pytest.raises(ros_msgs.ConversionError, match=r"field 'bad' has unknown datatype 42"):
+        ros_msgs.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(serialize_message(msg)))
     msg, _ = _cloud(10)
     msg.fields = msg.fields[1:]
-    with pytest.raises(cv.ConversionError, match=r"PointCloud2 lacks the 'x' field"):
-        cv.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(serialize_message(msg)))
+    with pytest.raises(ros_msgs.ConversionError, match=r"PointCloud2 lacks the 'x' field"):
+        ros_msgs.pointcloud2_to_xyzi(cdr.deserialize_pointcloud2(serialize_message(msg)))
 
 
 # -- node: raw subscription -----------------------------------------------------------------------------------
@@ -340,7 +343,7 @@ BAD_BYTES = {
 @pytest.mark.parametrize("case", list(BAD_BYTES))
 def test_node_counts_logs_and_survives_bad_cloud_bytes(node, predictor, case):
     data, log = BAD_BYTES[case]
-    node._on_raw(2, data)
+    node._on_raw(Stream.POINTS, data)
     s = node.statistics()
     assert s["rejected"] == 1 and s["rejected.cloud_invalid"] == 1 and s["received_points"] == 1
     assert len(node.log.lines) == 1 and node.log.lines[0].startswith(
@@ -350,9 +353,9 @@ def test_node_counts_logs_and_survives_bad_cloud_bytes(node, predictor, case):
     # a good set through the same callbacks is matched and processed, on the read-only view of the cloud bytes
     rgb, pts, calib = make_frame(1)
     image, info, cloud = frame_messages(rgb, pts, STAMP)
-    node._on_msg(1, info)
-    node._on_raw(0, serialize_message(image))
-    node._on_raw(2, serialize_message(cloud))
+    node._on_msg(Stream.CAMERA_INFO, info)
+    node._on_raw(Stream.IMAGE, serialize_message(image))
+    node._on_raw(Stream.POINTS, serialize_message(cloud))
     assert wait_until(lambda: node.statistics()["processed"] == 1, 30.0), node.statistics()
     assert node.statistics()["rejected"] == 1
 
@@ -360,14 +363,14 @@ def test_node_counts_logs_and_survives_bad_cloud_bytes(node, predictor, case):
 @pytest.mark.ros
 def test_node_counts_bad_image_bytes_as_image_invalid(node):
     raw = serialize_message(_images()[0])
-    node._on_raw(0, raw[:-3])
-    node._on_raw(0, _patched(raw, 16, b"\xff"))  # frame_id not UTF-8
+    node._on_raw(Stream.IMAGE, raw[:-3])
+    node._on_raw(Stream.IMAGE, _patched(raw, 16, b"\xff"))  # frame_id not UTF-8
     s = node.statistics()
     assert s["rejected"] == 2 and s["rejected.image_invalid"] == 2 and s["received_image"] == 2
     assert [line.split(": ")[1] for line in node.log.lines] == ["image message skipped (image_invalid)"] * 2
     assert "Image CDR: message ends while reading data" in node.log.lines[0]
     assert "Image CDR: header.frame_id is not valid UTF-8" in node.log.lines[1]
-    node._on_raw(0, raw)  # a good one reaches the synchroniser
+    node._on_raw(Stream.IMAGE, raw)  # a good one reaches the synchroniser
     assert node.statistics()["received_image"] == 3 and node._sync.pending()[0] == 1
 
 
@@ -380,9 +383,9 @@ def test_node_reads_other_encapsulations_through_rclpy(node):
     raw = serialize_message(cloud)
     with pytest.raises(cdr.UnsupportedEncapsulationError):
         cdr.deserialize_pointcloud2(b"\x00\x07" + raw[2:])
-    node._on_msg(1, info)
-    node._on_msg(0, image)
-    node._on_raw(2, b"\x00\x07" + raw[2:])
+    node._on_msg(Stream.CAMERA_INFO, info)
+    node._on_msg(Stream.IMAGE, image)
+    node._on_raw(Stream.POINTS, b"\x00\x07" + raw[2:])
     assert wait_until(lambda: node.statistics()["processed"] == 1, 30.0), node.statistics()
     assert node.statistics()["rejected"] == 0 and node.log.lines == []
 
@@ -395,7 +398,7 @@ def test_node_frame_from_raw_bytes_equals_predictor(node, predictor):
     labels = node.handle_frame(image, info, raw_cloud)
     assert labels is not None and node.statistics()["processed"] == 1
     np.testing.assert_array_equal(labels, predictor.predict(rgb, pts, calib))
-    view = cv.pointcloud2_to_xyzi(raw_cloud)
+    view = ros_msgs.pointcloud2_to_xyzi(raw_cloud)
     assert not view.flags.writeable
     before = view.copy()
     predictor.predict(rgb, view, calib)  # the predictor takes the read-only view and writes nothing into it

@@ -21,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
 from occle_ros import bag_player, kitti2bag
-from occle_ros import conversions as cv
+from occle_ros import msgs as ros_msgs
 
 pytestmark = pytest.mark.ros
 
@@ -111,14 +111,15 @@ def test_play_ros2_mcap_bag_publishes_every_frame(tmp_path, ros_context):
     finally:
         node.destroy_node()
         col.close()
-    assert 0.05 / 4.0 * 2 * 0.9 <= elapsed < 2.0  # 3 frames 50 ms apart at 4x speed: 25 ms
+    # 3 frames 50 ms apart at 4x speed: the player sleeps at least 25 ms (no upper bound: a busy machine is slower)
+    assert elapsed >= 0.05 / 4.0 * 2 * 0.9
     assert stats.published[topics["points"]] == 3
     tf_available = bag_player.ros2_message_class("tf2_msgs/msg/TFMessage") is not None
     assert ("/tf" in stats.skipped_types) == (not tf_available)
     from occle_core.data.semantic_kitti import read_points
 
     for i, msg in enumerate(col.msgs["/cloud"]):
-        np.testing.assert_array_equal(cv.pointcloud2_to_xyzi(msg), read_points(seq / "velodyne" / f"{i:06d}.bin"))
+        np.testing.assert_array_equal(ros_msgs.pointcloud2_to_xyzi(msg), read_points(seq / "velodyne" / f"{i:06d}.bin"))
     assert [m.header.stamp.nanosec for m in col.msgs[topics["image"]]] == [0, 50_000_000, 100_000_000]
     assert col.msgs[topics["camera_info"]][0].p[2] == 40.0
 
@@ -171,9 +172,9 @@ def test_play_ros1_bag_converts_and_skips_unknown_types(tmp_path, ros_context):
     assert stats.skipped_types == {"/custom": "my_pkg/msg/Custom"}
     img = col.msgs["/cam/image"][1]
     assert img.header.stamp.nanosec == 20_000_000 and img.header.frame_id == "cam"
-    np.testing.assert_array_equal(cv.image_to_rgb(img), rgb[:, :, ::-1])
+    np.testing.assert_array_equal(ros_msgs.image_to_rgb(img), rgb[:, :, ::-1])
     np.testing.assert_array_equal(np.asarray(col.msgs["/cam/info"][1].p), np.arange(12) + 1.0)
-    np.testing.assert_array_equal(cv.pointcloud2_to_xyzi(col.msgs["/velo"][0]), pts)
+    np.testing.assert_array_equal(ros_msgs.pointcloud2_to_xyzi(col.msgs["/velo"][0]), pts)
 
 
 def _string_bag(path: Path, n: int = 5, period_ns: int = 100_000_000, storage=StoragePlugin.SQLITE3) -> None:
@@ -196,7 +197,7 @@ def test_play_rate_offset_clock_and_loop(tmp_path, ros_context):
         elapsed = time.monotonic() - t0
         assert col.wait({"/chatter": 3, "/clock": 3})
         assert [m.data for m in col.msgs["/chatter"]] == ["m2", "m3", "m4"]  # offset 0.15 s skips m0, m1
-        assert 0.09 <= elapsed < 3.0  # 200 ms of bag at 2x (generous upper bound for a busy machine)
+        assert elapsed >= 0.09  # 200 ms of bag at 2x: at least 100 ms of sleeps (no upper bound: load makes it slower)
         assert col.msgs["/clock"][0].clock.sec == 5 and col.msgs["/clock"][0].clock.nanosec == 200_000_000
         assert stats.published == {"/chatter": 3}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -160,8 +161,9 @@ deadline = time.monotonic() + 15.0
 while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
     time.sleep(0.02)
 sent = 0
-if pub.get_subscription_count():
-    time.sleep(0.2)  # let the subscriber match this writer too
+print("matched" if pub.get_subscription_count() else "unmatched", flush=True)
+# the test answers "go" once the subscriber has seen this publisher too (both ends matched), else "stop"
+if pub.get_subscription_count() and sys.stdin.readline().strip() == "go":
     for i in range(count):
         msg.header.stamp.sec = i
         pub.publish(msg)
@@ -192,11 +194,12 @@ def on_image(msg):
         bad.append(msg.header.stamp.sec)
 
 node.create_subscription(Image, topic, on_image, qos_profile_sensor_data)
-print("ready", flush=True)
 deadline, seen_publisher = time.monotonic() + 20.0, False
 while time.monotonic() < deadline and len(got) < count:
     rclpy.spin_once(node, timeout_sec=0.05)
     publishers = node.count_publishers(topic)
+    if publishers and not seen_publisher:
+        print("matched", flush=True)
     seen_publisher |= publishers > 0
     if seen_publisher and publishers == 0:
         rclpy.spin_once(node, timeout_sec=0.2)
@@ -205,6 +208,39 @@ print(f"received {len(got)} corrupt {len(bad)}", flush=True)
 node.destroy_node()
 rclpy.shutdown()
 """
+
+
+class _Output:
+    """Collects a process's stdout lines in a thread; :meth:`wait_for` waits on a line, not on a fixed time."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("")  # end of output
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """True once a line equal to ``text`` was printed; False at the end of the output or after ``timeout``."""
+
+        def seen() -> bool:
+            return any(line.strip() == text for line in self.lines)
+
+        with self._cond:
+            self._cond.wait_for(lambda: seen() or "" in self.lines, timeout)
+            return seen()
+
+    def text(self, timeout: float) -> str:
+        self._thread.join(timeout)
+        return "".join(self.lines)
 
 
 @pytest.mark.ros
@@ -217,10 +253,15 @@ def test_full_size_best_effort_image_from_another_process_arrives_with_the_profi
     run = {"env": env, "cwd": tmp_path, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
     start = time.monotonic()
     sub = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, *argv], **run)
-    pub = subprocess.Popen([sys.executable, "-c", _PUBLISHER, *argv], **run)
-    try:
-        pub_out = pub.communicate(timeout=40)[0]
-        sub_out = sub.communicate(timeout=30)[0]
+    pub = subprocess.Popen([sys.executable, "-c", _PUBLISHER, *argv], stdin=subprocess.PIPE, **run)
+    sub_lines, pub_lines = _Output(sub), _Output(pub)
+    try:  # publish only once both ends report the match (a condition, not a fixed wait for discovery)
+        both = sub_lines.wait_for("matched", 30.0) and pub_lines.wait_for("matched", 30.0)
+        pub.stdin.write("go\n" if both else "stop\n")
+        pub.stdin.close()
+        pub.wait(timeout=40)
+        sub.wait(timeout=30)
+        pub_out, sub_out = pub_lines.text(10.0), sub_lines.text(10.0)
     finally:
         for proc in (pub, sub):
             if proc.poll() is None:

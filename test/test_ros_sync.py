@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from occle_ros.sync import ApproximateTimeSync
+from occle_ros.sync import ApproximateTimeSync, Mailbox
 
 MS = 1_000_000
 
@@ -153,3 +154,15 @@ def test_property_every_match_is_within_slop_and_consistent(period, offsets, slo
     spread = max(offsets) - min(offsets)
     if spread + 5 <= slop and period > 2 * slop + 10:
         assert len(matched) >= 30 - len(drop) - 1  # clean traffic: nearly every complete frame matches
+
+
+def test_mailbox_keeps_only_the_newest_item_and_wakes_on_close():
+    box: Mailbox[int] = Mailbox()
+    assert box.put(1) is False and box.put(2) is True  # 1 was never taken: replaced
+    assert box.take(timeout=0) == 2 and box.take(timeout=0) is None
+    got: list[int | None] = []
+    waiter = threading.Thread(target=lambda: got.append(box.take(timeout=60.0)))
+    waiter.start()
+    box.close()  # wakes the waiting take long before its timeout
+    waiter.join(timeout=30.0)
+    assert not waiter.is_alive() and got == [None] and box.closed

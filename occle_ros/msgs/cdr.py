@@ -4,7 +4,8 @@ A normal rclpy subscription converts a received cloud or image into a Python mes
 ``array.array`` (a 1.9 MB cloud of 120k points, a 1.4 MB KITTI image). The node instead subscribes to these
 two topics with ``raw=True`` (the callback gets the serialized bytes) and reads them here: the few small
 fields are unpacked with :mod:`struct`, and ``data`` is a read-only ``memoryview`` of the received bytes (no
-copy). :mod:`occle_ros.conversions` accepts the results like the messages (same attribute names).
+copy). :mod:`occle_ros.msgs.pointcloud` and :mod:`occle_ros.msgs.image` accept the results like the messages
+(same attribute names).
 
 Wire format (OMG CDR as used by the ROS 2 RMWs, XCDR version 1, "plain" encapsulation): a 4-byte
 encapsulation header (``00 01``: little endian, ``00 00``: big endian, then two option bytes), then the
@@ -14,7 +15,7 @@ element count, then the elements; booleans are one byte, 0 or 1. Other encapsula
 raise :class:`UnsupportedEncapsulationError`, so that a caller can fall back to rclpy's deserialiser.
 
 Malformed input (truncated, lengths past the end, a non-UTF-8 or unterminated string, a boolean that is not
-0/1) raises :class:`occle_ros.conversions.ConversionError` naming the message type and the field being read.
+0/1) raises :class:`occle_ros.msgs.base.ConversionError` naming the message type and the field being read.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import NamedTuple
 from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 
-from occle_ros.conversions import ConversionError
+from occle_ros.msgs.base import ConversionError
 
 __all__ = [
     "CloudField",

@@ -1,0 +1,141 @@
+"""The node's work on one synchronised frame, as separate steps.
+
+:class:`occle_ros.node.OccleNode` runs them in order (:meth:`~occle_ros.node.OccleNode.process`) and
+``occle_bench.bench_pipeline`` times each of them, so the benchmark measures the node's own code:
+
+    read_raw (serialized Image / PointCloud2 -> messages, pixels and points not copied)
+    -> cloud_points -> limit_points (max_range, max_points) -> image_rgb -> frame_calib
+    -> predict (the predictor: preprocessing + network + class decision)
+    -> occupied_voxels -> serialize_occupancy_markers / occupancy_to_pointcloud2 (``occle_ros.msgs``) -> publish
+
+Every step raises :class:`FrameRejectedError` for bad input, with the diagnostics counter key as its reason.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+import numpy as np
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from occle_core.geometry import Calib, VoxelGrid
+from occle_core.labels import ClassTable
+from occle_ros.msgs import cdr
+from occle_ros.msgs.base import ConversionError
+from occle_ros.msgs.camera_info import camera_info_projection
+from occle_ros.msgs.image import image_to_rgb
+from occle_ros.msgs.pointcloud import pointcloud2_to_xyzi
+
+
+class Stream(enum.Enum):
+    """The node's inputs; the value is the stream's index in the synchroniser."""
+
+    IMAGE = 0
+    CAMERA_INFO = 1
+    POINTS = 2
+
+    @property
+    def topic(self) -> str:
+        return self.name.lower()
+
+
+class FrameRejectedError(Exception):
+    """A message or frame skipped because of bad input; ``reason`` is the diagnostics counter key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class OccupancyPredictor(Protocol):
+    """What the node needs of a predictor (:class:`occle_core.predictor.Predictor` is one)."""
+
+    grid: VoxelGrid
+    classes: ClassTable
+
+    def predict(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, (N, 4) float32 x y z intensity, calib -> (X, Y, Z) uint8 labels of ``grid``.
+        Raises ValueError for input it refuses."""
+        ...
+
+
+#: raw subscriptions: stream -> (zero-copy reader, message type for rclpy's fallback, rejection reason)
+_RAW_READERS = {
+    Stream.IMAGE: (cdr.deserialize_image, Image, "image_invalid"),
+    Stream.POINTS: (cdr.deserialize_pointcloud2, PointCloud2, "cloud_invalid"),
+}
+
+
+def read_raw(stream: Stream, data: bytes) -> Any:
+    """Serialized ``image`` / ``points`` bytes -> :class:`~occle_ros.msgs.cdr.RawImage` /
+    :class:`~occle_ros.msgs.cdr.RawPointCloud2` (pixels / points not copied); an encapsulation other than plain
+    CDR goes through rclpy's deserialiser instead."""
+    read, msg_type, reason = _RAW_READERS[stream]
+    try:
+        try:
+            return read(data)
+        except cdr.UnsupportedEncapsulationError as exc:  # not plain CDR: let rclpy read it (with copies)
+            try:
+                return deserialize_message(data, msg_type)
+            except Exception as inner:  # rclpy raises several types for bytes it cannot read
+                raise ConversionError(f"{exc}; rclpy could not read it either: {inner}") from inner
+    except ConversionError as exc:
+        raise FrameRejectedError(reason, f"{stream.topic} message skipped ({reason}): {exc}") from exc
+
+
+def cloud_points(cloud: PointCloud2, intensity_scale: float) -> np.ndarray:
+    """(N, 4) float32 x, y, z, intensity of ``cloud`` (finite points; may be a read-only view of its bytes)."""
+    try:
+        return pointcloud2_to_xyzi(cloud, intensity_scale=intensity_scale)
+    except ConversionError as exc:
+        raise FrameRejectedError("cloud_invalid", str(exc)) from exc
+
+
+def limit_points(points: np.ndarray, max_range: float, max_points: int, seed: int) -> tuple[np.ndarray, bool]:
+    """(N, 4) points -> (M, 4): those within ``max_range`` m of the LiDAR (0 = no limit), then a random subset of
+    ``max_points`` (seeded: the same cloud gives the same subset) when more remain. Returns (points, subsampled).
+    Raises FrameRejectedError (``cloud_empty``) when no point remains."""
+    if max_range > 0:
+        points = points[np.einsum("ij,ij->i", points[:, :3], points[:, :3]) <= max_range**2]
+    if points.shape[0] == 0:
+        raise FrameRejectedError("cloud_empty", "PointCloud2 has no finite points (in range)")
+    if points.shape[0] <= max_points:
+        return points, False
+    rng = np.random.default_rng(seed)
+    return points[np.sort(rng.choice(points.shape[0], max_points, replace=False))], True
+
+
+def image_rgb(image: Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of ``image``."""
+    try:
+        return image_to_rgb(image)
+    except ConversionError as exc:
+        raise FrameRejectedError("image_invalid", str(exc)) from exc
+
+
+def frame_calib(info: CameraInfo, image_hw: tuple[int, int], T_cam_lidar: np.ndarray) -> Calib:
+    """The camera model of an (H, W) image: ``info``'s projection and the (4, 4) LiDAR -> camera transform."""
+    try:
+        P = camera_info_projection(info)
+    except ConversionError as exc:
+        raise FrameRejectedError("camera_info_invalid", str(exc)) from exc
+    h, w = image_hw
+    if (info.height, info.width) != (0, 0) and (info.height, info.width) != (h, w):
+        raise FrameRejectedError(
+            "image_size_mismatch",
+            f"image is {w}x{h} but camera_info is {info.width}x{info.height} (expected the same size)",
+        )
+    try:
+        return Calib(P, T_cam_lidar, (h, w))
+    except ValueError as exc:
+        raise FrameRejectedError("calib_invalid", str(exc)) from exc
+
+
+def predict(predictor: OccupancyPredictor, rgb: np.ndarray, points: np.ndarray, calib: Calib) -> np.ndarray:
+    """(X, Y, Z) uint8 labels of one frame."""
+    try:
+        return predictor.predict(rgb, points, calib)
+    except ValueError as exc:
+        raise FrameRejectedError("predictor_rejected", str(exc)) from exc
