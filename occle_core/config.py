@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from occle_core.data.label_budget import LABEL_BUDGETS
+from occle_core.data.sample import GRID_FRAMES
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import DATASETS, ClassTable, class_table
 
@@ -39,6 +40,10 @@ class DataConfig:
         label_seed: seed of the label-budget sampling.
         label_budget: how the share is drawn: ``voxel`` (random voxels of every frame, OccLE's setting),
             ``frame`` (whole frames labelled) or ``block`` (random voxel blocks); see ``data/label_budget.py``.
+        cameras: the camera set the network sees, channel names with the front camera first (every camera is
+            resized to ``image_size``); None takes the dataset's rig (:meth:`camera_names`).
+        grid_frame: ``"lidar"`` or ``"ego"``, the frame of the grid, the points and every ``T_cam<-grid``; None
+            takes the dataset's frame (:meth:`frame`).
     """
 
     dataset: str = "semantic_kitti"
@@ -51,6 +56,25 @@ class DataConfig:
     label_ratio: float = 0.1
     label_seed: int = 0
     label_budget: str = "voxel"
+    cameras: list[str] | None = None
+    grid_frame: str | None = None
+
+    def camera_names(self) -> list[str]:
+        """The camera set: ``cameras`` when set, else the dataset's (SemanticKITTI ``["image_2"]``, Occ3D-nuScenes
+        the six ``CAM_*`` channels, front first)."""
+        if self.cameras is not None:
+            return list(self.cameras)
+        if self.dataset == "occ3d_nuscenes":
+            from occle_core.data.nuscenes import CAMERAS
+
+            return list(CAMERAS)
+        return ["image_2"]
+
+    def frame(self) -> str:
+        """The grid frame: ``grid_frame`` when set, else the dataset's (SemanticKITTI ``lidar``, Occ3D ``ego``)."""
+        if self.grid_frame is not None:
+            return self.grid_frame
+        return "ego" if self.dataset == "occ3d_nuscenes" else "lidar"
 
     def voxel_grid(self) -> VoxelGrid:
         """The output grid: ``grid`` when set, else the dataset's standard grid."""
@@ -286,6 +310,13 @@ def _build(kind: type, values: dict | None, section: str) -> Any:
         if obj.label_budget not in LABEL_BUDGETS:
             raise ValueError(f"data.label_budget must be one of {list(LABEL_BUDGETS)}, got {obj.label_budget!r}")
         obj.image_size = tuple(int(v) for v in obj.image_size)
+        if obj.grid_frame is not None and obj.grid_frame not in GRID_FRAMES:
+            raise ValueError(f"data.grid_frame must be one of {list(GRID_FRAMES)} or null, got {obj.grid_frame!r}")
+        if obj.cameras is not None:
+            names = [str(c) for c in obj.cameras] if isinstance(obj.cameras, list | tuple) else []
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"data.cameras must be a list of distinct camera names or null, got {obj.cameras!r}")
+            obj.cameras = names
     return obj
 
 
