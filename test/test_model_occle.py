@@ -13,6 +13,7 @@ from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch
 from occle_core.geometry import OCC3D_GRID, SEMANTIC_KITTI_GRID
 from occle_core.model.lidar_encoder import spconv_available
+from occle_core.model.mamba import MambaBlock
 from occle_core.model.occle import PARAMETER_GROUPS, OccLE, OccleOutput, model_summary, synthetic_batch
 
 SMALL_GRID = {"origin": [0.0, -6.4, -2.0], "voxel_size": 0.2, "shape": [64, 64, 16]}
@@ -132,6 +133,14 @@ def test_bad_strides_are_refused():
         OccLE(_cfg(token_stride=3))
     with pytest.raises(ValueError, match="feature_stride"):
         OccLE(_cfg(feature_stride=3))
+
+
+def test_scan_backend_reaches_every_mamba_block():
+    model = OccLE(_cfg(scan_backend="torch"))
+    blocks = [m for m in model.modules() if isinstance(m, MambaBlock)]
+    assert blocks and all(b.scan_backend == "torch" for b in blocks)
+    with pytest.raises(ValueError, match="model.scan_backend must be one of"):
+        OccLE(_cfg(scan_backend="fast"))
 
 
 def test_paper_size_builds_counts_and_runs_on_cpu():
