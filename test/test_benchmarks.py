@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 
 import numpy as np
@@ -47,10 +48,12 @@ def test_growth_factors():
 
 
 def test_rss_sampler_sees_an_allocation():
+    # a fresh anonymous mapping: its pages become resident when touched, whatever memory the allocator already holds
+    # from earlier tests (a freed numpy block may be reused without any rise of the RSS)
+    block = mmap.mmap(-1, 64 * 2**20)
     with common.RssSampler(interval=0.001) as rss:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
-        block.sum()
-    del block
+        np.frombuffer(block, np.uint8)[:] = 1  # 64 MiB touched; sampled at the latest when the block exits
+    block.close()
     assert rss.delta_mb > 32
     assert common.peak_rss_mb() >= rss.peak_mb * 0.9
 
