@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from occle_core.model.mamba import MambaLayer, selective_scan, selective_scan_naive
+from occle_core.model.mamba import MambaLayer
+from occle_core.model.ops.selective_scan import selective_scan, selective_scan_naive
 
 __all__ = ["main", "run"]
 

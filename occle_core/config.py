@@ -104,6 +104,7 @@ class ModelConfig:
     feat_dim: int = 16
     lidar_channels: list[int] = field(default_factory=lambda: [8, 16, 32])
     lidar_backend: str = "auto"  # auto | spconv | dense
+    scan_backend: str = "auto"  # auto | mamba_ssm | torch (selective scan of the Dual Mamba)
     mamba_dim: int = 32
     mamba_layers: int = 1
     mamba_state: int = 8

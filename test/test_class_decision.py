@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers_numeric import assert_labels_are_argmax, head_rounding_bound
 
 from occle_core.model.class_decision import non_empty_mask
 from occle_core.model.layers import UpsampleHead, to_cl
@@ -67,8 +68,8 @@ def test_label_head_equals_argmax_of_forward(batch: int, empty: int, channels_la
         x = to_cl(x)
     monkeypatch.setattr(UpsampleHead, "LABEL_BLOCK", 64)  # 240 voxels: several blocks and a partial one
     with torch.inference_mode():
-        want = head(x).argmax(1)  # (B, 20, 12, 8)
+        logits = head(x)  # (B, 20, 12, 8, 4)
         got = head.labels(x, empty)
     assert got.shape == (batch, 20, 12, 8) and got.dtype == torch.uint8
-    assert torch.equal(got.long(), want)
+    assert_labels_are_argmax(got, logits, head_rounding_bound(head, x))  # another GEMM shape: ties may differ
     assert 0 < (got != empty).float().mean() < 0.5

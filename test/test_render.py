@@ -135,6 +135,7 @@ def test_chunked_rasterisation_is_identical_and_close_cameras_work(monkeypatch):
     assert shade_of(img, SK.colors[9]).sum() > 1000  # mostly road ahead
 
 
+@pytest.mark.bench  # a timing: run with -m bench, not in the default suite
 def test_perspective_speed_100k_voxels():
     rng = np.random.default_rng(0)
     g = np.zeros((256, 256, 32), np.uint8)

@@ -230,7 +230,10 @@ def _run_and_kill(data: Path, out: Path, mode: str, at: int) -> None:
     script = out.parent / f"child_{mode}.py"
     script.write_text(_CHILD.format(test_dir=str(Path(__file__).parent)))
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, str(script), str(data), str(out), mode, str(at)], cwd=REPO)
+    # the child computes the steps before the kill with this process's thread count: the resumed curve is compared
+    # with the reference run here, and float reductions round differently with another number of threads
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, str(script), str(data), str(out), mode, str(at)], cwd=REPO, env=env)
     try:
         deadline = time.time() + 240
         while not (out / "HANG").exists():

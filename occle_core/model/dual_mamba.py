@@ -60,12 +60,12 @@ def _grid_coordinates(shape: tuple[int, int, int], device: torch.device, dtype: 
 class _BiMamba(nn.Module):
     """Pre-norm residual bidirectional Mamba guided by a context stream: x + fwd(n, c) + flip(bwd(flip(n, c)))."""
 
-    def __init__(self, d_model: int, d_state: int) -> None:
+    def __init__(self, d_model: int, d_state: int, scan_backend: str) -> None:
         super().__init__()
         self.norm = nn.RMSNorm(d_model)
         self.ctx_norm = nn.RMSNorm(d_model)
-        self.forward_scan = MambaBlock(d_model, d_state=d_state, d_context=d_model)
-        self.backward_scan = MambaBlock(d_model, d_state=d_state, d_context=d_model)
+        self.forward_scan = MambaBlock(d_model, d_state=d_state, d_context=d_model, scan_backend=scan_backend)
+        self.backward_scan = MambaBlock(d_model, d_state=d_state, d_context=d_model, scan_backend=scan_backend)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x, context (B, L, d) -> (B, L, d)."""
@@ -78,14 +78,14 @@ class _BiMamba(nn.Module):
 class _DualLayer(nn.Module):
     """One layer of the two coupled streams: gated feature exchange, then guided bidirectional scans."""
 
-    def __init__(self, d_model: int, d_state: int) -> None:
+    def __init__(self, d_model: int, d_state: int, scan_backend: str) -> None:
         super().__init__()
         self.geo_to_sem = nn.Linear(d_model, d_model)
         self.sem_to_geo = nn.Linear(d_model, d_model)
         self.sem_gate = nn.Linear(2 * d_model, d_model)
         self.geo_gate = nn.Linear(2 * d_model, d_model)
-        self.sem_stream = _BiMamba(d_model, d_state)
-        self.geo_stream = _BiMamba(d_model, d_state)
+        self.sem_stream = _BiMamba(d_model, d_state, scan_backend)
+        self.geo_stream = _BiMamba(d_model, d_state, scan_backend)
 
     def forward(self, sem: Tensor, geo: Tensor) -> tuple[Tensor, Tensor]:
         """sem, geo (B, L, d) -> (B, L, d) each."""
@@ -112,6 +112,7 @@ class DualMamba(nn.Module):
         d_model: token width of both streams.
         n_layers: number of coupled layers.
         d_state: SSM state size N of every selective scan.
+        scan_backend: selective-scan kernel, ``auto`` | ``mamba_ssm`` | ``torch`` (``model.scan_backend``).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class DualMamba(nn.Module):
         d_model: int,
         n_layers: int = 1,
         d_state: int = 16,
+        scan_backend: str = "auto",
     ) -> None:
         super().__init__()
         _check_sizes(
@@ -137,7 +139,7 @@ class DualMamba(nn.Module):
         self.sem_embed = nn.Linear(sem_channels, d_model)
         self.geo_embed = nn.Linear(geo_channels, d_model)
         self.pos_embed = nn.Linear(3, d_model)
-        self.layers = nn.ModuleList(_DualLayer(d_model, d_state) for _ in range(n_layers))
+        self.layers = nn.ModuleList(_DualLayer(d_model, d_state, scan_backend) for _ in range(n_layers))
         self.sem_norm = nn.LayerNorm(d_model)
         self.geo_norm = nn.LayerNorm(d_model)
         self.out_proj = nn.Linear(2 * d_model, out_channels)

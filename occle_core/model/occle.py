@@ -108,10 +108,11 @@ class OccLE(nn.Module):
         self.semantic_branch = SemanticBranch(Fd, K, m.use_image) if m.use_semantic_branch else None
         self.geometric_branch = GeometricBranch(Fd, m.use_image)
         DualMamba, ConvFusion = _fusion_classes()
-        mixer = DualMamba if m.use_dual_mamba else ConvFusion
+        sizes = (Fd, Fd, Fd, m.mamba_dim, m.mamba_layers, m.mamba_state)
+        mixer = DualMamba(*sizes, scan_backend=m.scan_backend) if m.use_dual_mamba else ConvFusion(*sizes)
         self.fusion = nn.ModuleDict(
             {
-                "mixer": mixer(Fd, Fd, Fd, m.mamba_dim, m.mamba_layers, m.mamba_state),
+                "mixer": mixer,
                 "merge": conv3d_bn_relu(3 * Fd, Fd, 1),
             }
         )
