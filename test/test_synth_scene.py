@@ -9,10 +9,10 @@ import pytest
 
 from occle_core.geometry import SEMANTIC_KITTI_GRID, free_space_mask
 from occle_core.synth.scene import build_scene
-from occle_core.synth.sensors import KITTI_IMAGE_SIZE
+from occle_core.synth.sensors import KITTI_IMAGE_SIZE, LidarModel
 from occle_core.synth.sequence import SyntheticSequence
 
-TINY_KW = dict(image_scale=0.25, azimuth_steps=400, window=2, stride=1)
+TINY_KW = dict(image_scale=0.25, lidar=LidarModel(azimuth_steps=400), window=2, stride=1)
 
 
 def test_longer_sequences_extend_the_same_scene() -> None:
@@ -22,7 +22,7 @@ def test_longer_sequences_extend_the_same_scene() -> None:
 
 
 def test_pseudo_labels_are_plausible_but_never_the_truth() -> None:
-    seq = SyntheticSequence(2, 1, image_scale=0.5, azimuth_steps=400, window=1)
+    seq = SyntheticSequence(2, 1, image_scale=0.5, lidar=LidarModel(azimuth_steps=400), window=1)
     cam = seq.render(0)
     pseudo = seq.pseudo_labels(0, cam)
     assert pseudo.shape == cam.truth.shape and pseudo.dtype == np.uint8

@@ -12,11 +12,11 @@ from occle_core.data import semantic_kitti as sk
 from occle_core.geometry import read_kitti_calib
 from occle_core.labels import class_table
 from occle_core.synth.cli import main
-from occle_core.synth.sensors import kitti_calib
+from occle_core.synth.sensors import LidarModel, kitti_calib
 from occle_core.synth.sequence import SyntheticSequence
 
 TINY = ["--image-scale", "0.25", "--azimuth-steps", "400", "--window", "2", "--window-stride", "1"]
-TINY_KW = dict(image_scale=0.25, azimuth_steps=400, window=2, stride=1)
+TINY_KW = dict(image_scale=0.25, lidar=LidarModel(azimuth_steps=400), window=2, stride=1)
 
 
 def _write(root: Path, seed: int, frames: int, *extra: str) -> Path:

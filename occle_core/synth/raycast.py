@@ -75,30 +75,32 @@ def _ground_hits(ground: GroundMap, o: np.ndarray, D: np.ndarray, max_t: float):
 def _intersect(prims: Primitives, p: int, o: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray):
     """Distance of the first hit of rays ``o + t (dx, dy, dz)`` with primitive ``p`` (inf: miss).
 
-    ``dx``, ``dy``, ``dz`` are the direction components, arrays of one shape; the result has that shape.
+    ``o`` is one origin (3,) or one per ray (n, 3); ``dx``, ``dy``, ``dz`` are the direction components
+    (arrays of one shape, or scalars with per-ray origins); the result has the broadcast shape.
     """
     kind = prims.kind[p]
-    rel = (o - prims.center[p]).astype(np.float32)
+    rx, ry, rz = np.moveaxis((o - prims.center[p]).astype(np.float32), -1, 0)
     h = prims.half[p].astype(np.float32)
     eps = np.float32(1e-3)
     inf = np.float32(np.inf)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if kind == CYLINDER:
             a = dx * dx + dy * dy
-            b = rel[0] * dx + rel[1] * dy
-            c = rel[0] ** 2 + rel[1] ** 2 - h[0] ** 2
+            b = rx * dx + ry * dy
+            c = rx**2 + ry**2 - h[0] ** 2
             disc = b * b - a * c
             ts = (-b - np.sqrt(np.maximum(disc, 0))) / a
-            zs = rel[2] + ts * dz
+            zs = rz + ts * dz
             t = np.where((disc >= 0) & (ts > eps) & (np.abs(zs) <= h[2]), ts, inf)
-            if abs(rel[2]) > h[2]:
-                zc = np.sign(rel[2]) * h[2]
-                tc = (zc - rel[2]) / dz
-                xc, yc = rel[0] + tc * dx, rel[1] + tc * dy
-                t = np.where((tc > eps) & (xc * xc + yc * yc <= h[0] ** 2) & (tc < t), tc, t)
+            outside = np.abs(rz) > h[2]  # above or below: the ray may enter through a cap
+            if np.any(outside):
+                zc = np.sign(rz) * h[2]
+                tc = (zc - rz) / dz
+                xc, yc = rx + tc * dx, ry + tc * dy
+                t = np.where(outside & (tc > eps) & (xc * xc + yc * yc <= h[0] ** 2) & (tc < t), tc, t)
             return t
         cy, sy = np.float32(np.cos(prims.yaw[p])), np.float32(np.sin(prims.yaw[p]))
-        ox, oy, oz = cy * rel[0] + sy * rel[1], -sy * rel[0] + cy * rel[1], rel[2]
+        ox, oy, oz = cy * rx + sy * ry, -sy * rx + cy * ry, rz
         lx = cy * dx + sy * dy
         ly = dy * cy - sy * dx
         if kind == BOX:
@@ -190,3 +192,33 @@ def cast_rays(scene: Scene, origin: np.ndarray, dirs: np.ndarray, rects: np.ndar
         normal[obj_hit] = _normals(prims, pid, pts)
     raw[prim == -2] = 0
     return Hits(t, raw, prim, normal)
+
+
+def sun_shadow(scene: Scene, pts: np.ndarray, sun: np.ndarray) -> np.ndarray:
+    """(n,) bool: world points ``pts`` (n, 3) whose ray towards the sun (unit (3,), above the horizon) hits a
+    primitive. Points are culled per primitive by the footprint of its shadow (its bounding box swept along
+    the sun down to the lowest point), found by a search in the points sorted by x."""
+    prims = scene.prims
+    shadow = np.zeros(len(pts), bool)
+    if len(pts) == 0 or len(prims) == 0:
+        return shadow
+    lo, hi = prims.aabb()
+    run = sun[:2] / max(float(sun[2]), 1e-3)  # horizontal run per metre of rise towards the sun
+    rise = np.maximum(hi[:, 2] - pts[:, 2].min(), 0.0)  # (P,)
+    shift = -run[None, :] * rise[:, None]  # (P, 2) offset of the shadow of a primitive's top
+    f_lo = np.minimum(lo[:, :2], lo[:, :2] + shift)  # (P, 2) shadow footprint
+    f_hi = np.maximum(hi[:, :2], hi[:, :2] + shift)
+    p_lo, p_hi = pts[:, :2].min(axis=0), pts[:, :2].max(axis=0)
+    cand = np.flatnonzero(np.all((f_lo <= p_hi) & (f_hi >= p_lo), axis=1) & (rise > 0))
+    order = np.argsort(pts[:, 0], kind="stable")
+    xs = pts[order, 0]
+    d = sun.astype(np.float32)
+    for p in cand:
+        i0, i1 = np.searchsorted(xs, f_lo[p, 0]), np.searchsorted(xs, f_hi[p, 0], side="right")
+        idx = order[i0:i1]
+        q = pts[idx]
+        idx = idx[(q[:, 1] >= f_lo[p, 1]) & (q[:, 1] <= f_hi[p, 1]) & (q[:, 2] <= hi[p, 2]) & ~shadow[idx]]
+        if idx.size:
+            t = _intersect(prims, p, pts[idx], d[0], d[1], d[2])
+            shadow[idx[np.isfinite(t)]] = True
+    return shadow

@@ -52,9 +52,10 @@ class _SceneBuilder:
 
     S0 = 60.0  # arc length of the ego's first pose on the main road
 
-    def __init__(self, seed: int, num_poses: int) -> None:
+    def __init__(self, seed: int, num_poses: int, lidar_height: float) -> None:
         self.seed = int(seed)
         self.num_poses = num_poses
+        self.lidar_height = float(lidar_height)
 
     def build(self) -> Scene:
         """The whole scene: layout and style, streets, ground, ego poses and objects."""
@@ -71,7 +72,7 @@ class _SceneBuilder:
         self.roads = build_roads(self.seed, self.layout, self.style, travel, self.S0)
         main = self.roads[0]
         self.ego_lane = (0.5 if inner_lane else main.lanes - 0.5) * main.lane_width
-        ground = paint_ground(self.roads, -LIDAR_HEIGHT)
+        ground = paint_ground(self.roads, -self.lidar_height)
         prims = PrimBuilder()
         self.place = ObjectPlacer(ground, prims)
         poses = self._ego_poses(stream(self.seed, 4))
@@ -318,8 +319,9 @@ class _SceneBuilder:
                         break
 
 
-def build_scene(seed: int, num_poses: int) -> Scene:
-    """Generate the world of one synthetic sequence: roads, ground raster, objects and ``num_poses`` poses."""
+def build_scene(seed: int, num_poses: int, lidar_height: float = LIDAR_HEIGHT) -> Scene:
+    """Generate the world of one synthetic sequence: roads, ground raster, objects and ``num_poses`` poses of a
+    LiDAR ``lidar_height`` metres above the road."""
     if num_poses < 1:
         raise ValueError(f"num_poses must be >= 1, got {num_poses}")
-    return _SceneBuilder(seed, num_poses).build()
+    return _SceneBuilder(seed, num_poses, lidar_height).build()

@@ -1,7 +1,10 @@
-"""Sensor models of the synthetic world (geometry of KITTI odometry sequence 00).
+"""Sensor models of the synthetic world (by default the geometry of KITTI odometry sequence 00).
 
-LiDAR: a Velodyne HDL-64E pattern mounted 1.73 m above the road: 64 beams from +2.0 to -24.9 deg (upper block
-1/3 deg, lower block 1/2 deg spacing), ``azimuth_steps`` (2000) columns, 2.5-80 m range.
+LiDAR: by default a Velodyne HDL-64E pattern mounted 1.73 m above the road: 64 beams from +2.0 to -24.9 deg
+(upper block 1/3 deg, lower block 1/2 deg spacing), ``azimuth_steps`` (2000) columns, 2.5-80 m range. Other
+rigs (:func:`beam_elevations`): 32 beams +10.67..-30.67 deg (HDL-32E, nuScenes' LIDAR_TOP, 1.84 m up), 128
+beams +15..-25 deg (VLS-128 span); any mounting height and pitch; intensity as KITTI's reflectance (0..1) or
+nuScenes' (0..255 integers); range noise and dropout rates.
 Camera: image_2 of KITTI with seq 00's P2 and Tr (376 x 1241 px, or scaled by ``image_scale``).
 Both give, per primitive in view, the rectangle of their ray grid (range image / image) it may cover, so ray
 casting loops over primitives in view but never over rays.
@@ -41,6 +44,26 @@ KITTI_TR = np.array(
 KITTI_IMAGE_SIZE = (376, 1241)
 LIDAR_HEIGHT = 1.73
 HDL64_ELEVATIONS_DEG = np.r_[np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.9, 32)]
+HDL32_ELEVATIONS_DEG = np.linspace(10.67, -30.67, 32)  # HDL-32E: 1.33 deg spacing
+VLS128_ELEVATIONS_DEG = np.linspace(15.0, -25.0, 128)  # VLS-128 span, uniform spacing
+INTENSITY_SCALES = ("kitti", "nuscenes")
+
+
+def beam_elevations(beams: int) -> np.ndarray:
+    """(beams,) descending beam elevations in radians of the 32 / 64 / 128-beam rigs."""
+    patterns = {32: HDL32_ELEVATIONS_DEG, 64: HDL64_ELEVATIONS_DEG, 128: VLS128_ELEVATIONS_DEG}
+    if beams not in patterns:
+        raise ValueError(f"beams must be one of {sorted(patterns)}, got {beams}")
+    return np.deg2rad(patterns[beams])
+
+
+def pitch_transform(pitch_deg: float) -> np.ndarray:
+    """(4, 4) rotation about y taking the pitched sensor frame to the level one (positive: nose down)."""
+    a = np.deg2rad(pitch_deg)
+    c, s = np.cos(a), np.sin(a)
+    T = np.eye(4)
+    T[:3, :3] = [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]
+    return T
 
 
 def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -70,7 +93,18 @@ def split_columns(p, r0, r1, c0, c1, width: int, wrap: bool) -> np.ndarray:
 
 @dataclass
 class LidarModel:
-    """HDL-64E-like spinning LiDAR (LiDAR frame: x forward, y left, z up)."""
+    """Spinning LiDAR, HDL-64E-like by default (LiDAR frame: x forward, y left, z up).
+
+    Attributes:
+        azimuth_steps: columns per revolution.
+        elevations: (B,) strictly descending beam elevations in radians (see :func:`beam_elevations`).
+        min_range, max_range: metres.
+        range_noise: standard deviation of the Gaussian range noise (metres).
+        dropout: base probability of a lost return (dark, far and grazing surfaces lose more).
+        height: mounting height above the road (metres).
+        pitch: mounting pitch in degrees (positive: nose down); the LiDAR frame (and the voxel grid) tilts.
+        intensity: ``kitti`` (reflectance in [0, 1)) or ``nuscenes`` (integers 0..255, mostly low values).
+    """
 
     azimuth_steps: int = 2000
     elevations: np.ndarray = field(default_factory=lambda: np.deg2rad(HDL64_ELEVATIONS_DEG))  # (64,) descending
@@ -78,10 +112,23 @@ class LidarModel:
     max_range: float = 80.0
     range_noise: float = 0.02
     dropout: float = 0.02
+    height: float = LIDAR_HEIGHT
+    pitch: float = 0.0
+    intensity: str = "kitti"
 
     def __post_init__(self) -> None:
         if self.azimuth_steps < 8:
             raise ValueError(f"azimuth_steps must be >= 8, got {self.azimuth_steps}")
+        if not 0.3 <= self.height <= 5.0:
+            raise ValueError(f"LiDAR height must be in [0.3, 5] m, got {self.height}")
+        if not abs(self.pitch) <= 20.0:
+            raise ValueError(f"LiDAR pitch must be in [-20, 20] deg, got {self.pitch}")
+        if self.intensity not in INTENSITY_SCALES:
+            raise ValueError(f"LiDAR intensity must be one of {INTENSITY_SCALES}, got {self.intensity!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LiDAR dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.range_noise <= 1.0:
+            raise ValueError(f"LiDAR range_noise must be in [0, 1] m, got {self.range_noise}")
         self.elevations = np.asarray(self.elevations, np.float64)
         if np.any(np.diff(self.elevations) >= 0):
             raise ValueError("LiDAR elevations must be strictly descending")
@@ -92,7 +139,18 @@ class LidarModel:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(beams, azimuth_steps) of the range image."""
         return len(self.elevations), self.azimuth_steps
+
+    def scale_intensity(self, reflectance: np.ndarray) -> np.ndarray:
+        """float32 intensities on this sensor's scale from KITTI-like reflectances in [0, 1).
+
+        nuScenes LIDAR_TOP intensities are integers 0..255 concentrated at low values with bright lane
+        markings and signs: a gamma of 1.8 maps the reflectance onto that range.
+        """
+        if self.intensity == "kitti":
+            return reflectance
+        return np.round(255.0 * reflectance.astype(np.float32) ** 1.8).astype(np.float32)
 
     def rects(self, corners: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Range-image rectangles of primitives whose sensor-frame AABB corners are ``corners`` (P, 8, 3)."""

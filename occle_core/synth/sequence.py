@@ -21,24 +21,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from occle_core.geometry import SEMANTIC_KITTI_GRID, VoxelGrid, voxelize_labels
+from occle_core.geometry import SEMANTIC_KITTI_GRID, Calib, VoxelGrid, voxelize_labels
 from occle_core.labels import IGNORE_INDEX, class_table
+from occle_core.synth.appearance import APPEARANCES, realistic_image
 from occle_core.synth.classes import REFLECTIVITY, TEX_GLASS, VEGETATION
 from occle_core.synth.noise import stream
 from occle_core.synth.pseudo_noise import pseudo_labels
 from occle_core.synth.raycast import cast_rays
 from occle_core.synth.render import CameraFrame, shade
 from occle_core.synth.scene import build_scene
-from occle_core.synth.sensors import CameraModel, LidarModel, box_corners, kitti_calib
+from occle_core.synth.sensors import CameraModel, LidarModel, box_corners, kitti_calib, pitch_transform
 
 
 @dataclass
 class Scan:
-    """One LiDAR scan: points (N, 4) in the LiDAR frame, uint32 labels (N,), range image (64, A) of returns."""
+    """One LiDAR scan: points (N, 4) in the LiDAR frame, uint32 labels (N,), range image (B, A) of returns."""
 
     points: np.ndarray
     labels: np.ndarray
-    depth: np.ndarray  # (64, A) float32 measured range, inf where no return
+    depth: np.ndarray  # (B, A) float32 measured range, inf where no return
     world: np.ndarray  # (N, 3) float32 points in the scene frame
 
 
@@ -52,11 +53,17 @@ class SyntheticSequence:
         seed: scene and noise seed.
         frames: number of frames.
         image_scale: camera image size relative to KITTI's 376 x 1241.
-        azimuth_steps: LiDAR columns per revolution (2000 ~ HDL-64E at 10 Hz).
-        window: scans accumulated for the voxel ground truth: the current one and ``window - 1`` next ones,
-            ``stride`` frames apart (SemanticKITTI accumulates future scans along the trajectory).
+        lidar: the LiDAR rig (beams, columns, height, pitch, intensity scale, noise); KITTI's HDL-64E by default.
+        window: scans whose rays decide what the voxel ground truth observed (``invalid``): the current one and
+            ``window - 1`` next ones, ``stride`` frames apart.
         stride: frames between two accumulated scans.
         grid: voxel grid (SemanticKITTI's by default).
+        accumulate: scans whose points vote the voxel labels, ``stride`` frames apart from the current one
+            (SemanticKITTI accumulates many future scans, so far ground is dense); ``window`` by default.
+        appearance: ``flat`` (class colours, Lambert shading) or ``realistic`` (materials, shadows, a camera
+            response: :mod:`occle_core.synth.appearance`).
+        fov_only: the published cloud (:meth:`cloud`) keeps only points that project into the image (the
+            KITTI object convention); ground truth still comes from the whole scans.
     """
 
     def __init__(
@@ -64,10 +71,13 @@ class SyntheticSequence:
         seed: int,
         frames: int,
         image_scale: float = 1.0,
-        azimuth_steps: int = 2000,
+        lidar: LidarModel | None = None,
         window: int = 5,
         stride: int = 2,
         grid: VoxelGrid = SEMANTIC_KITTI_GRID,
+        accumulate: int | None = None,
+        fov_only: bool = False,
+        appearance: str = "flat",
     ) -> None:
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
@@ -75,19 +85,31 @@ class SyntheticSequence:
             raise ValueError(f"window must be >= 1, got {window}")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
+        if appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+        accumulate = window if accumulate is None else accumulate
+        if accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         self.stride = int(stride)
         self.seed = int(seed)
         self.frames = int(frames)
         self.window = int(window)
+        self.accumulate = int(accumulate)
+        self.fov_only = bool(fov_only)
+        self.appearance = appearance
         self.grid = grid
         self.classes = class_table("semantic_kitti")
-        self.scene = build_scene(seed, frames + (window - 1) * stride)
-        self.lidar = LidarModel(azimuth_steps=azimuth_steps)
-        self.calib = kitti_calib(image_scale)
+        self.lidar = LidarModel() if lidar is None else lidar
+        self.scene = build_scene(seed, frames + (max(window, accumulate) - 1) * stride, self.lidar.height)
+        # the LiDAR is mounted pitched on the vehicle, the camera is not: both see the pitch in Tr
+        pitched = pitch_transform(self.lidar.pitch)  # pitched LiDAR frame -> level vehicle-aligned frame
+        self.sensor_poses = self.scene.poses @ pitched  # (F', 4, 4) LiDAR -> scene frame
+        kitti = kitti_calib(image_scale)
+        self.calib = Calib(kitti.P, kitti.T_cam_lidar @ pitched, kitti.image_size)
         self.camera = CameraModel(self.calib)
         self.image_scale = float(image_scale)
-        T0 = self.scene.poses[0]
-        self.poses = np.linalg.inv(T0) @ self.scene.poses  # (F + (window - 1) * stride, 4, 4), first = identity
+        T0 = self.sensor_poses[0]
+        self.poses = np.linalg.inv(T0) @ self.sensor_poses  # (F', 4, 4) in the first LiDAR frame, first = identity
         self._scans: dict[int, Scan] = {}
         lo, hi = self.scene.prims.aabb()
         self._corners = box_corners(lo, hi)  # (P, 8, 3) world
@@ -96,11 +118,11 @@ class SyntheticSequence:
         self._grid_rays: dict[str, np.ndarray] | None = None  # rays near each voxel of the grid, own scan
 
     def _check_frame(self, frame: int) -> None:
-        if not 0 <= frame < len(self.scene.poses):
-            raise IndexError(f"frame {frame} out of range: this sequence has poses 0..{len(self.scene.poses) - 1}")
+        if not 0 <= frame < len(self.sensor_poses):
+            raise IndexError(f"frame {frame} out of range: this sequence has poses 0..{len(self.sensor_poses) - 1}")
 
     def _sensor_corners(self, frame: int, max_dist: float) -> tuple[np.ndarray, np.ndarray]:
-        T = self.scene.poses[frame]
+        T = self.sensor_poses[frame]
         rel = self._corners - T[:3, 3]
         near = np.linalg.norm(rel[:, :, :2].mean(axis=1), axis=1) < max_dist + 30.0
         local = rel[near] @ T[:3, :3]  # world -> LiDAR frame (rotation transpose)
@@ -112,9 +134,9 @@ class SyntheticSequence:
             return self._scans[frame]
         self._check_frame(frame)
         lid = self.lidar
-        T = self.scene.poses[frame]
+        T = self.sensor_poses[frame]
         R = T[:3, :3].astype(np.float32)
-        dirs_w = lid.dirs @ R.T  # (64, A, 3)
+        dirs_w = lid.dirs @ R.T  # (B, A, 3)
         corners, ids = self._sensor_corners(frame, lid.max_range)
         rects = lid.rects(corners, ids)
         hits = cast_rays(self.scene, T[:3, 3], dirs_w, rects, lid.max_range)
@@ -132,7 +154,7 @@ class SyntheticSequence:
         p_drop = lid.dropout + 0.25 * frac**2 * (1.0 - refl) + np.where(veg, 0.08, 0.0) + 0.3 * (cos_inc < 0.05)
         keep = hit & (rng.random(t.shape) >= p_drop) & (measured < lid.max_range)
         intensity = refl * (0.35 + 0.65 * cos_inc) * (1.0 - 0.35 * frac) + rng.normal(0, 0.02, t.shape)
-        intensity = np.clip(intensity, 0.0, 0.99).astype(np.float32)
+        intensity = lid.scale_intensity(np.clip(intensity, 0.0, 0.99).astype(np.float32))
         depth = np.where(keep, measured, np.inf).astype(np.float32)
         r = measured[keep][:, None]
         local = lid.dirs[keep] * r  # (N, 3) LiDAR frame
@@ -146,6 +168,15 @@ class SyntheticSequence:
         self._scans[frame] = scan
         return scan
 
+    def cloud(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """The published point cloud of ``frame``: points (N, 4) and labels (N,) of its scan, with ``fov_only``
+        only those that project into the image."""
+        sc = self.scan(frame)
+        if not self.fov_only:
+            return sc.points, sc.labels
+        _, _, visible = self.calib.project(sc.points)
+        return sc.points[visible], sc.labels[visible]
+
     def pseudo_labels(self, frame: int, cam: CameraFrame) -> np.ndarray:
         """(H, W) uint8 2D pseudo labels of ``frame`` from its rendered ``cam`` (see :mod:`.pseudo_noise`)."""
         return pseudo_labels(self.seed, frame, cam, self.image_scale)
@@ -154,14 +185,17 @@ class SyntheticSequence:
         """Ray-cast camera image of ``frame`` with its truth labels, depth and object ids."""
         self._check_frame(frame)
         cam = self.camera
-        T = self.scene.poses[frame]
+        T = self.sensor_poses[frame]
         R = T[:3, :3].astype(np.float32)
         origin = T[:3, :3] @ cam.center + T[:3, 3]
         dirs_w = cam.dirs @ R.T  # (H, W, 3)
         corners, ids = self._sensor_corners(frame, cam.max_range)
         rects = cam.rects(corners, ids)
         hits = cast_rays(self.scene, origin, dirs_w, rects, cam.max_range)
-        image = shade(self.scene, frame, origin, dirs_w, hits)
+        if self.appearance == "flat":
+            image = shade(self.scene, frame, origin, dirs_w, hits)
+        else:
+            image = realistic_image(self.scene, frame, origin, dirs_w, hits, self.image_scale)
         truth = self.classes.map_raw(hits.raw)
         truth[hits.prim == -2] = IGNORE_INDEX
         obj = np.where(hits.prim >= 0, self.scene.prims.obj[np.maximum(hits.prim, 0)], 0).astype(np.int32)
@@ -203,7 +237,8 @@ class SyntheticSequence:
             idx[m] = (n_rows - 1 - kc) * A + col
             near[m] = gaps[m] <= tol
         best = gaps[1] < gaps[0]
-        fov = np.minimum(gaps[0], gaps[1]) <= np.float32(np.deg2rad(0.5)) * slope
+        half_gap = max(np.deg2rad(0.5), 0.5 * float(np.max(-np.diff(lid.elevations))))  # 0.5 deg up to 64 beams
+        fov = np.minimum(gaps[0], gaps[1]) <= np.float32(half_gap) * slope
         return {"idx": idx, "near": near, "nearest": np.where(best, idx[1], idx[0]), "fov": fov, "r": r}
 
     def _seen(self, depth: np.ndarray, ray: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -219,11 +254,12 @@ class SyntheticSequence:
     def voxels(self, frame: int) -> dict[str, np.ndarray]:
         """SemanticKITTI voxel files of ``frame``: ``label`` (uint16 raw), ``invalid``, ``occluded``, ``bin``."""
         grid = self.grid
-        poses = self.scene.poses
+        poses = self.sensor_poses
         T_i_inv = np.linalg.inv(poses[frame])
         window = range(frame, min(frame + self.window * self.stride, len(poses)), self.stride)
+        votes = range(frame, min(frame + self.accumulate * self.stride, len(poses)), self.stride)
         pts, raws = [], []
-        for j in window:
+        for j in votes:
             sc = self.scan(j)
             T = T_i_inv @ poses[j]  # scan j LiDAR -> frame LiDAR
             local = sc.points[:, :3] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
@@ -239,8 +275,11 @@ class SyntheticSequence:
         col = self._centers[:, :, 0, :]  # (X, Y, 3) column centres
         col_pts = np.concatenate([col[..., :2].reshape(-1, 2), np.zeros((X * Y, 1), np.float32)], axis=1)
         world = col_pts @ poses[frame][:3, :3].T + poses[frame][:3, 3]  # (X*Y, 3)
-        ground_z = self.scene.ground.height(world[:, 0], world[:, 1]) - world[:, 2]  # in the frame, ~vertical
-        top = np.tan(self.lidar.elevations[0] + np.deg2rad(1.5))
+        # ground height in the frame along its z axis, ~vertical up to the mounting pitch
+        ground_z = (self.scene.ground.height(world[:, 0], world[:, 1]) - world[:, 2]) / np.cos(
+            np.deg2rad(self.lidar.pitch)
+        )
+        top = np.tan(self.lidar.elevations[0] + np.deg2rad(1.5 + abs(self.lidar.pitch)))
         h_max = np.full(X * Y, -np.inf)
         for j in window:
             s_j = (T_i_inv @ poses[j])[:3, 3]  # scan j's sensor in the frame
@@ -264,8 +303,7 @@ class SyntheticSequence:
             cj = centers[cand] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
             seen_j, _ = self._seen(self.scan(j).depth, self._ray_index(cj))
             observed[cand[seen_j]] = True
-        current = self.scan(frame)
-        ijk, _ = grid.point_indices(current.points)
+        ijk, _ = grid.point_indices(self.cloud(frame)[0])
         occ_bin = np.zeros(grid.num_voxels, bool)
         occ_bin[grid.flat_index(ijk)] = True
         return {

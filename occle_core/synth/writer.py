@@ -17,18 +17,9 @@ FRAME_PERIOD = 0.1  # s, 10 Hz
 
 
 def write_sequence(
-    out: str | Path,
-    seed: int,
-    frames: int,
-    sequence: str = "00",
-    image_scale: float = 1.0,
-    voxel_every: int = 1,
-    window: int = 5,
-    window_stride: int = 2,
-    azimuth_steps: int = 2000,
-    progress: bool = True,
+    out: str | Path, seq: SyntheticSequence, sequence: str = "00", voxel_every: int = 1, progress: bool = True
 ) -> Path:
-    """Generate one sequence into ``out/sequences/<sequence>/`` in the SemanticKITTI layout.
+    """Write every frame of ``seq`` into ``out/sequences/<sequence>/`` in the SemanticKITTI layout.
 
     Returns:
         The sequence folder.
@@ -39,9 +30,7 @@ def write_sequence(
         raise ValueError(f"voxel_every must be >= 1, got {voxel_every}")
     if not (str(sequence).isdigit() and len(str(sequence)) <= 2):
         raise ValueError(f"sequence must be a 1-2 digit id like '00', got {sequence!r}")
-    seq = SyntheticSequence(
-        seed, frames, image_scale=image_scale, azimuth_steps=azimuth_steps, window=window, stride=window_stride
-    )
+    frames = seq.frames
     seq_dir = Path(out) / "sequences" / f"{int(sequence):02d}"
     for sub in ("velodyne", "labels", "image_2", "voxels", "pseudo_2d"):
         (seq_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -50,9 +39,9 @@ def write_sequence(
     sk.write_times(seq_dir / "times.txt", np.arange(frames) * FRAME_PERIOD)
     for i in tqdm(range(frames), desc="occle-synth", unit="frame", disable=not progress):
         name = f"{i:06d}"
-        scan = seq.scan(i)
-        sk.write_points(seq_dir / "velodyne" / f"{name}.bin", scan.points)
-        sk.write_point_labels(seq_dir / "labels" / f"{name}.label", scan.labels)
+        points, labels = seq.cloud(i)
+        sk.write_points(seq_dir / "velodyne" / f"{name}.bin", points)
+        sk.write_point_labels(seq_dir / "labels" / f"{name}.label", labels)
         cam = seq.render(i)
         sk.write_image(seq_dir / "image_2" / f"{name}.png", cam.image)
         sk.write_label_image(seq_dir / "pseudo_2d" / f"{name}.png", seq.pseudo_labels(i, cam))
@@ -64,14 +53,23 @@ def write_sequence(
         seq.forget_before(i + 1)
     meta = {
         "generator": "occle_core.synth",
-        "seed": int(seed),
-        "frames": int(frames),
+        "seed": seq.seed,
+        "frames": frames,
         "layout": seq.scene.layout,
         "image_size": list(seq.calib.image_size),
-        "azimuth_steps": int(azimuth_steps),
-        "window": int(window),
-        "window_stride": int(window_stride),
+        "azimuth_steps": seq.lidar.azimuth_steps,
+        "window": seq.window,
+        "window_stride": seq.stride,
         "voxel_every": int(voxel_every),
+        "beams": len(seq.lidar.elevations),
+        "lidar_height": seq.lidar.height,
+        "lidar_pitch": seq.lidar.pitch,
+        "intensity": seq.lidar.intensity,
+        "dropout": seq.lidar.dropout,
+        "range_noise": seq.lidar.range_noise,
+        "accumulate": seq.accumulate,
+        "fov_only": seq.fov_only,
+        "appearance": seq.appearance,
         "primitives": len(seq.scene.prims),
     }
     (seq_dir / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
