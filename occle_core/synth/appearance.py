@@ -43,6 +43,8 @@ from occle_core.synth.render import SKY_HORIZON, SKY_ZENITH, base_colors, facade
 from occle_core.synth.scene import Scene
 
 APPEARANCES = ("flat", "realistic")
+#: display colours of sidewalk pavers (grey concrete, red clinker, beige stone), one per scene
+PAVERS = ((0.62, 0.60, 0.57), (0.62, 0.45, 0.40), (0.70, 0.65, 0.56))
 VEHICLES = (CAR, TRUCK, BUS, MOTORCYCLE)
 
 
@@ -118,10 +120,15 @@ def materials(
     f[m] *= np.where(crack, 0.75, 1.0)
     m = ground & (raw == LANE_MARKING)  # worn paint
     f[m] = 0.55 + 0.5 * value_noise(x[m], y[m], 0.35, seed + 14) + 0.3 * grain[m]
-    m = ground & (raw == SIDEWALK)  # pavers
+    m = ground & (raw == SIDEWALK)  # pavers of the scene's colour, a light curb stone along the road
     ti, tj = np.floor(x[m] / 0.4), np.floor(y[m] / 0.4)
     joint = (np.mod(x[m], 0.4) < 0.015) | (np.mod(y[m], 0.4) < 0.015)
+    alb[m] = _linear(PAVERS[int(stream(seed, 8, 2).integers(len(PAVERS)))])
     f[m] = (0.8 + 0.3 * hash01(ti, tj, seed=seed + 15) + 0.4 * grain[m]) * np.where(joint, 0.6, 1.0)
+    curb = np.zeros(int(m.sum()), bool)
+    for dx, dy in ((0.2, 0.0), (-0.2, 0.0), (0.0, 0.2), (0.0, -0.2)):
+        curb |= np.isin(scene.ground.lookup(x[m] + dx, y[m] + dy), (ROAD, PARKING, LANE_MARKING))
+    f[m] = np.where(curb, 1.35, f[m])
     m = ground & (raw == TERRAIN)  # grass with dry patches
     spec[m] = 0.0
     dry = np.clip((value_noise(x[m], y[m], 3.0, seed + 16) - 0.45) * 3.0, 0.0, 1.0)[:, None]
@@ -194,7 +201,7 @@ def radiance(scene: Scene, origin: np.ndarray, dirs: np.ndarray, hits: Hits, lig
     lit[lit] = ~sun_shadow(scene, pts[lit] + 0.03 * nrm[lit], sun)
     direct = (ndl * lit)[:, None] * light.sun_color * np.float32(light.sun_power)
     hemi = (0.5 + 0.5 * nrm[:, 2])[:, None]
-    sky_light = _linear(0.5 * (SKY_HORIZON + SKY_ZENITH)) * np.float32(light.sky_power * 0.6)
+    sky_light = _linear(0.5 * (SKY_HORIZON + SKY_ZENITH)) * np.float32(light.sky_power * 0.45)
     ambient = sky_light * hemi + _linear([0.35, 0.33, 0.30]) * np.float32(0.3 * light.sky_power) * (1 - hemi)
     refl = d - 2.0 * (d * nrm).sum(axis=1, keepdims=True) * nrm  # mirror direction
     cos_v = np.clip(-(d * nrm).sum(axis=1), 0.0, 1.0)

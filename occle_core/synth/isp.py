@@ -1,11 +1,12 @@
 """The camera of the realistic appearance: linear scene radiance -> an 8-bit image as a real camera makes it.
 
-Per sequence (stream ``(seed, 8, 1)``): exposure bias, white balance (a colour-temperature-like red / blue
-gain pair), vignetting, lens blur, sensor noise levels and a JPEG quality. Per frame (stream
-``(seed, 9, frame)``): auto-exposure on the frame's mean log luminance with a small jitter, and the noise.
-Order as in a camera: exposure, white balance, vignetting, optics blur, Poisson-Gaussian sensor noise, a
-filmic tone curve (the ACES fit) with the sRGB-like gamma, JPEG compression (decoded again: its blocks and
-ringing stay).
+Per sequence (stream ``(seed, 8, 1)``): exposure bias, white balance (a red / blue gain
+pair, like a colour temperature), vignetting, lens blur, sensor noise levels and a JPEG quality. Per frame
+(stream ``(seed, 9, frame)``): auto-exposure on the mean log luminance of the image with a small jitter, and
+the noise. Order as in a
+camera: exposure, white balance, vignetting, optics blur, Poisson-Gaussian sensor noise, a filmic
+tone curve (the ACES fit) with the sRGB-like gamma, JPEG compression (decoded again: its blocks and ringing
+stay).
 """
 
 from __future__ import annotations
