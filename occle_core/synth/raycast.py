@@ -1,6 +1,7 @@
 """Vectorised ray casting against the synthetic world: the ground raster (two levels with curb faces between
 them) and the primitives (boxes, cylinders, ellipsoids). Rays are grouped per primitive by the rectangle of
-the ray grid it may cover, so there is a loop over primitives in view but none over rays."""
+the ray grid it may cover, so there is a loop over primitives in view but none over rays. Shadow rays towards
+the sun (:func:`sun_shadow`) start at many points in one direction, culled per primitive by its shadow."""
 
 from __future__ import annotations
 
