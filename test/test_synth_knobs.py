@@ -72,6 +72,10 @@ def test_pitch_tilts_the_lidar_frame_and_the_calibration_follows() -> None:
     assert vis.sum() > 300 and (truth[px[:, 1], px[:, 0]] == sem[vis]).mean() > 0.85
     # the camera is fixed to the vehicle: the pitch changes Tr, not the picture
     np.testing.assert_array_equal(flat.render(0).truth, truth)
+    # the grid tilts with the LiDAR: its far end dips under the road, more of it is unobservable
+    v_flat, v_pitched = flat.voxels(0), pitched.voxels(0)
+    assert not np.any(v_pitched["invalid"] & (v_pitched["label"] > 0))
+    assert v_pitched["invalid"].mean() > v_flat["invalid"].mean() + 0.05
     with pytest.raises(ValueError, match="pitch"):
         LidarModel(pitch=45.0)
 
