@@ -101,7 +101,7 @@ class SyntheticSequence:
         self.classes = class_table("semantic_kitti")
         self.lidar = LidarModel() if lidar is None else lidar
         self.scene = build_scene(seed, frames + (max(window, accumulate) - 1) * stride, self.lidar.height)
-        # the LiDAR is mounted pitched on the vehicle, the camera is not: both see the pitch in Tr
+        # the LiDAR may be mounted pitched on the vehicle, the camera level: Tr (LiDAR -> camera) carries the pitch
         pitched = pitch_transform(self.lidar.pitch)  # pitched LiDAR frame -> level vehicle-aligned frame
         self.sensor_poses = self.scene.poses @ pitched  # (F', 4, 4) LiDAR -> scene frame
         kitti = kitti_calib(image_scale)
