@@ -81,11 +81,18 @@ def test_pitch_tilts_the_lidar_frame_and_the_calibration_follows() -> None:
 
 
 def test_intensity_scales() -> None:
-    kitti = _tiny().scan(0).points[:, 3]
-    nus = _tiny(LidarModel(azimuth_steps=300, intensity="nuscenes")).scan(0).points[:, 3]
-    assert kitti.min() >= 0.0 and kitti.max() < 1.0
+    def intensity(scale: str) -> np.ndarray:
+        return _tiny(LidarModel(azimuth_steps=300, intensity=scale)).scan(0).points[:, 3]
+
+    refl, kitti, nus = intensity("reflectance"), intensity("kitti"), intensity("nuscenes")
+    assert len(refl) == len(kitti) == len(nus)  # the same returns, other scales
+    assert refl.min() >= 0.0 and refl.max() < 1.0
     assert np.array_equal(nus, np.round(nus)) and nus.min() >= 0 and nus.max() <= 255
     assert nus.max() > 150 and np.median(nus) < 40  # bright markings and signs, mostly dark surfaces
+    # real KITTI returns: 0.01 steps, some zeros, median near 0.28
+    assert np.allclose(kitti * 100, np.round(kitti * 100), atol=1e-3) and kitti.max() < 1.0
+    assert 0.03 < (kitti == 0).mean() < 0.3 and 0.2 < np.median(kitti) < 0.36
+    assert np.all(np.diff(kitti[np.argsort(refl, kind="stable")]) >= 0)  # monotone in the reflectance
     with pytest.raises(ValueError, match="intensity"):
         LidarModel(intensity="velodyne")
 

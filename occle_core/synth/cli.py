@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rig.add_argument("--beams", type=int, default=64, choices=(32, 64, 128), help="beam pattern (default 64)")
     rig.add_argument("--lidar-height", type=float, default=LIDAR_HEIGHT, help="metres above the road (default 1.73)")
     rig.add_argument("--lidar-pitch", type=float, default=0.0, help="mounting pitch, deg, + = nose down (default 0)")
-    rig.add_argument("--intensity", default="kitti", choices=INTENSITY_SCALES, help="intensity scale (default kitti)")
+    rig.add_argument(
+        "--intensity", default="reflectance", choices=INTENSITY_SCALES, help="intensity scale (default reflectance)"
+    )
     rig.add_argument("--dropout", type=float, default=0.02, help="base rate of lost returns (default 0.02)")
     rig.add_argument("--range-noise", type=float, default=0.02, help="range noise sigma, metres (default 0.02)")
     rig.add_argument("--fov-only", action="store_true", help="publish only points that project into image_2")
