@@ -53,10 +53,10 @@ def camera_response(seed: int) -> CameraResponse:
         exposure=float(np.exp(rng.normal(0.0, 0.2))),
         white_balance=np.array([1.0 + 0.08 * warm, 1.0, 1.0 - 0.08 * warm], np.float32),
         vignette=float(rng.uniform(0.1, 0.35)),
-        blur=float(rng.uniform(0.5, 1.3)),
-        shot_noise=float(rng.uniform(2e-4, 1.2e-3)),
-        read_noise=float(rng.uniform(2e-3, 6e-3)),
-        jpeg_quality=int(rng.integers(70, 93)),
+        blur=float(rng.uniform(0.3, 0.8)),
+        shot_noise=float(rng.uniform(5e-5, 3e-4)),
+        read_noise=float(rng.uniform(5e-4, 2e-3)),
+        jpeg_quality=int(rng.integers(85, 96)),
     )
 
 
