@@ -5,6 +5,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.occle-installed
+# The official nuScenes devkit pins numpy<2, so it lives in a venv of its own; test_nuscenes cross-checks the
+# reader against it through $OCCLE_NUSCENES_DEVKIT_PYTHON (the reader itself never imports it).
+DEVKIT_VENV ?= .venv-devkit
+DEVKIT_STAMP := $(DEVKIT_VENV)/.occle-installed
 # DDS traffic stays on this host (loopback discovery only).
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
@@ -18,15 +22,20 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[ros,dev]"
+	$(BIN)/pip install --quiet -e ".[ros,dev,segmenter]"
+	touch $@
+
+$(DEVKIT_STAMP):
+	$(PYTHON) -m venv $(DEVKIT_VENV)
+	$(DEVKIT_VENV)/bin/pip install --quiet nuscenes-devkit==1.2.0
 	touch $@
 
 demo: install
 	$(BIN)/occle-demo --out out/demo
 
-test: install
+test: install $(DEVKIT_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	OCCLE_NUSCENES_DEVKIT_PYTHON=$(abspath $(DEVKIT_VENV))/bin/python $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check .
@@ -68,4 +77,4 @@ pilot: synth-data
 	$(BIN)/python -m occle_experiments report
 
 clean:
-	rm -rf $(VENV) build *.egg-info out runs
+	rm -rf $(VENV) $(DEVKIT_VENV) build *.egg-info out runs

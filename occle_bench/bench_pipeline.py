@@ -1,7 +1,7 @@
 """The node's path per frame, stage by stage, and the node's end-to-end latency over real DDS.
 
 Stage table (:func:`run`): one synthetic frame at SemanticKITTI size (a 64-beam scan resampled to 120k points,
-a 376 x 1241 image, the 256 x 256 x 32 grid; ``occle_core.data.synthetic``) goes through the node's own steps
+a 376 x 1241 image, the 256 x 256 x 32 grid; ``occle_core.synth``) goes through the node's own steps
 (:mod:`occle_ros.pipeline`, the encoders of :mod:`occle_ros.msgs`), called one by one in the order
 ``occle_ros.node.OccleNode.process`` calls them and each timed, for >= 50 frames:
 
@@ -125,7 +125,7 @@ _SCENE_CACHE: dict[str, Any] = {}
 def _synthetic_scene() -> tuple[np.ndarray, np.ndarray, Calib]:
     """Scan points, image and calibration of frame 0 of synthetic sequence seed 0 (cached)."""
     if "scene" not in _SCENE_CACHE:
-        from occle_core.data.synthetic import SyntheticSequence
+        from occle_core.synth.sequence import SyntheticSequence
 
         seq = SyntheticSequence(0, 1, window=1)
         _SCENE_CACHE["scene"] = (seq.scan(0).points, seq.render(0).image, seq.calib)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 def synth_main(argv: Sequence[str] | None = None) -> int:
     """``occle-synth``: write procedural driving scenes in the SemanticKITTI layout."""
-    from occle_core.data.synthetic import main
+    from occle_core.synth.cli import main
 
     return main(argv)
 

@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid, classes = predictor.grid, predictor.classes
 
     # -- 1. synthetic sequence, 2. bag ----------------------------------------------------------------------
-    from occle_core.data.synthetic import main as synth_main
+    from occle_core.synth.cli import main as synth_main
     from occle_ros.kitti2bag import DEFAULT_TOPICS, write_bag
 
     data = out / "data"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from occle_core.data import semantic_kitti as sk
-from occle_core.data.label_png import read_label_png
+from occle_core.data.label_png import read_label_png, write_label_png
 from occle_core.data.sample import Sample
 from occle_core.geometry import SEMANTIC_KITTI_GRID, Calib, VoxelGrid, free_space_mask, write_kitti_calib
 from occle_core.labels import class_table
@@ -50,7 +50,7 @@ def make_sequence(root: Path, frames: int = 3, labelled: tuple[int, ...] = (0, 2
         sk.write_points(d / "velodyne" / f"{name}.bin", pts)
         sk.write_point_labels(d / "labels" / f"{name}.label", sk.join_point_labels(np.full(len(pts), 40), None))
         sk.write_image(d / "image_2" / f"{name}.png", rng.integers(0, 255, (40, 120, 3), dtype=np.uint8))
-        sk.write_label_image(d / "pseudo_2d" / f"{name}.png", np.full((40, 120), 9, np.uint8))
+        write_label_png(d / "pseudo_2d" / f"{name}.png", np.full((40, 120), 9, np.uint8))
         out["points"].append(pts)
         if i in labelled:
             raw = np.zeros(sk.VOXEL_SHAPE, np.uint16)
@@ -129,7 +129,7 @@ def test_poses_times_images_round_trip(tmp_path: Path) -> None:
     sk.write_image(tmp_path / "i.png", img)
     np.testing.assert_array_equal(sk.read_image(tmp_path / "i.png"), img)
     lab = np.array([[0, 255], [19, 7]], np.uint8)
-    sk.write_label_image(tmp_path / "l.png", lab)
+    write_label_png(tmp_path / "l.png", lab)
     np.testing.assert_array_equal(read_label_png(tmp_path / "l.png"), lab)
 
 

@@ -18,10 +18,10 @@ import torch
 from occle_core.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from occle_core.config import OccleConfig, load_config
 from occle_core.data.factory import grid_scale
+from occle_core.data.label_png import write_label_png
 from occle_core.data.semantic_kitti import (
     VOXEL_SHAPE,
     write_image,
-    write_label_image,
     write_points,
     write_voxel_bits,
     write_voxel_labels,
@@ -65,7 +65,7 @@ def _tiny_frame(seq_dir: Path, frame: int, rng: np.random.Generator, calib: Cali
     px = uv[vis].astype(np.int64)
     learn = np.array([9, 11, 13, 1, 15, 18])[rng.integers(0, 6, int(vis.sum()))]
     pseudo[px[:, 1], px[:, 0]] = learn
-    write_label_image(seq_dir / "pseudo_2d" / f"{name}.png", pseudo)
+    write_label_png(seq_dir / "pseudo_2d" / f"{name}.png", pseudo)
 
 
 def write_tiny_dataset(root: Path, frames: dict[str, int], seed: int = 0) -> Path:

@@ -31,7 +31,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from occle_core.data.label_png import read_label_png
-from occle_core.data.label_png import write_label_png as write_label_image  # noqa: F401  (used by occle-synth)
 from occle_core.data.sample import Sample
 from occle_core.geometry import read_kitti_calib
 from occle_core.labels import IGNORE_INDEX, ClassTable, class_table

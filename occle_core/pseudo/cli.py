@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from occle_core.data.label_png import write_label_png
 from occle_core.labels import DATASETS, class_table
 from occle_core.pseudo.align import AlignedLabeller, FileOpenVocabSegmenter, load_label_map
-from occle_core.pseudo.labeller import PseudoLabeller, write_label_png
+from occle_core.pseudo.labeller import PseudoLabeller
 from occle_core.pseudo.tflite_segmenter import TFLiteSegmenter, class_shares
 
 #: segmenter name -> the source label space of its classes in ``config/pseudo_label_map.yaml``

@@ -1,0 +1,99 @@
+"""``occle-synth``: write procedural driving scenes in the SemanticKITTI layout."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from occle_core.labels import class_table
+from occle_core.synth.appearance import APPEARANCES
+from occle_core.synth.sensors import INTENSITY_SCALES, LIDAR_HEIGHT, LidarModel, beam_elevations
+from occle_core.synth.sequence import SyntheticSequence
+from occle_core.synth.writer import write_sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``occle-synth --out DIR --seed S --frames N [--sequence 00] [--image-scale 1.0] [rig, appearance and
+    ground-truth options] [--quiet]``."""
+    p = argparse.ArgumentParser(
+        prog="occle-synth", description="Write procedural driving scenes in the SemanticKITTI layout."
+    )
+    p.add_argument("--out", required=True, help="dataset root; the sequence goes to OUT/sequences/SS/")
+    p.add_argument("--seed", type=int, default=0, help="scene and noise seed (default 0)")
+    p.add_argument("--frames", type=int, default=10, help="number of frames (default 10)")
+    p.add_argument("--sequence", default="00", help="sequence id (default 00)")
+    p.add_argument("--image-scale", type=float, default=1.0, help="image size relative to 376x1241 (default 1)")
+    p.add_argument("--voxel-every", type=int, default=1, help="write voxel labels every N frames (default 1)")
+    p.add_argument("--window", type=int, default=5, help="scans whose rays decide the invalid voxels (default 5)")
+    p.add_argument("--window-stride", type=int, default=2, help="frames between accumulated scans (default 2)")
+    p.add_argument("--azimuth-steps", type=int, default=2000, help="LiDAR columns per turn (default 2000)")
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        help="scans, --window-stride apart, whose points vote the voxel labels (default: --window)",
+    )
+    rig = p.add_argument_group("LiDAR rig (defaults: KITTI's HDL-64E)")
+    rig.add_argument("--beams", type=int, default=64, choices=(32, 64, 128), help="beam pattern (default 64)")
+    rig.add_argument("--lidar-height", type=float, default=LIDAR_HEIGHT, help="metres above the road (default 1.73)")
+    rig.add_argument("--lidar-pitch", type=float, default=0.0, help="mounting pitch, deg, + = nose down (default 0)")
+    rig.add_argument(
+        "--intensity", default="reflectance", choices=INTENSITY_SCALES, help="intensity scale (default reflectance)"
+    )
+    rig.add_argument("--dropout", type=float, default=0.02, help="base rate of lost returns (default 0.02)")
+    rig.add_argument("--range-noise", type=float, default=0.02, help="range noise sigma, metres (default 0.02)")
+    rig.add_argument("--fov-only", action="store_true", help="publish only points that project into image_2")
+    p.add_argument(
+        "--appearance", default="flat", choices=APPEARANCES, help="image look: flat class colours or realistic"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--preview", metavar="PNG", help="also render frame 0 (image, pseudo labels, voxels) to PNG")
+    args = p.parse_args(argv)
+    if args.frames < 1:
+        p.error(f"--frames must be >= 1, got {args.frames}")
+    if not args.image_scale > 0 or args.image_scale > 4:
+        p.error(f"--image-scale must be in (0, 4], got {args.image_scale}")
+    if args.voxel_every < 1:
+        p.error(f"--voxel-every must be >= 1, got {args.voxel_every}")
+    if args.window < 1:
+        p.error(f"--window must be >= 1, got {args.window}")
+    if args.window_stride < 1:
+        p.error(f"--window-stride must be >= 1, got {args.window_stride}")
+    if args.accumulate is not None and args.accumulate < 1:
+        p.error(f"--accumulate must be >= 1, got {args.accumulate}")
+    if not (args.sequence.isdigit() and len(args.sequence) <= 2):
+        p.error(f"--sequence must be a 1-2 digit id like 00, got {args.sequence!r}")
+    try:
+        lidar = LidarModel(
+            azimuth_steps=args.azimuth_steps,
+            elevations=beam_elevations(args.beams),
+            height=args.lidar_height,
+            pitch=args.lidar_pitch,
+            intensity=args.intensity,
+            dropout=args.dropout,
+            range_noise=args.range_noise,
+        )
+    except ValueError as exc:
+        p.error(str(exc))
+    seq = SyntheticSequence(
+        args.seed,
+        args.frames,
+        image_scale=args.image_scale,
+        lidar=lidar,
+        window=args.window,
+        stride=args.window_stride,
+        accumulate=args.accumulate,
+        fov_only=args.fov_only,
+        appearance=args.appearance,
+    )
+    seq_dir = write_sequence(args.out, seq, args.sequence, voxel_every=args.voxel_every, progress=not args.quiet)
+    if not args.quiet:
+        print(f"wrote {args.frames} frames to {seq_dir}")
+    if args.preview:
+        from occle_core.data.semantic_kitti import SemanticKittiDataset
+        from occle_core.render import render_sample_overview
+
+        sample = SemanticKittiDataset(args.out, [args.sequence])[0]
+        render_sample_overview(
+            sample.image, sample.voxel_labels, class_table("semantic_kitti"), sample.pseudo2d, args.preview
+        )
+    return 0
