@@ -189,7 +189,7 @@ class BagPlayer:
         if start_offset < 0:
             raise ValueError(f"start_offset must be >= 0 seconds, got {start_offset}")
         self.node = node
-        self.bag = _bag_path(Path(bag))
+        self.bag = bag_path(Path(bag))
         self.rate = float(rate)
         self.loop = loop
         self.start_offset = float(start_offset)
@@ -361,7 +361,7 @@ def _abs(topic: str) -> str:
     return topic if topic.startswith("/") else "/" + topic
 
 
-def _bag_path(path: Path) -> Path:
+def bag_path(path: Path) -> Path:
     """A ROS 2 bag is its folder; accept the storage file inside it too."""
     if not path.exists():
         raise BagError(f"bag not found: {path}")
@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         remap = parse_remaps(args.remap)
         if not args.rate > 0:
             raise ValueError(f"--rate must be > 0, got {args.rate}")
-        bag = _bag_path(Path(args.bag))
+        bag = bag_path(Path(args.bag))
     except (ValueError, BagError) as exc:
         print(f"occle-play: error: {exc}", file=sys.stderr)
         return 2
