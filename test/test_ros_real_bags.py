@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_bags import DRIVE, raw_drive
 from helpers_ros import Spinner, wait_until
 from PIL import Image as PILImage
 from rclpy.node import Node
@@ -28,16 +29,12 @@ from transforms3d.quaternions import quat2mat
 
 from occle_core.data import kitti
 from occle_core.data.nuscenes import CAMERAS, read_pcd_bin
-from occle_core.synth import kitti_layouts as kl
 from occle_core.synth import released
 from occle_ros import bag_player, kitti2bag, nuscenes2bag
 from occle_ros import msgs as ros_msgs
 from occle_ros.kitti_raw_bag import TOPICS, camera_from_imu, read_timestamps
 
 pytestmark = pytest.mark.ros
-
-DRIVE = "2011_09_26_drive_0005_sync"
-START = "2011-09-26 13:02:25"  # + fractions below; 1317042145 s UTC
 
 
 def _read_bag(path: Path) -> dict[str, list[tuple[int, object, str]]]:
@@ -183,31 +180,8 @@ def _key_lidar_files(tables: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------ KITTI raw, ROS 1
 
 
-def _raw_drive(root: Path, frames: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A KITTI raw replica drive with ``timestamps.txt`` per sensor (10 Hz; the scans 2.5 ms after the images)."""
-    rng = np.random.default_rng(3)
-    P2 = np.array([[70.0, 0.0, 40.0, 4.5], [0.0, 70.0, 12.0, 0.2], [0.0, 0.0, 1.0, 0.003]])
-    Tr = np.array([[0.0, -1.0, 0.0, 0.01], [0.0, 0.0, -1.0, -0.07], [1.0, 0.0, 0.0, -0.27], [0, 0, 0, 1]])
-    T_velo_imu = np.eye(4)
-    T_velo_imu[:3, 3] = [-0.81, 0.32, -0.80]
-    kl.write_raw_calib(root / DRIVE[:10], P2, np.eye(3), Tr, (24, 80), T_velo_imu)
-    drive = root / DRIVE[:10] / DRIVE
-    scans, images = [], []
-    for i in range(frames):
-        packet = np.zeros(kitti.OXTS_VALUES)
-        packet[:6] = 49.0 + 1e-5 * i, 8.4, 110.0, 0.01, -0.02, 0.3 + 0.1 * i
-        packet[8], packet[22] = 5.0, 0.1  # vf, wu
-        scans.append(rng.normal(0, 5, (40 + i, 4)).astype(np.float32))
-        images.append(rng.integers(0, 255, (24, 80, 3), dtype=np.uint8))
-        kl.write_raw_frame(drive, i, scans[i], images[i], packet)
-    for sub, offset_ns in (("oxts", 0), ("image_02", 1_000_000), ("velodyne_points", 3_500_000)):
-        lines = [f"{START}.{i * 100_000_000 + offset_ns + 123:09d}" for i in range(frames)]
-        (drive / sub / "timestamps.txt").write_text("\n".join(lines) + "\n")
-    return scans, images
-
-
 def test_kitti_raw_ros1_bag_as_kitti2bag_writes_it(tmp_path):
-    scans, images = _raw_drive(tmp_path / "raw", frames=2)
+    scans, images = raw_drive(tmp_path / "raw", frames=2)
     out = tmp_path / "kitti.bag"
     argv = ["--format", "ros1-kitti2bag", "--raw", str(tmp_path / "raw"), "--drive", DRIVE[:-5], "--out", str(out)]
     assert kitti2bag.main([*argv, "--quiet"]) == 0
@@ -249,7 +223,7 @@ def test_kitti_raw_ros1_bag_as_kitti2bag_writes_it(tmp_path):
 
 
 def test_kitti_raw_errors_are_one_line(tmp_path, capsys):
-    _raw_drive(tmp_path / "raw", frames=1)
+    raw_drive(tmp_path / "raw", frames=1)
     argv = ["--format", "ros1-kitti2bag", "--raw", str(tmp_path / "raw"), "--quiet"]
     assert kitti2bag.main([*argv, "--out", str(tmp_path / "a.bag")]) == 2
     assert "--format ros1-kitti2bag needs --drive" in capsys.readouterr().err
@@ -266,7 +240,7 @@ def test_kitti_raw_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("frames", [1, 2])
 def test_occle_play_waits_for_subscribers_so_every_frame_arrives(tmp_path, ros_context, frames):
     """The executable starts first and waits; the subscribers come later: still frames/frames, nothing lost."""
-    scans, images = _raw_drive(tmp_path / "raw", frames=frames)
+    scans, images = raw_drive(tmp_path / "raw", frames=frames)
     bag = tmp_path / "kitti.bag"
     assert kitti2bag.main(["--format", "ros1-kitti2bag", "--raw", str(tmp_path / "raw"), "--drive", DRIVE,
                            "--out", str(bag), "--quiet"]) == 0  # fmt: skip
