@@ -122,11 +122,13 @@ def write_raw_bag(
     images, image_stamps = _frames(drive_dir / "image_02", ".png")
     scans, scan_stamps = _frames(drive_dir / "velodyne_points", ".bin")
     packets_files, oxts_stamps = _frames(drive_dir / "oxts", ".txt")
-    n = min(len(images), len(scans), len(packets_files), frames or len(scans))
+    if not len(images) == len(scans) == len(packets_files):
+        raise ValueError(f"{drive_dir}: image_02 has {len(images)} frames, velodyne_points {len(scans)}, oxts "
+                         f"{len(packets_files)}; a synced drive has one of each per frame")  # fmt: skip
+    n = min(len(scans), frames or len(scans))
     packets = np.stack([read_oxts(p) for p in packets_files[:n]])  # (n, 30)
     poses = oxts_poses(packets)  # (n, 4, 4) T_world_imu
-    first_image = read_image(images[0])  # (H, W, 3)
-    cams = camera_from_imu(date_dir, first_image.shape[:2])
+    cams = camera_from_imu(date_dir, read_image(images[0]).shape[:2])
     cam_path = date_dir / "calib_cam_to_cam.txt"
     calib = read_calib_file(cam_path)
     P = calib_matrix(calib, "P_rect_02", (3, 4), cam_path)

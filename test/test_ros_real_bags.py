@@ -223,7 +223,7 @@ def test_kitti_raw_ros1_bag_as_kitti2bag_writes_it(tmp_path):
 
 
 def test_kitti_raw_errors_are_one_line(tmp_path, capsys):
-    raw_drive(tmp_path / "raw", frames=1)
+    raw_drive(tmp_path / "raw", frames=2)
     argv = ["--format", "ros1-kitti2bag", "--raw", str(tmp_path / "raw"), "--quiet"]
     assert kitti2bag.main([*argv, "--out", str(tmp_path / "a.bag")]) == 2
     assert "--format ros1-kitti2bag needs --drive" in capsys.readouterr().err
@@ -234,6 +234,10 @@ def test_kitti_raw_errors_are_one_line(tmp_path, capsys):
     stamps.unlink()
     assert kitti2bag.main([*argv, "--drive", DRIVE, "--out", str(tmp_path / "c.bag")]) == 1
     assert f"KITTI raw timestamps not found: {stamps}" in capsys.readouterr().err
+    stamps.write_text("2011-09-26 13:02:25.000000001\n")  # one scan left, with its stamp
+    (stamps.parent / "data" / "0000000001.bin").unlink()
+    assert kitti2bag.main([*argv, "--drive", DRIVE, "--out", str(tmp_path / "d.bag")]) == 1
+    assert "image_02 has 2 frames, velodyne_points 1, oxts 2" in capsys.readouterr().err
     assert read_timestamps(stamps.parent.parent / "oxts" / "timestamps.txt")[0] % 1_000_000_000 == 123
 
 
