@@ -185,13 +185,14 @@ def run_bag(args: Any, predictor: Any, ckpt: Path, out: Path, t_start: float) ->
         bag = bag_path(Path(args.bag))
         preset_name = args.preset or detect_preset(_topics(bag))
         preset = PRESETS[preset_name]
-        params = str(config_path(preset.params_file)) if preset.params_file else ""
         facts = read_bag_facts(bag, preset)
         T = reference_camera(chain(facts.static, preset.camera_frame, preset.lidar_frame), facts.P)
-    except FileNotFoundError as exc:
-        return fail(f"preset {args.preset or 'detected'}: {exc} (this build's node lacks that layout's inputs)")
     except (BagError, ValueError) as exc:
         return fail(str(exc))
+    try:
+        params = str(config_path(preset.params_file)) if preset.params_file else ""
+    except FileNotFoundError as exc:
+        return fail(f"preset {preset_name}: {exc} (this build's node lacks the inputs of that layout)")
     calib = Calib(facts.P, T, facts.image.shape[:2])
     calib_file = out / "calib_from_bag.txt"  # the node's extrinsics (P2 and Tr lines)
     write_kitti_calib(calib_file, calib)

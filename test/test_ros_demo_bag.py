@@ -90,4 +90,4 @@ def test_demo_nuscenes_preset_names_what_is_missing(tmp_path, checkpoint, capsys
     argv = ["--bag", str(tmp_path / "bag"), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint)]
     assert demo.main([*argv, "--device", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("occle-demo: error: preset detected:") and "preset_nuscenes.yaml" in err
+    assert err.startswith("occle-demo: error: preset nuscenes:") and "preset_nuscenes.yaml" in err
