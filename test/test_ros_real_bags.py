@@ -155,6 +155,8 @@ def test_nuscenes_bag_plays_into_dds(nuscenes_replica, tmp_path, ros_context):
     node = Node("nusc_player", context=ros_context)
     try:
         player = bag_player.BagPlayer(node, bag, rate=20.0, topics=list(topics))
+        with pytest.raises(ValueError, match=r"--wait-topics \['/CAM_BACK/camera_info'\] are not played from"):
+            player.wait_for_subscribers(1.0, topics=["/CAM_BACK/camera_info"])  # not among the played topics
         assert player.wait_for_subscribers(60.0, topics=list(topics)), player.unmatched
         player.play()
         assert wait_until(lambda: all(len(v) == 2 for v in received.values()))
