@@ -102,7 +102,10 @@ def test_nuscenes2bag_matches_the_tables(nuscenes_replica, tmp_path):
     np.testing.assert_array_equal(info.k.reshape(3, 3), K)
     np.testing.assert_array_equal(info.p.reshape(3, 4), np.c_[K, np.zeros(3)])
     assert (info.height, info.width, info.header.frame_id) == (18, 32, "CAM_FRONT") and not info.d.any()
-    # tf_static: base_link -> every channel, equal to its calibrated_sensor
+    # tf_static: base_link -> every channel, equal to its calibrated_sensor; offered transient-local (latched)
+    with AnyReader([out]) as reader:
+        (qos,) = next(c for c in reader.connections if c.topic == "/tf_static").ext.offered_qos_profiles
+    assert (qos.durability.name, qos.reliability.name) == ("TRANSIENT_LOCAL", "RELIABLE")
     static = {tf.child_frame_id: tf for tf in bag["/tf_static"][0][1].transforms}
     assert set(static) == {*CAMERAS, "LIDAR_TOP"} and {tf.header.frame_id for tf in static.values()} == {"base_link"}
     lidar_cs = calib[by_channel["LIDAR_TOP"][0]["calibrated_sensor_token"]]
