@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from occle_core.geometry import Calib
+from occle_core.geometry import Calib, VoxelGrid
 
 
 def fail(msg: str) -> int:
@@ -52,7 +52,12 @@ class NodeRun:
 
 
 def play_through_node(
-    launch_args: dict[str, str], stamps: dict[int, str], grid, empty_index: int, n_frames: int, timeout: float
+    launch_args: dict[str, str],
+    stamps: dict[int, str],
+    grid: VoxelGrid,
+    empty_index: int,
+    n_frames: int,
+    timeout: float,
 ) -> NodeRun:
     """Start ``occle_node`` (the launch arguments' process), wait until this process's receiver is matched with its
     outputs, start ``occle-play`` (which waits for the node's input subscriptions), and collect the outputs.
