@@ -39,6 +39,10 @@ class DataConfig:
         label_seed: seed of the label-budget sampling.
         label_budget: how the share is drawn: ``voxel`` (random voxels of every frame, OccLE's setting),
             ``frame`` (whole frames labelled) or ``block`` (random voxel blocks); see ``data/label_budget.py``.
+        pseudo_dir: SemanticKITTI layout: the sequence sub-folder the 2D pseudo labels are read from
+            (``pseudo_2d``: occle-synth's noise model; e.g. ``pseudo_2d_deeplab`` written by occle-pseudo).
+        past_frames: SemanticKITTI layout: K previous scans of the sequence merged into each frame's points
+            through the poses, with a time-offset column (``data/multiframe.py``); 0 = the frame's own scan only.
     """
 
     dataset: str = "semantic_kitti"
@@ -51,6 +55,8 @@ class DataConfig:
     label_ratio: float = 0.1
     label_seed: int = 0
     label_budget: str = "voxel"
+    pseudo_dir: str = "pseudo_2d"
+    past_frames: int = 0
 
     def voxel_grid(self) -> VoxelGrid:
         """The output grid: ``grid`` when set, else the dataset's standard grid."""
@@ -67,8 +73,24 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad training-relevant ``data`` value."""
-        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points"))
-        _require([(0 <= self.label_ratio <= 1, "data.label_ratio", "in [0, 1]", self.label_ratio)])
+        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points", "past_frames"))
+        _require(
+            [
+                (0 <= self.label_ratio <= 1, "data.label_ratio", "in [0, 1]", self.label_ratio),
+                (
+                    self.past_frames >= 0 and int(self.past_frames) == self.past_frames,
+                    "data.past_frames",
+                    "an integer >= 0",
+                    self.past_frames,
+                ),
+                (
+                    isinstance(self.pseudo_dir, str) and Path(self.pseudo_dir).name == self.pseudo_dir,
+                    "data.pseudo_dir",
+                    "a folder name inside each sequence",
+                    self.pseudo_dir,
+                ),
+            ]
+        )
 
 
 @dataclass
