@@ -44,6 +44,10 @@ class DataConfig:
             resized to ``image_size``); None takes the dataset's rig (:meth:`camera_names`).
         grid_frame: ``"lidar"`` or ``"ego"``, the frame of the grid, the points and every ``T_cam<-grid``; None
             takes the dataset's frame (:meth:`frame`).
+        pseudo_dir: SemanticKITTI layout: the sequence sub-folder the 2D pseudo labels are read from
+            (``pseudo_2d``: occle-synth's noise model; e.g. ``pseudo_2d_deeplab`` written by occle-pseudo).
+        past_frames: SemanticKITTI layout: K previous scans of the sequence merged into each frame's points
+            through the poses, with a time-offset column (``data/multiframe.py``); 0 = the frame's own scan only.
     """
 
     dataset: str = "semantic_kitti"
@@ -58,6 +62,8 @@ class DataConfig:
     label_budget: str = "voxel"
     cameras: list[str] | None = None
     grid_frame: str | None = None
+    pseudo_dir: str = "pseudo_2d"
+    past_frames: int = 0
 
     def camera_names(self) -> list[str]:
         """The camera set: ``cameras`` when set, else the dataset's (SemanticKITTI ``["image_2"]``, Occ3D-nuScenes
@@ -91,8 +97,24 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad training-relevant ``data`` value."""
-        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points"))
-        _require([(0 <= self.label_ratio <= 1, "data.label_ratio", "in [0, 1]", self.label_ratio)])
+        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points", "past_frames"))
+        _require(
+            [
+                (0 <= self.label_ratio <= 1, "data.label_ratio", "in [0, 1]", self.label_ratio),
+                (
+                    self.past_frames >= 0 and int(self.past_frames) == self.past_frames,
+                    "data.past_frames",
+                    "an integer >= 0",
+                    self.past_frames,
+                ),
+                (
+                    isinstance(self.pseudo_dir, str) and Path(self.pseudo_dir).name == self.pseudo_dir,
+                    "data.pseudo_dir",
+                    "a folder name inside each sequence",
+                    self.pseudo_dir,
+                ),
+            ]
+        )
 
 
 @dataclass

@@ -186,6 +186,12 @@ def _finite(points: np.ndarray) -> np.ndarray:
     return pts[np.all(np.isfinite(pts), axis=1)]
 
 
+def _own_scan(s: Sample) -> np.ndarray:
+    """Finite points of the frame's own scan: the first ``extras["current_points"]`` rows of a multi-frame
+    sample (``data/multiframe.py``), else all."""
+    return _finite(s.points[: s.extras.get("current_points")])
+
+
 def select_points(points: np.ndarray, grid: VoxelGrid, max_points: int, rng: np.random.Generator) -> np.ndarray:
     """(N, >=4) -> (M, 4) float32 finite points inside ``grid``, a random subset of ``max_points`` beyond it.
 
@@ -296,10 +302,10 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
             if v.pseudo2d is not None:
                 pseudo2d[b * N + n] = resize_nearest(np.asarray(v.pseudo2d, np.uint8), size)
         if labelled:
-            pseudo3d[b] = lift_views_to_voxels(_finite(s.points), labelled, grid, num_classes)
+            pseudo3d[b] = lift_views_to_voxels(_own_scan(s), labelled, grid, num_classes)
         if free_space is not None:
             # every finite return: rays of points beyond the grid still cross (and free) voxels inside it
-            occupied[b], free[b] = free_space(grid, _finite(s.points)[:, :3])
+            occupied[b], free[b] = free_space(grid, _own_scan(s)[:, :3])
 
     def tensor(a: np.ndarray | None, long: bool = False) -> Tensor | None:
         return None if a is None else (torch.from_numpy(a).long() if long else torch.from_numpy(a))
