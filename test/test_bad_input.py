@@ -382,7 +382,7 @@ STARTUP_ROWS = [
     ("sync_slop_negative", _ok, ["sync.slop:=-1.0"], r"parameter sync.slop must be in \[0.0, 10.0\], got -1.0"),
     ("max_points_zero", _ok, ["max_points:=0"], r"parameter max_points must be in \[1, 100000000\], got 0"),
     ("extrinsics_matrix_wrong_length", _ok, ["extrinsics.source:=matrix", "extrinsics.matrix:=[1.0,2.0,3.0]"],
-     r"extrinsics.matrix must have 16 values per camera \\(1 cameras: 16\\), got 3"),
+     r"extrinsics.matrix must have 16 values per camera \(1 cameras: 16\), got 3"),
     ("extrinsics_calib_file_missing", _ok, ["extrinsics.source:=calib_file", "extrinsics.calib_file:=/no/calib.txt"],
      r"parameter extrinsics.calib_file: calibration file not found: /no/calib\.txt"),
     ("unknown_parameter", _ok, ["marker_alfa:=0.3"], r"unknown parameter\(s\) \['marker_alfa'\]"),
