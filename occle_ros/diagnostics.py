@@ -213,7 +213,7 @@ def occupancy_status(stat: Any, stats: Mapping[str, float], frames: FrameStats, 
         hint = f" (never received: {waiting_for})" if waiting_for else ""
         stat.summary(DiagnosticStatus.WARN, f"no complete input set {since}{hint}")
     else:
-        rejected = {k[len("rejected."):]: int(v) for k, v in stats.items() if k.startswith("rejected.")}
+        rejected = {k[len("rejected.") :]: int(v) for k, v in stats.items() if k.startswith("rejected.")}
         stat.summary(DiagnosticStatus.ERROR, f"input sets arrive but nothing was published for {stale_after} s "
                                              f"(rejected: {rejected or 'none'})")  # fmt: skip
     for k, v in sorted(stats.items()):

@@ -13,8 +13,8 @@ or ``base_link``). Points are moved into the grid frame with ``T_grid<-lidar`` b
   frame: KITTI's Tr maps to the rectified cam0 frame, P2's translation column moves on to camera 2).
 - ``tf``: lookups camera frame <- grid frame and grid frame <- LiDAR frame through ``tf2_ros``. Each pair is
   looked up once and cached (a mount is rigid); the node clears the cache when ``/tf_static`` changes. Only the
-  first lookup of a pair may wait, up to ``extrinsics.tf_timeout``. The TF camera frame is the optical centre, so the projection
-  uses the intrinsics only (P's left 3 x 3, zero translation column): P's translation is not counted twice.
+  first lookup of a pair may wait, up to ``extrinsics.tf_timeout``. The TF camera frame is the optical centre,
+  so the projection uses the intrinsics only (P's left 3 x 3, zero translation column): P's translation is not counted twice.
   With ``extrinsics.calib_file`` set (one camera) it is the fallback, used with a warning while TF lacks a
   transform or from the start when tf2_ros is not importable (plain pip environments have neither tf2_ros nor
   tf2_msgs); without it a missing tf2_ros is a start-up error and a missing transform rejects the frame

@@ -85,8 +85,9 @@ SPECS: dict[str, Spec] = {
     "publish_voxels": Spec("publish occupancy/voxels (PointCloud2)"),
     "publish_markers": Spec("publish occupancy/markers (MarkerArray; costly for large grids)"),
     "marker_alpha": Spec("alpha of the CUBE_LIST markers", (0.0, 1.0), runtime=True),
-    "markers.max_voxels": Spec("at most this many voxels as markers (the rest dropped, logged once)", (0, 10_000_000),
-                               runtime=True),
+    "markers.max_voxels": Spec(
+        "at most this many voxels as markers (the rest dropped, logged once)", (0, 10_000_000), runtime=True
+    ),
     "markers.period": Spec("markers are published at most once per this many seconds", (0.0, 3600.0), runtime=True),
     "publish_bev": Spec("publish occupancy/bev (OccupancyGrid) and occupancy/bev_semantic (Image rgb8)"),
     "bev.z_min": Spec("lower edge (m, grid frame) of the height band of the BEV", (-1e3, 1e3), runtime=True),
@@ -94,8 +95,9 @@ SPECS: dict[str, Spec] = {
     "sync.slop": Spec("largest stamp difference (s) of one set of images, camera_infos and cloud", (0.0, 10.0)),
     "sync.queue_size": Spec("messages kept per input while waiting for a match", (1, 10_000)),
     "sync.reset_threshold": Spec("a stamp this much (s) older than the newest clears the queues", (1e-3, 1e6)),
-    "extrinsics.source": Spec("where the camera / LiDAR poses come from",
-                              choices=("xyz_quaternion", "matrix", "calib_file", "tf")),  # fmt: skip
+    "extrinsics.source": Spec(
+        "where the camera / LiDAR poses come from", choices=("xyz_quaternion", "matrix", "calib_file", "tf")
+    ),  # fmt: skip
     "extrinsics.xyz": Spec("translation (m) of T_cam_lidar, 3 per camera (source xyz_quaternion)"),
     "extrinsics.quaternion": Spec("rotation w, x, y, z of T_cam_lidar, 4 per camera (source xyz_quaternion)"),
     "extrinsics.matrix": Spec("row-major 4x4 T_cam_lidar, 16 per camera (source matrix)"),

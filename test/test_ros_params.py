@@ -36,8 +36,17 @@ def node(ros_context, checkpoint, predictor):
 def test_yaml_and_specs_name_the_same_parameters():
     values = params.default_values()  # raises when config/occle.yaml and SPECS disagree
     assert set(values) == set(params.SPECS)
-    assert set(params.RUNTIME) == {"marker_alpha", "publish_classes", "publish_region", "max_range", "max_points",
-                                   "markers.max_voxels", "markers.period", "bev.z_min", "bev.z_max"}
+    assert set(params.RUNTIME) == {
+        "marker_alpha",
+        "publish_classes",
+        "publish_region",
+        "max_range",
+        "max_points",
+        "markers.max_voxels",
+        "markers.period",
+        "bev.z_min",
+        "bev.z_max",
+    }
 
 
 def test_descriptors_types_ranges_and_read_only(node):
