@@ -14,7 +14,10 @@ or ``base_link``). Points are moved into the grid frame with ``T_grid<-lidar`` b
 - ``tf``: lookups camera frame <- grid frame and grid frame <- LiDAR frame through ``tf2_ros``. Each pair is
   looked up once and cached (a mount is rigid); the node clears the cache when ``/tf_static`` changes. Only the
   first lookup of a pair may wait, up to ``extrinsics.tf_timeout``. The TF camera frame is the optical centre,
-  so the projection uses the intrinsics only (P's left 3 x 3, zero translation column): P's translation is not counted twice.
+  so the projection uses the intrinsics only (P's left 3 x 3, zero translation column): P's translation is not
+  counted twice. P's left 3 x 3 rather than camera_info's K: rectified images (KITTI's, nuScenes'
+  image_rect) are described by P (KITTI raw: K_02 fx 959.8 is the unrectified lens, P_rect_02 fx 721.5 the
+  published image); for an unrectified camera P's left 3 x 3 is K.
   With ``extrinsics.calib_file`` set (one camera) it is the fallback, used with a warning while TF lacks a
   transform or from the start when tf2_ros is not importable (plain pip environments have neither tf2_ros nor
   tf2_msgs); without it a missing tf2_ros is a start-up error and a missing transform rejects the frame
