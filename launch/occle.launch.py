@@ -84,8 +84,13 @@ def _launch_setup(context, *args, **kwargs):
     if values["bag"]:
         # occle-play is a console script of this package (lib/occle_ros/occle-play after colcon build)
         actions.append(
-            Node(package="occle_ros", executable="occle-play", arguments=player_args(values), output="screen",
-                 additional_env=env)  # fmt: skip
+            Node(
+                package="occle_ros",
+                executable="occle-play",
+                arguments=player_args(values),
+                output="screen",
+                additional_env=env,
+            )  # fmt: skip
         )
     rviz = IfCondition(LaunchConfiguration("rviz"))
     if not rviz.evaluate(context):
@@ -94,8 +99,14 @@ def _launch_setup(context, *args, **kwargs):
         return [*actions, LogInfo(msg="rviz:=true but the rviz2 package is not installed; not starting it")]
     # no on_exit shutdown (not `required`): closing RViz leaves the node running
     actions.append(
-        Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", rviz_config(values)],
-             output="log", condition=rviz)  # fmt: skip
+        Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            arguments=["-d", rviz_config(values)],
+            output="log",
+            condition=rviz,
+        )  # fmt: skip
     )
     return actions
 
