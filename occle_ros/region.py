@@ -60,24 +60,28 @@ class LidarRays:
         self._az, self._el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
         T_lidar_grid = np.linalg.inv(self.T)
         centers = grid.centers().reshape(-1, 3).astype(np.float64)  # (V, 3) grid frame
-        local = centers @ T_lidar_grid[:3, :3].T + T_lidar_grid[:3, 3]  # (V, 3) LiDAR frame
+        local = centers @ T_lidar_grid[:3, :3].T + T_lidar_grid[:3, 3]  # (V, 3) LiDAR frame, float64 once
         self.voxel_range, self.voxel_bin = self._polar(local)  # (V,) float32, (V,) int32
         self.half_diagonal = float(grid.voxel_size) * np.sqrt(3.0) / 2.0
 
     def _polar(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 3) LiDAR-frame points -> (N,) float32 range, (N,) int32 range-image bin."""
-        x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-        horizontal = np.hypot(x, y)
-        az = ((np.arctan2(y, x) + np.pi) / self._az).astype(np.int32)
-        el = ((np.arctan2(z, horizontal) + np.pi / 2) / self._el).astype(np.int32)
-        np.minimum(az, self.n_az - 1, out=az)
-        np.minimum(el, self.n_el - 1, out=el)
-        return np.hypot(horizontal, z).astype(np.float32), el * self.n_az + az
+        """(N, >=3) LiDAR-frame points -> (N,) float32 range, (N,) int32 range-image bin."""
+        x, y, z = (np.ascontiguousarray(xyz[:, i], np.float32) for i in range(3))  # contiguous float32: fast ufuncs
+        horizontal2 = x * x + y * y
+        az = np.arctan2(y, x)
+        az += np.float32(np.pi)
+        az *= np.float32(1.0 / self._az)
+        el = np.arctan2(z, np.sqrt(horizontal2))
+        el += np.float32(np.pi / 2)
+        el *= np.float32(1.0 / self._el)
+        a = np.minimum(az.astype(np.int32), self.n_az - 1)
+        e = np.minimum(el.astype(np.int32), self.n_el - 1)
+        return np.sqrt(horizontal2 + z * z), e * self.n_az + a
 
     def range_image(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, >=3) LiDAR-frame points -> nearest, farthest return per bin ((n_el * n_az,) float32; bins without
         a return: nearest -inf, farthest -inf, so that nothing there is free or observed)."""
-        rng, bins = self._polar(np.asarray(points[:, :3], np.float64))
+        rng, bins = self._polar(points)
         nearest = np.full(self.n_el * self.n_az, np.inf, np.float32)
         farthest = np.full(self.n_el * self.n_az, -np.inf, np.float32)
         np.minimum.at(nearest, bins, rng)

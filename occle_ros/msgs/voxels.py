@@ -133,7 +133,7 @@ def occupancy_to_pointcloud2(
     arr["x"], arr["y"], arr["z"] = voxels.centers[:, 0], voxels.centers[:, 1], voxels.centers[:, 2]
     lut = np.zeros((256, 3), np.uint8)
     lut[: classes.num_classes] = classes.colors
-    arr["rgb"] = pack_rgb(lut[voxels.labels])
+    arr["rgb"] = pack_rgb(lut)[voxels.labels]  # pack the 256 colours once, then one gather
     arr["label"] = voxels.labels
     msg = PointCloud2()
     msg.header = Header(frame_id=frame_id, stamp=to_time(stamp))
