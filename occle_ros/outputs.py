@@ -1,9 +1,10 @@
 """What the node publishes for one frame, all in the grid frame: the voxel cloud, capped and rate-limited
 markers, and the bird's-eye views, each restricted to the ``publish_region`` (:mod:`occle_ros.region`).
 
-:meth:`FrameOutputs.build` is the node's (and the benchmark's) single place for the work after the model: one
-region mask, one :func:`~occle_ros.msgs.voxels.occupied_voxels` shared by the cloud and the markers, the BEV from
-the same region-restricted labels. Vectorised; the per-grid geometry (frustums, voxel ranges) is cached.
+:meth:`FrameOutputs.build` is the node's (and the benchmark's) single place for the work after the model. The
+grid is scanned once for its non-empty voxels; everything else works on that list (a few percent of the grid):
+the region mask, the voxel cloud (in grid order), the markers (grouped by class only when they are due) and the
+BEV columns. Vectorised; the per-grid geometry (frustums, voxel ranges) is cached.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from occle_core.geometry import Calib, VoxelGrid
 from occle_core.labels import ClassTable
 from occle_ros.msgs.bev import bev_occupancy_grid, semantic_bev_image
 from occle_ros.msgs.markers import serialize_occupancy_markers
-from occle_ros.msgs.voxels import OccupiedVoxels, occupancy_to_pointcloud2, occupied_voxels
+from occle_ros.msgs.voxels import OccupiedVoxels, grouped_voxels, unravel, voxel_cloud
 from occle_ros.params import RegionParams, RuntimeParams
-from occle_ros.region import FrustumCache, LidarRays, band_layers, bev_state, restrict_labels
+from occle_ros.region import FrustumCache, LidarRays, band_layers, bev_columns, bev_state, region_mask
 
 
 @dataclass
@@ -88,31 +89,32 @@ class FrameOutputs:
         empty = self.classes.empty_index
         region = params.publish_region
         frustum = self.frustums.mask(list(calibs)) if region != "all" else None
-        needs_rays = want_bev or region == "observed"
-        rays = self.rays(T_grid_lidar) if needs_rays else None
+        rays = self.rays(T_grid_lidar) if want_bev or region == "observed" else None
         image = rays.range_image(points_lidar) if rays is not None else None
-        shown = restrict_labels(labels, empty, region, frustum, rays, image)
-        out = Published()
-        markers_due = want_markers and now - self._last_markers >= params.marker_period
-        if want_voxels or markers_due:
-            voxels = occupied_voxels(shown, self.grid, lut, empty)
-            out.num_voxels = voxels.labels.shape[0]
-            if want_voxels:
-                out.voxels = occupancy_to_pointcloud2(shown, self.grid, self.classes, frame_id, stamp, voxels=voxels)
-            if markers_due:
-                if out.num_voxels > params.marker_cap:
-                    self.warn_once("marker_cap", f"{out.num_voxels} voxels exceed markers.max_voxels "
-                                                 f"{params.marker_cap}: markers show an even subset")  # fmt: skip
-                capped = cap_voxels(voxels, params.marker_cap)
-                out.markers = serialize_occupancy_markers(shown, self.grid, self.classes, frame_id, stamp,
-                                                          params.marker_alpha, voxels=capped)  # fmt: skip
-                self._last_markers = now
+        flat = labels.reshape(-1)
+        cand = np.flatnonzero(flat != empty)  # (M0,) C order: the one scan of the grid
+        inside = region_mask(cand, region, frustum, rays, image)  # (M0,)
+        idx = cand[inside]  # (M1,) non-empty voxels in the region
+        lab = flat[idx]
+        shown = lut[lab]  # (M1,) of the published classes
+        pub_idx, pub_lab = (idx, lab) if shown.all() else (idx[shown], lab[shown])
+        out = Published(num_voxels=int(pub_idx.shape[0]))
+        if want_voxels:
+            out.voxels = voxel_cloud(pub_idx, pub_lab, self.grid, self.classes, frame_id, stamp)
+        if want_markers and now - self._last_markers >= params.marker_period:
+            if out.num_voxels > params.marker_cap:
+                self.warn_once("marker_cap", f"{out.num_voxels} voxels exceed markers.max_voxels "
+                                             f"{params.marker_cap}: markers show an even subset")  # fmt: skip
+            voxels = cap_voxels(grouped_voxels(pub_idx, pub_lab, self.grid), params.marker_cap)
+            out.markers = serialize_occupancy_markers(labels, self.grid, self.classes, frame_id, stamp,
+                                                      params.marker_alpha, voxels=voxels)  # fmt: skip
+            self._last_markers = now
         if want_bev:
             layers = band_layers(self.grid, params.bev_band)
             free = rays.free_layers(image, layers)  # (X, Y, L)
-            if frustum is not None and region == "frustum":
+            if region == "frustum":
                 free &= frustum[:, :, layers]
-            state = bev_state(shown, empty, layers, free)
-            out.bev = bev_occupancy_grid(state, self.grid, params.bev_band[0], frame_id, stamp)
-            out.bev_semantic = semantic_bev_image(shown, self.classes, frame_id, stamp)
+            occupied, top = bev_columns(*unravel(idx, self.grid), lab, self.grid.shape, layers, empty)
+            out.bev = bev_occupancy_grid(bev_state(occupied, free), self.grid, params.bev_band[0], frame_id, stamp)
+            out.bev_semantic = semantic_bev_image(top, self.classes, frame_id, stamp)
         return out

@@ -100,22 +100,18 @@ class LidarRays:
         return rng + self.half_diagonal < image[0][self.voxel_bin.reshape(shape)[:, :, layers]]
 
 
-def restrict_labels(labels: np.ndarray, empty_index: int, region: str, frustum: np.ndarray | None,
-                    rays: LidarRays | None, image: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:  # fmt: skip
-    """(X, Y, Z) ``labels`` with every non-empty voxel outside ``region`` set to ``empty_index`` (a copy when one
-    changes). ``region``: all | frustum (needs ``frustum``) | observed (``frustum`` or ``rays`` + ``image``)."""
+def region_mask(idx: np.ndarray, region: str, frustum: np.ndarray | None, rays: LidarRays | None,
+                image: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:  # fmt: skip
+    """(M,) bool: which voxels (C-order flat indices ``idx``) lie in ``region``: all | frustum (needs
+    ``frustum``) | observed (inside ``frustum``, or on a LiDAR ray: ``rays`` + ``image``, asked only for the
+    voxels outside every frustum)."""
     if region == "all":
-        return labels
-    flat = labels.reshape(-1)
-    cand = np.flatnonzero(flat != empty_index)  # (M,) non-empty voxels: usually a few percent of the grid
-    inside = frustum.reshape(-1)[cand]
-    if region == "observed":
-        inside |= rays.observed(image, cand)
-    if inside.all():
-        return labels
-    out = labels.copy()
-    out.reshape(-1)[cand[~inside]] = empty_index
-    return out
+        return np.ones(idx.shape[0], bool)
+    inside = frustum.reshape(-1)[idx]
+    if region == "observed" and not inside.all():
+        outside = np.flatnonzero(~inside)
+        inside[outside] = rays.observed(image, idx[outside])
+    return inside
 
 
 def band_layers(grid: VoxelGrid, band: tuple[float, float]) -> slice:
@@ -125,12 +121,32 @@ def band_layers(grid: VoxelGrid, band: tuple[float, float]) -> slice:
     return slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
 
 
-def bev_state(labels: np.ndarray, empty_index: int, layers: slice, free: np.ndarray) -> np.ndarray:
-    """(X, Y) int8 OccupancyGrid values: 100 where a voxel of ``layers`` is non-empty (ignore label 255 is not
-    an obstacle), 0 where ``free`` ((X, Y, L) bool) holds a free voxel and nothing is occupied, -1 elsewhere."""
-    band = labels[:, :, layers]
-    occupied = ((band != empty_index) & (band != 255)).any(axis=2)
-    out = np.full(labels.shape[:2], -1, np.int8)
+def bev_columns(i: np.ndarray, j: np.ndarray, k: np.ndarray, lab: np.ndarray, shape: tuple[int, int, int],
+                layers: slice, empty_index: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Columns of non-empty voxels given as indices (i, j, k) ((M,) each, in C order) and labels ``lab``; label
+    255 (ignored) is no obstacle and no class.
+
+    Returns:
+        occupied: (X, Y) bool, a voxel of the z ``layers`` is non-empty.
+        top: (X, Y) uint8, the class of the highest voxel of each column (``empty_index`` where none).
+    """
+    X, Y, _ = shape
+    solid = lab != 255
+    i, j, k, lab = i[solid], j[solid], k[solid], lab[solid]
+    occupied = np.zeros((X, Y), bool)
+    in_band = (k >= layers.start) & (k < layers.stop)
+    occupied[i[in_band], j[in_band]] = True
+    top = np.full(X * Y, empty_index, np.uint8)
+    col = i * Y + j  # non-decreasing: C order, k ascending within a column
+    last = np.r_[col[1:] != col[:-1], True] if col.size else np.zeros(0, bool)  # the highest voxel of a column
+    top[col[last]] = lab[last]
+    return occupied, top.reshape(X, Y)
+
+
+def bev_state(occupied: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """(X, Y) int8 OccupancyGrid values: 100 where ``occupied`` ((X, Y) bool), 0 where ``free`` ((X, Y, L) bool)
+    holds a free voxel and nothing is occupied, -1 elsewhere."""
+    out = np.full(occupied.shape, -1, np.int8)
     out[free.any(axis=2)] = 0
     out[occupied] = 100
     return out

@@ -37,22 +37,12 @@ def bev_occupancy_grid(state: np.ndarray, grid: VoxelGrid, z: float, frame_id: s
     return msg
 
 
-def top_class(labels: np.ndarray, empty_index: int) -> np.ndarray:
-    """(X, Y) uint8: the class of the highest non-empty, non-ignored voxel of each column (``empty_index`` where
-    the column has none)."""
-    solid = (labels != empty_index) & (labels != 255)  # (X, Y, Z)
-    Z = labels.shape[2]
-    top = Z - 1 - np.argmax(solid[:, :, ::-1], axis=2)  # (X, Y) highest solid layer (Z - 1 when none)
-    out = np.take_along_axis(labels, top[:, :, None], axis=2)[:, :, 0]
-    out[~solid.any(axis=2)] = empty_index
-    return out
-
-
-def semantic_bev_image(labels: np.ndarray, classes: ClassTable, frame_id: str,
+def semantic_bev_image(top: np.ndarray, classes: ClassTable, frame_id: str,
                        stamp: Time | int | None = None) -> Image:  # fmt: skip
-    """rgb8 ``Image`` (H = X, W = Y) of the top-most class colour per column; black where a column is empty."""
+    """rgb8 ``Image`` (H = X, W = Y) of ``top`` ((X, Y) class of the highest voxel of each column); black where a
+    column is empty."""
     lut = np.zeros((256, 3), np.uint8)
     lut[: classes.num_classes] = classes.colors
     lut[classes.empty_index] = 0
-    rgb = lut[top_class(labels, classes.empty_index)]  # (X, Y, 3)
+    rgb = lut[top]  # (X, Y, 3)
     return rgb_to_image(np.ascontiguousarray(rgb[::-1, ::-1]), frame_id, stamp)
