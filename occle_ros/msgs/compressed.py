@@ -2,7 +2,7 @@
 
 The format is read from the payload's signature (JPEG ``FF D8 FF``, PNG ``89 P N G``), not from the free-text
 ``format`` field (``jpeg``, ``rgb8; jpeg compressed bgr8``, ``png``... all occur in bags). JPEG goes through
-libjpeg-turbo's SIMD decoder (``simplejpeg``, the ``ros`` extra) when importable: about 1.6x faster than Pillow
+libjpeg-turbo's SIMD decoder (``simplejpeg``, the ``ros`` extra) when importable: 1.7-1.8x faster than Pillow
 for six 1600 x 900 nuScenes frames (docs/performance.md); Pillow is the fallback and decodes PNG.
 """
 
