@@ -268,3 +268,19 @@ def test_diagnostics_ok_while_frames_flow_warn_when_inputs_stop_error_when_nothi
         rig.close()
     error = next(s for d in rig.got["diag"][mark:] if (s := _occupancy(d)) and s.level == DiagnosticStatus.ERROR)
     assert "nothing was published" in error.message and "inference_error" in error.message
+
+
+def test_tf_projection_drops_p_translation_and_distortion_warning():
+    from occle_ros import pipeline
+
+    info = ros_msgs.projection_to_camera_info(P, HW, "camera", STAMP)
+    info.p = [80.0, 0, 80, -43.2, 0, 80.0, 24, 0.1, 0, 0, 1, 0.003]  # a rectified right camera: baseline in P
+    as_given = pipeline.frame_calib(info, HW, T_AXES)
+    optical = pipeline.frame_calib(info, HW, T_AXES, optical=True)
+    assert as_given.P[0, 3] == pytest.approx(-43.2) and not optical.P[:, 3].any()
+    np.testing.assert_array_equal(optical.P[:, :3], as_given.P[:, :3])
+    info.d = [0.1, -0.2, 0.0, 0.0, 0.0]
+    assert "does not look rectified" in pipeline.distortion_warning(info, "/cam/image_raw")
+    assert pipeline.distortion_warning(info, "/cam/image_rect_color") is None
+    info.d = [0.0] * 5
+    assert pipeline.distortion_warning(info, "/cam/image_raw") is None
