@@ -342,8 +342,9 @@ class OccleNode(Node):
         out = self.builder.build(labels, outputs.lut, outputs.params, [c for _, c in frame.views], frame.points_lidar,
                                  frame.T_grid_lidar, frame.grid_frame, messages[-1].header.stamp, time.monotonic(),
                                  (s.publish_voxels, s.publish_markers, s.publish_bev))  # fmt: skip
-        for pub, msg in ((self.pub_voxels, out.voxels), (self.pub_markers, out.markers), (self.pub_bev, out.bev),
-                         (self.pub_bev_semantic, out.bev_semantic)):  # fmt: skip
+        # the voxel cloud last: a reader waiting for it finds the frame's other messages sent (topics are not ordered)
+        for pub, msg in ((self.pub_markers, out.markers), (self.pub_bev, out.bev),
+                         (self.pub_bev_semantic, out.bev_semantic), (self.pub_voxels, out.voxels)):  # fmt: skip
             if msg is not None:
                 pub.publish(msg)
         self.stats.frame_done(time.monotonic() - complete, model_ms)
