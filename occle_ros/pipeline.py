@@ -33,7 +33,8 @@ from occle_ros.msgs.pointcloud import pointcloud2_to_xyzi
 
 
 class Stream(enum.Enum):
-    """The node's inputs; the value is the stream's index in the synchroniser."""
+    """The kinds of the node's inputs (the value orders one camera's messages: image, camera_info, then the
+    cloud; the node's synchroniser index of camera i's image / camera_info is 2i / 2i + 1, of the cloud 2N)."""
 
     IMAGE = 0
     CAMERA_INFO = 1
