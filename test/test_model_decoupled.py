@@ -75,8 +75,7 @@ def test_decoupled_model_trains_one_step_and_gradients_reach_all_four_encoders()
     torch.manual_seed(0)
     cfg = _cfg()
     model = OccLE(cfg).train()
-    sb = model.semantic_branch
-    assert isinstance(sb.image_unet, UNet2D) and isinstance(sb.lidar_unet, SparseUNet3D)
+    assert isinstance(model.semantic_image_unet, UNet2D) and isinstance(model.semantic_lidar_unet, SparseUNet3D)
     assert isinstance(model.image_encoder, ImageEncoder) and model.image_encoder.head is None  # sem2d: the UNet's
     assert isinstance(model.lidar_encoder, LidarEncoder)
     batch = _with_targets(synthetic_batch(cfg, 3000, batch_size=2), model.num_classes)
@@ -84,8 +83,8 @@ def test_decoupled_model_trains_one_step_and_gradients_reach_all_four_encoders()
     total, terms = compute_losses(out, batch, LossConfig(teacher_threshold=0.0), empty_index=model.empty_index)
     assert torch.isfinite(total) and {"pseudo_2d", "pseudo_3d", "projection"} <= set(terms)
     total.backward()
-    encoders = {"image": model.image_encoder, "lidar": model.lidar_encoder, "unet2d": sb.image_unet}
-    encoders["unet3d"] = sb.lidar_unet
+    encoders = {"image": model.image_encoder, "lidar": model.lidar_encoder, "unet2d": model.semantic_image_unet}
+    encoders["unet3d"] = model.semantic_lidar_unet
     for name, enc in encoders.items():
         grads = [p.grad for p in enc.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
@@ -94,7 +93,9 @@ def test_decoupled_model_trains_one_step_and_gradients_reach_all_four_encoders()
     torch.optim.SGD(model.parameters(), lr=1e-2).step()
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     groups = model.parameter_groups()
-    assert sum(p.numel() for p in groups["semantic_branch"]) > sum(p.numel() for p in sb.image_unet.parameters())
+    own = [*model.semantic_image_unet.parameters(), *model.semantic_lidar_unet.parameters()]
+    assert {id(p) for p in own} < {id(p) for p in groups["semantic_branch"]}  # the branch's encoders count in it
+    assert sum(p.numel() for g in groups.values() for p in g) == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("head", ["coarse", "full"])
@@ -183,7 +184,7 @@ def test_shipped_checkpoint_loads_strictly_as_the_shared_network():
     model, cfg, ckpt = load_model(SHIPPED)  # load_state_dict is strict: any missing / extra key raises
     assert "shared_encoders" not in ckpt["config"]["model"]  # written before the switch
     assert (cfg.model.shared_encoders, cfg.model.sem3d_head) == (True, "coarse")
-    assert model.semantic_branch.image_unet is None and model.semantic_branch.lidar_unet is None
+    assert model.semantic_image_unet is None and model.semantic_lidar_unet is None
     assert set(model.state_dict()) == set(ckpt["model"])
     batch = synthetic_batch(cfg, 20_000, seed=3)
     with torch.no_grad():
@@ -191,3 +192,13 @@ def test_shipped_checkpoint_loads_strictly_as_the_shared_network():
         out = model(batch, inference=True)
     tol = head_rounding_bound(model.heads["logits"], model.features(batch))
     assert_labels_are_argmax(labels, out.logits, tol)
+
+
+def test_saved_for_backward_counts_distinct_storages():
+    from occle_bench.bench_variants import saved_for_backward_mb
+
+    x = torch.randn(1000, requires_grad=True)
+    y = torch.randn(1000, requires_grad=True)
+    # x * y saves both factors; x * x saves x twice (one storage); the sum saves nothing
+    assert saved_for_backward_mb(lambda: (x * y).sum()) == pytest.approx(8000 / 2**20)
+    assert saved_for_backward_mb(lambda: (x * x).sum()) == pytest.approx(4000 / 2**20)

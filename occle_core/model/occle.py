@@ -54,6 +54,9 @@ from occle_core.model.unet2d import UNet2D
 LAYOUT_CACHE_SIZE = 16  # ray layouts kept: 6 cameras of a rig at two image sizes (training, evaluation) fit
 PARAMETER_GROUPS = ("image_encoder", "lidar_encoder", "semantic_branch", "geometric_branch", "fusion", "heads")
 SEM3D_HEADS = ("coarse", "full")
+# the semantic branch's own encoders (model.shared_encoders: false): modules of the network, called by it, whose
+# parameters and FLOPs count in the semantic_branch group
+SEMANTIC_ENCODERS = ("semantic_image_unet", "semantic_lidar_unet")
 
 
 @dataclass
@@ -91,9 +94,10 @@ class OccLE(nn.Module):
     Switches: ``use_image`` False gives the LiDAR-only model (no image encoder, no ``sem2d``);
     ``use_semantic_branch`` False drops the semantic branch (the fusion reads the LiDAR grid instead, no
     ``sem3d``); ``use_dual_mamba`` False replaces the Dual Mamba by a conv fusion (ablation);
-    ``shared_encoders`` False gives the semantic branch its own 2D UNet and sparse 3D UNet (their parameters are in
-    the ``semantic_branch`` group; ``image_encoder`` / ``lidar_encoder`` are then the geometric branch's, the
-    image encoder without a 2D head); ``sem3d_head`` ``full`` predicts ``sem3d`` per output voxel.
+    ``shared_encoders`` False gives the semantic branch its own 2D UNet and sparse 3D UNet
+    (``semantic_image_unet``, ``semantic_lidar_unet``; their parameters are in the ``semantic_branch`` group;
+    ``image_encoder`` / ``lidar_encoder`` are then the geometric branch's, the image encoder without a 2D head);
+    ``sem3d_head`` ``full`` predicts ``sem3d`` per output voxel.
     """
 
     def __init__(self, cfg: OccleConfig) -> None:
@@ -118,15 +122,13 @@ class OccLE(nn.Module):
         self.empty_index = self.classes.empty_index
 
         own = m.use_semantic_branch and not m.shared_encoders  # the semantic branch has encoders of its own
-        image_unet = UNet2D(m.image_channels, Fd, K, m.pretrained_image) if own and m.use_image else None
-        lidar_unet = SparseUNet3D(self.grid, m.lidar_channels, Fd, s, m.lidar_backend) if own else None
-        # the 2D head (sem2d) sits on the image network the semantic branch reads
-        head2d = None if image_unet is not None else K
+        own_image = own and m.use_image
+        self.semantic_image_unet = UNet2D(m.image_channels, Fd, K, m.pretrained_image) if own_image else None
+        self.semantic_lidar_unet = SparseUNet3D(self.grid, m.lidar_channels, Fd, s, m.lidar_backend) if own else None
+        head2d = None if own_image else K  # the 2D head (sem2d) sits on the image network the semantic branch reads
         self.image_encoder = ImageEncoder(m.image_channels, Fd, head2d, m.pretrained_image) if m.use_image else None
         self.lidar_encoder = LidarEncoder(self.grid, m.lidar_channels, Fd, s, m.lidar_backend)
-        self.semantic_branch = (
-            SemanticBranch(Fd, K, m.use_image, image_unet, lidar_unet) if m.use_semantic_branch else None
-        )
+        self.semantic_branch = SemanticBranch(Fd, K, m.use_image) if m.use_semantic_branch else None
         self.geometric_branch = GeometricBranch(Fd, m.use_image)
         DualMamba, ConvFusion = _fusion_classes()
         sizes = (Fd, Fd, Fd, m.mamba_dim, m.mamba_layers, m.mamba_state)
@@ -149,13 +151,17 @@ class OccLE(nn.Module):
         self._layouts = LayoutCache(LAYOUT_CACHE_SIZE)  # one entry per camera calibration
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters per branch: image_encoder, lidar_encoder, semantic_branch, geometric_branch, fusion, heads
-        (absent branches are left out)."""
+        """Parameters per branch: image_encoder, lidar_encoder, semantic_branch (with its own encoders, if any),
+        geometric_branch, fusion, heads (absent branches are left out)."""
         groups = {}
         for name in PARAMETER_GROUPS:
             module = getattr(self, name)
             if module is not None:
                 groups[name] = list(module.parameters())
+        for name in SEMANTIC_ENCODERS:
+            module = getattr(self, name)
+            if module is not None:
+                groups["semantic_branch"] += list(module.parameters())
         return groups
 
     def _tokens(self, x: Tensor) -> Tensor:
@@ -226,15 +232,14 @@ class OccLE(nn.Module):
             feat2d, sem2d = self.image_encoder(batch.image)  # (B*N, F, H/4, W/4), (B*N, K, H, W) or None
             img_vox, valid = self._lift(feat2d, batch)  # (B, F, Xs, Ys, Zs), (B, 1, Xs, Ys, Zs)
         sem3d = None
-        branch = self.semantic_branch
-        if branch is not None:
+        if self.semantic_branch is not None:
             sem_lidar, sem_img = lidar, img_vox  # shared encoders
-            if branch.lidar_unet is not None:  # the branch's own sparse 3D UNet
-                sem_lidar, _ = branch.lidar_unet(batch.points, B)
-            if branch.image_unet is not None:  # the branch's own 2D UNet, the source of sem2d
-                feat2d, sem2d = branch.image_unet(batch.image)
+            if self.semantic_lidar_unet is not None:  # the branch's own sparse 3D UNet
+                sem_lidar, _ = self.semantic_lidar_unet(batch.points, B)
+            if self.semantic_image_unet is not None:  # the branch's own 2D UNet, the source of sem2d
+                feat2d, sem2d = self.semantic_image_unet(batch.image)
                 sem_img, _ = self._lift(feat2d, batch)  # validity depends on the cameras only: same as above
-            sem_feat = branch(sem_lidar, sem_img, valid)  # (B, F, Xs, Ys, Zs)
+            sem_feat = self.semantic_branch(sem_lidar, sem_img, valid)  # (B, F, Xs, Ys, Zs)
             if not inference:
                 sem3d = self._sem3d(sem_feat)  # (B, K, X, Y, Z)
         else:
@@ -305,7 +310,8 @@ def model_summary(cfg: OccleConfig, batch: Batch | None = None, num_points: int 
         # top-most counted modules below the model (children of ModuleDicts such as fusion / heads included)
         ancestors = (".".join(parts[:i]) for i in range(2, len(parts)))
         if len(parts) >= 2 and parts[0] == "OccLE" and not any(a in counts for a in ancestors):
-            by_module[parts[1]] = by_module.get(parts[1], 0) + flops
+            group = "semantic_branch" if parts[1] in SEMANTIC_ENCODERS else parts[1]
+            by_module[group] = by_module.get(group, 0) + flops
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "params_by_group": {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()},

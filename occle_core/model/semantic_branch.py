@@ -9,9 +9,10 @@ the LiDAR features are fused by 3D convolutions into the semantic feature grid, 
 predicts class logits (supervised by the lifted 3D pseudo labels).
 
 Which encoders feed it is ``model.shared_encoders``: true, the network's one image encoder and one LiDAR encoder
-(shared with the geometric branch); false (the published layout), encoders of its own, held by the branch:
-a 2D UNet (:class:`~occle_core.model.unet2d.UNet2D`, also the source of ``sem2d``) and a sparse 3D UNet
-(:class:`~occle_core.model.sparse_unet3d.SparseUNet3D`).
+(shared with the geometric branch); false (the published layout), encoders of its own: a 2D UNet
+(:class:`~occle_core.model.unet2d.UNet2D`, also the source of ``sem2d``) and a sparse 3D UNet
+(:class:`~occle_core.model.sparse_unet3d.SparseUNet3D`), held by the network as ``semantic_image_unet`` /
+``semantic_lidar_unet`` and counted in the ``semantic_branch`` parameter group.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from occle_core.model.layers import cat_cl, context_block, conv3d_bn_relu, to_cl
-from occle_core.model.sparse_unet3d import SparseUNet3D
-from occle_core.model.unet2d import UNet2D
 
 MIN_DEPTH = 0.1  # metres in front of the camera
 
@@ -118,21 +117,11 @@ class SemanticBranch(nn.Module):
         feat_dim: channels of the LiDAR grid, the lifted image grid and the output.
         num_classes: K.
         use_image: False: LiDAR features only (the LiDAR-only baseline).
-        image_unet: the branch's own 2D UNet (decoupled encoders); None: it reads the shared image encoder.
-        lidar_unet: the branch's own sparse 3D UNet (decoupled encoders); None: it reads the shared LiDAR encoder.
     """
 
-    def __init__(
-        self,
-        feat_dim: int,
-        num_classes: int,
-        use_image: bool = True,
-        image_unet: UNet2D | None = None,
-        lidar_unet: SparseUNet3D | None = None,
-    ) -> None:
+    def __init__(self, feat_dim: int, num_classes: int, use_image: bool = True) -> None:
         super().__init__()
         self.use_image = use_image
-        self.image_unet, self.lidar_unet = image_unet, lidar_unet
         cin = 2 * feat_dim + 1 if use_image else feat_dim
         self.fuse = conv3d_bn_relu(cin, feat_dim, 1)
         self.context = context_block(feat_dim)
