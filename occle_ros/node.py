@@ -232,7 +232,8 @@ class OccleNode(Node):
         self._ticks[index].tick()
         missing = [self._topics[2 * i + 1] for i in range(len(self.cameras))
                    if self.stats.received[self._topics[2 * i + 1]] == 0]  # fmt: skip
-        if stream is not Stream.CAMERA_INFO and missing and now - self.stats.started > 2.0:
+        again = self.stats.received[self._topics[index]] > 1  # a bag's first image may come just before its info
+        if stream is not Stream.CAMERA_INFO and missing and again and now - self.stats.started > 2.0:
             self._log_throttled("camera_info_missing", f"no camera_info received yet on {missing}; waiting (frames "
                                                        "need P)")  # fmt: skip
         for messages in self._sync.add(index, stamp_ns(msg.header.stamp), msg):
