@@ -47,7 +47,7 @@ from occle_ros.diagnostics import FrameStats, make_updater, occupancy_status
 from occle_ros.msgs.base import stamp_ns
 from occle_ros.msgs.voxels import publish_mask
 from occle_ros.outputs import FrameOutputs
-from occle_ros.params import NODE_NAME, RuntimeParams, StartupError, declare, runtime_update
+from occle_ros.params import NODE_NAME, RuntimeParams, StartupError, declare, match_cameras, runtime_update
 from occle_ros.pipeline import FrameRejectedError, OccupancyPredictor, Stream
 from occle_ros.sync import ApproximateTimeSync, Mailbox
 
@@ -160,22 +160,8 @@ class OccleNode(Node):
             raise StartupError(f"predictor (checkpoint {checkpoint or 'default'}, device {device}): {exc}") from exc
 
     def _match_cameras(self) -> tuple:
-        """The cameras in the checkpoint's order: the same names are reordered to it; other names must be as many
-        (used in the given order); a different count is a StartupError."""
-        cams = self.settings.cameras
-        wanted = list(getattr(self.predictor, "camera_names", None) or [])
-        if not wanted:
-            if len(cams) != 1:
-                raise StartupError(f"the checkpoint takes one camera; cameras.names has {len(cams)}")
-            return cams
-        by_name = {c.name: c for c in cams}
-        if set(by_name) == set(wanted):
-            return tuple(by_name[n] for n in wanted)
-        if len(cams) != len(wanted):
-            raise StartupError(
-                f"the checkpoint takes {len(wanted)} cameras {wanted}; cameras.names has {len(cams)}: {list(by_name)}"
-            )
-        return cams
+        """The cameras in the checkpoint's order (:func:`occle_ros.params.match_cameras`)."""
+        return match_cameras(self.settings.cameras, list(getattr(self.predictor, "camera_names", None) or []))
 
     # -- subscriptions ----------------------------------------------------------------------------------------
 
@@ -246,7 +232,8 @@ class OccleNode(Node):
         self._ticks[index].tick()
         missing = [self._topics[2 * i + 1] for i in range(len(self.cameras))
                    if self.stats.received[self._topics[2 * i + 1]] == 0]  # fmt: skip
-        if stream is not Stream.CAMERA_INFO and missing and now - self.stats.started > 2.0:
+        again = self.stats.received[self._topics[index]] > 1  # a bag's first image may come just before its info
+        if stream is not Stream.CAMERA_INFO and missing and again and now - self.stats.started > 2.0:
             self._log_throttled("camera_info_missing", f"no camera_info received yet on {missing}; waiting (frames "
                                                        "need P)")  # fmt: skip
         for messages in self._sync.add(index, stamp_ns(msg.header.stamp), msg):

@@ -280,7 +280,7 @@ def declare(node: Node) -> tuple[StartupParams, RuntimeParams]:
         checkpoint=values["checkpoint"],
         device=values["device"],
         torch_threads=values["torch_threads"],
-        cameras=_cameras(values),
+        cameras=camera_params(values),
         lidar_topic=values["lidar_topic"],
         warn_distortion=values["warn_distortion"],
         intensity_scale=values["intensity_scale"],
@@ -317,7 +317,7 @@ def declare(node: Node) -> tuple[StartupParams, RuntimeParams]:
     return startup, runtime
 
 
-def _cameras(values: Mapping[str, Any]) -> tuple[CameraParams, ...]:
+def camera_params(values: Mapping[str, Any]) -> tuple[CameraParams, ...]:
     """The ``cameras.*`` parallel lists as one entry per camera; raises StartupError when their lengths differ,
     a name repeats, or a transport is unknown."""
     names = list(values["cameras.names"])
@@ -338,6 +338,24 @@ def _cameras(values: Mapping[str, Any]) -> tuple[CameraParams, ...]:
         CameraParams(n, i, c, t, f)
         for n, i, c, t, f in zip(names, *(lists[k] for k in ("image_topics", "info_topics", "transports", "frames")))
     )
+
+
+def match_cameras(cams: Sequence[CameraParams], wanted: Sequence[str]) -> tuple[CameraParams, ...]:
+    """``cams`` in the checkpoint's camera order ``wanted`` (empty: any one camera): the same names are reordered
+    to it; other names must be as many (used in the given order). Raises StartupError for a different count."""
+    cams = tuple(cams)
+    if not wanted:
+        if len(cams) != 1:
+            raise StartupError(f"the checkpoint takes one camera; cameras.names has {len(cams)}")
+        return cams
+    by_name = {c.name: c for c in cams}
+    if set(by_name) == set(wanted):
+        return tuple(by_name[n] for n in wanted)
+    if len(cams) != len(wanted):
+        raise StartupError(
+            f"the checkpoint takes {len(wanted)} cameras {list(wanted)}; cameras.names has {len(cams)}: {list(by_name)}"
+        )
+    return cams
 
 
 def _runtime(values: Mapping[str, Any]) -> RuntimeParams:
