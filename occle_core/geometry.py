@@ -7,7 +7,6 @@ Conventions: LiDAR frame x forward, y left, z up. A grid index (i, j, k) covers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -209,54 +208,6 @@ def voxelize_labels(
     last = np.r_[vox[1:] != vox[:-1], True]
     out[vox[last]] = cls[last].astype(np.uint8)
     return out.reshape(grid.shape)
-
-
-def read_kitti_calib(path: str | Path, image_size: tuple[int, int] = (376, 1241)) -> Calib:
-    """Read a KITTI odometry ``calib.txt`` (P0..P3 and Tr) into the calibration of camera 2 (image_2).
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        ValueError: naming the file and the key that is missing or malformed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file not found: {path}")
-    values: dict[str, np.ndarray] = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        key, _, rest = line.partition(":")
-        try:
-            values[key.strip()] = np.array([float(v) for v in rest.split()], np.float64)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{line_no}: key {key.strip()!r} has a non-numeric value") from exc
-    for key in ("P2", "Tr"):
-        if key not in values:
-            raise ValueError(f"{path}: missing key {key!r} (expected P0..P3 and Tr, 12 values each)")
-        if values[key].size != 12:
-            raise ValueError(f"{path}: key {key!r} has {values[key].size} values, expected 12")
-    T = np.eye(4)
-    T[:3] = values["Tr"].reshape(3, 4)
-    return Calib(values["P2"].reshape(3, 4), T, image_size)
-
-
-def write_kitti_calib(path: str | Path, calib: Calib, P0: np.ndarray | None = None) -> None:
-    """Write a KITTI odometry ``calib.txt`` with P0..P3 and Tr (P2 = ``calib.P``).
-
-    P0/P1/P3 are derived from P2 by removing / shifting its baseline term, as in KITTI (cam0 has zero
-    offset, cam1/cam3 a stereo baseline of 0.54 m).
-    """
-    P2 = calib.P
-    base = P2.copy() if P0 is None else np.asarray(P0, np.float64)
-    if P0 is None:
-        base[:, 3] = 0.0
-    P1 = base.copy()
-    P1[0, 3] = -0.54 * base[0, 0]
-    P3 = P2.copy()
-    P3[0, 3] = P2[0, 3] - 0.54 * P2[0, 0]
-    rows = {"P0": base, "P1": P1, "P2": P2, "P3": P3, "Tr": calib.T_cam_lidar[:3]}
-    text = "".join(f"{k}: " + " ".join(f"{v:.12e}" for v in m.reshape(-1)) + "\n" for k, m in rows.items())
-    Path(path).write_text(text)
 
 
 def free_space_mask(

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from occle_core.geometry import read_kitti_calib
+from occle_core.data.kitti_calib import read_kitti_calib
 from occle_ros.params import ExtrinsicsParams, StartupError
 
 #: the TF frame of an ego-frame grid when the grid_frame parameter is empty

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from transforms3d.euler import euler2quat
 
-from occle_core.data.kitti import calib_matrix, oxts_poses, read_calib_file, read_imu_to_velo, read_oxts, read_raw_calib
+from occle_core.data.kitti import oxts_poses, read_oxts
+from occle_core.data.kitti_calib import calib_matrix, read_calib_file, read_imu_to_velo, read_raw_calib
 from occle_core.data.semantic_kitti import read_image, read_points
 from occle_ros.bag_writer import BagWriter
 

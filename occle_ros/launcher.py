@@ -210,7 +210,6 @@ def input_topics(args: dict[str, str]) -> list[str]:
     return [*topics, values["lidar_topic"]] if "lidar_topic" in values else topics
 
 
-
 def rviz_config(args: dict[str, str]) -> str:
     """The RViz config file of the launch arguments."""
     return args["rviz_config"] or _share("rviz", "occle.rviz")

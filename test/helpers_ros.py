@@ -24,8 +24,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from occle_core.checkpoint import make_checkpoint, save_checkpoint
 from occle_core.config import load_config
+from occle_core.data.kitti_calib import write_kitti_calib
 from occle_core.data.semantic_kitti import write_image, write_points, write_poses, write_times
-from occle_core.geometry import Calib, write_kitti_calib
+from occle_core.geometry import Calib
 from occle_core.model.occle import OccLE
 from occle_ros import msgs as ros_msgs
 

@@ -450,14 +450,14 @@ def _read_point_label(tmp: Path):
 
 
 def _read_calib_missing_tr(tmp: Path):
-    from occle_core.geometry import read_kitti_calib
+    from occle_core.data.kitti_calib import read_kitti_calib
 
     body = "".join(f"P{i}: " + " ".join(["1.0"] * 12) + "\n" for i in range(4))
     return read_kitti_calib(_write(tmp / "calib.txt", body.encode()))
 
 
 def _read_calib_garbage(tmp: Path):
-    from occle_core.geometry import read_kitti_calib
+    from occle_core.data.kitti_calib import read_kitti_calib
 
     return read_kitti_calib(_write(tmp / "calib.txt", b"P0: 1 2 three\n"))
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from occle_core.cli import inspect_main
 from occle_core.data import semantic_kitti as sk
-from occle_core.geometry import Calib, write_kitti_calib
+from occle_core.data.kitti_calib import write_kitti_calib
+from occle_core.geometry import Calib
 from occle_core.synth import kitti_layouts as kl
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "real" / "kitti"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occle_core.data import kitti
+from occle_core.data import kitti, kitti_calib
 from occle_core.data.sample import Sample
 from occle_core.synth import kitti_layouts as kl
 
@@ -76,18 +76,18 @@ def _raw_drive(root: Path, frames: int = 2) -> list[np.ndarray]:
 def test_raw_replica_reads_back_matrix_for_matrix_and_byte_for_byte(tmp_path: Path) -> None:
     scans = _raw_drive(tmp_path)
     date = tmp_path / DRIVE[:10]
-    calib = kitti.read_raw_calib(date, (24, 80))
+    calib = kitti_calib.read_raw_calib(date, (24, 80))
     np.testing.assert_allclose(calib.P, P2, rtol=1e-12)
     np.testing.assert_allclose(calib.T_cam_lidar, R0_4 @ TR, atol=1e-12)
-    cam = kitti.read_calib_file(date / "calib_cam_to_cam.txt")
+    cam = kitti_calib.read_calib_file(date / "calib_cam_to_cam.txt")
     assert "calib_time" not in cam and cam["S_rect_02"].tolist() == [80, 24]
     np.testing.assert_allclose(cam["R_rect_00"].reshape(3, 3), R0, atol=1e-12)
     # written again from what was read: the same bytes
-    velo = kitti.read_calib_file(date / "calib_velo_to_cam.txt")
+    velo = kitti_calib.read_calib_file(date / "calib_velo_to_cam.txt")
     Tr = np.c_[velo["R"].reshape(3, 3), velo["T"]]
     h, w = cam["S_rect_02"][::-1].astype(int)
     again = (cam["P_rect_02"].reshape(3, 4), cam["R_rect_00"].reshape(3, 3), Tr, (h, w))
-    kl.write_raw_calib(tmp_path / "again", *again, kitti.read_imu_to_velo(date))
+    kl.write_raw_calib(tmp_path / "again", *again, kitti_calib.read_imu_to_velo(date))
     for name in ("calib_cam_to_cam.txt", "calib_velo_to_cam.txt", "calib_imu_to_velo.txt"):
         assert (tmp_path / "again" / name).read_bytes() == (date / name).read_bytes()
     oxts = date / DRIVE / "oxts" / "data" / "0000000001.txt"
@@ -118,7 +118,7 @@ def test_oxts_poses_by_hand(tmp_path: Path) -> None:
     np.testing.assert_allclose(R, _rot(2, 0.3) @ _rot(1, 0.2) @ _rot(0, 0.1), atol=1e-12)
     # the dataset's pose: LiDAR = T_world_imu @ inv(T_velo_imu), origin from the drive's first frame
     pose = kitti.KittiRawDataset(tmp_path).sample(DRIVE, 1).pose
-    T_velo_imu = kitti.read_imu_to_velo(tmp_path / DRIVE[:10])
+    T_velo_imu = kitti_calib.read_imu_to_velo(tmp_path / DRIVE[:10])
     np.testing.assert_allclose(pose, T[1] @ np.linalg.inv(T_velo_imu), atol=1e-9)
 
 
@@ -132,11 +132,11 @@ def test_raw_errors_name_the_file_and_key(tmp_path: Path) -> None:
     text = (date / "calib_cam_to_cam.txt").read_text()
     (date / "calib_cam_to_cam.txt").write_text(text.replace("P_rect_02", "P_rect_2x"))
     with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: missing key 'P_rect_02'"):
-        kitti.read_raw_calib(date, (24, 80))
+        kitti_calib.read_raw_calib(date, (24, 80))
     (date / "calib_velo_to_cam.txt").write_text("R: 1 0 0 0 1 0 0 0\nT: 0 0 0\n")
     (date / "calib_cam_to_cam.txt").write_text(text)
     with pytest.raises(ValueError, match="key 'R' has 8 values, expected 9"):
-        kitti.read_raw_calib(date, (24, 80))
+        kitti_calib.read_raw_calib(date, (24, 80))
     (date / DRIVE / "oxts" / "data" / "0000000001.txt").write_text("1 2 3\n")
     with pytest.raises(ValueError, match="3 values, expected 30"):
         kitti.KittiRawDataset(tmp_path).pose(DRIVE, 1)
@@ -173,7 +173,7 @@ def test_object_replica_reads_back(tmp_path: Path) -> None:
     assert (tmp_path / "again.txt").read_bytes() == label.read_bytes()
     kl.write_object_labels(tmp_path / "scored.txt", _objects(score=True))
     np.testing.assert_allclose(kitti.read_object_labels(tmp_path / "scored.txt").score, [0.5, 0.25])
-    values = kitti.read_calib_file(calib_txt)
+    values = kitti_calib.read_calib_file(calib_txt)
     kl.write_object_calib(tmp_path / "c.txt", *(values[k].reshape(3, -1) for k in ("P2", "R0_rect", "Tr_velo_to_cam")))
     assert (tmp_path / "c.txt").read_bytes() == calib_txt.read_bytes()
     kl.write_object_frame(tmp_path, 3, pts, np.zeros((24, 80, 3), np.uint8), OBJECT_CALIB, split="testing")
@@ -213,7 +213,7 @@ def test_object_errors(tmp_path: Path) -> None:
         kitti.read_object_labels(tmp_path / "b.txt")
     (tmp_path / "c.txt").write_text("P2: 1 2 3\n")
     with pytest.raises(ValueError, match="key 'P2' has 3 values, expected 12"):
-        kitti.read_object_calib(tmp_path / "c.txt", (10, 10))
+        kitti_calib.read_object_calib(tmp_path / "c.txt", (10, 10))
     with pytest.raises(FileNotFoundError, match="velodyne"):
         kitti.KittiObjectDataset(tmp_path)
     with pytest.raises(ValueError, match="'training' or 'testing'"):

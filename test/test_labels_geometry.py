@@ -8,16 +8,8 @@ import torch
 
 from occle_core.checkpoint import CheckpointError, check_compatible, load_checkpoint, make_checkpoint, save_checkpoint
 from occle_core.config import OccleConfig, load_config
-from occle_core.geometry import (
-    OCC3D_GRID,
-    SEMANTIC_KITTI_GRID,
-    Calib,
-    VoxelGrid,
-    frustum_mask,
-    read_kitti_calib,
-    voxelize_labels,
-    write_kitti_calib,
-)
+from occle_core.data.kitti_calib import read_kitti_calib, write_kitti_calib
+from occle_core.geometry import OCC3D_GRID, SEMANTIC_KITTI_GRID, Calib, VoxelGrid, frustum_mask, voxelize_labels
 from occle_core.labels import class_table
 
 # KITTI odometry sequence 00 calibration (camera 2 and velodyne -> cam0).

@@ -12,9 +12,10 @@ from occle_core.config import load_config
 from occle_core.data import semantic_kitti as sk
 from occle_core.data.batch import add_targets, collate_inputs
 from occle_core.data.factory import build_dataset
+from occle_core.data.kitti_calib import write_kitti_calib
 from occle_core.data.multiframe import MultiFrameDataset
 from occle_core.data.sample import Sample
-from occle_core.geometry import Calib, write_kitti_calib
+from occle_core.geometry import Calib
 
 # velodyne -> camera 0 (KITTI's axes: x_cam = -y_velo, y_cam = -z_velo, z_cam = x_velo) and an offset
 TR = np.array([[0, -1, 0, 0.1], [0, 0, -1, -0.2], [1, 0, 0, -0.3], [0, 0, 0, 1]], np.float64)

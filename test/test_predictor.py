@@ -9,7 +9,8 @@ from helpers_numeric import assert_labels_are_argmax, head_rounding_bound
 
 from occle_core.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from occle_core.config import OccleConfig
-from occle_core.geometry import Calib, VoxelGrid, write_kitti_calib
+from occle_core.data.kitti_calib import write_kitti_calib
+from occle_core.geometry import Calib, VoxelGrid
 from occle_core.model.occle import OccLE
 from occle_core.predictor import Predictor, default_checkpoint, main, parse_frames
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from helpers_bags import DRIVE, raw_drive
 
-from occle_core.data import kitti
+from occle_core.data import kitti_calib
 from occle_ros import demo, demo_bag, kitti2bag
 
 pytestmark = pytest.mark.ros
@@ -54,7 +54,7 @@ def test_bag_facts_give_the_calibrated_extrinsics(tmp_path):
     np.testing.assert_array_equal(cam.image, images[0])
     np.testing.assert_array_equal(facts.points, scans[0])
     assert (cam.frame, facts.lidar_frame) == ("camera_color_left", "velo_link")
-    calib = kitti.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80))
+    calib = kitti_calib.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80))
     np.testing.assert_array_equal(cam.P, calib.P)
     # kitti2bag's camera_color_left frame is the rectified cam2 frame; with P_rect_02 the node needs rectified cam0
     (T,), T_grid = demo_bag.bag_extrinsics(facts, "lidar")
@@ -77,7 +77,7 @@ def test_demo_plays_a_one_frame_kitti_bag_through_the_node(tmp_path, checkpoint,
     assert written["extrinsics"]["source"] == "matrix" and "grid_from_lidar" not in written["extrinsics"]
     np.testing.assert_allclose(  # what the node was given
         np.reshape(written["extrinsics"]["matrix"], (4, 4)),
-        kitti.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80)).T_cam_lidar,
+        kitti_calib.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80)).T_cam_lidar,
         atol=1e-9,
     )
     received = np.load(out / "received.npz")

@@ -27,7 +27,7 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from transforms3d.quaternions import quat2mat
 
-from occle_core.data import kitti
+from occle_core.data import kitti, kitti_calib
 from occle_core.data.nuscenes import CAMERAS, read_pcd_bin
 from occle_core.synth import released
 from occle_ros import bag_player, kitti2bag, nuscenes2bag
@@ -203,7 +203,7 @@ def test_kitti_raw_ros1_bag_as_kitti2bag_writes_it(tmp_path):
     assert [f.name for f in cloud.fields] == ["x", "y", "z", "i"] and cloud.header.frame_id == "velo_link"
     np.testing.assert_array_equal(np.frombuffer(cloud.data.tobytes(), np.float32).reshape(-1, 4), scans[0])
     _, info, _ = bag[TOPICS["camera_info"]][0]
-    calib = kitti.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80))
+    calib = kitti_calib.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80))
     np.testing.assert_array_equal(info.P.reshape(3, 4), calib.P)  # the ROS 1 field names: K, D, R, P
     assert (info.height, info.width, info.distortion_model) == (24, 80, "plumb_bob")
     # tf_static: base_link -> imu_link -> velo_link and the cameras; the chain gives pykitti's T_cam2_velo

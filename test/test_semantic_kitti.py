@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from occle_core.data import semantic_kitti as sk
+from occle_core.data.kitti_calib import write_kitti_calib
 from occle_core.data.label_png import read_label_png, write_label_png
 from occle_core.data.sample import Sample
-from occle_core.geometry import SEMANTIC_KITTI_GRID, Calib, VoxelGrid, free_space_mask, write_kitti_calib
+from occle_core.geometry import SEMANTIC_KITTI_GRID, Calib, VoxelGrid, free_space_mask
 from occle_core.labels import class_table
 
 P2 = np.array([[718.856, 0.0, 607.1928, 45.38225], [0.0, 718.856, 185.2157, -0.1130887], [0.0, 0.0, 1.0, 0.0037]])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from occle_core.data import semantic_kitti as sk
-from occle_core.geometry import read_kitti_calib
+from occle_core.data.kitti_calib import read_kitti_calib
 from occle_core.labels import class_table
 from occle_core.synth.cli import main
 from occle_core.synth.sensors import LidarModel, kitti_calib

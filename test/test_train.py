@@ -18,6 +18,7 @@ import torch
 from occle_core.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from occle_core.config import OccleConfig, load_config
 from occle_core.data.factory import grid_scale
+from occle_core.data.kitti_calib import write_kitti_calib
 from occle_core.data.label_png import write_label_png
 from occle_core.data.semantic_kitti import (
     VOXEL_SHAPE,
@@ -27,7 +28,7 @@ from occle_core.data.semantic_kitti import (
     write_voxel_labels,
 )
 from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, TRAIN_LOG, Trainer
-from occle_core.geometry import SEMANTIC_KITTI_GRID, Calib, write_kitti_calib
+from occle_core.geometry import SEMANTIC_KITTI_GRID, Calib
 from occle_core.train import main, parse_overrides
 
 REPO = Path(__file__).resolve().parent.parent

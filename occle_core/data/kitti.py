@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from occle_core.data.kitti_calib import read_imu_to_velo, read_object_calib, read_raw_calib
 from occle_core.data.sample import Sample
 from occle_core.data.semantic_kitti import read_image, read_points
-from occle_core.geometry import Calib
 
 EARTH_RADIUS_M = 6378137.0  # the KITTI devkit's Mercator earth radius
 OXTS_VALUES = 30  # lat lon alt roll pitch yaw vn ve vf vl vu ax ay az af al au wx wy wz wf wl wu pos_acc vel_acc
@@ -40,89 +40,6 @@ OXTS_VALUES = 30  # lat lon alt roll pitch yaw vn ve vf vl vu ax ay az af al au 
 LABEL_VALUES = 15  # a label_2 line; 16 with a detection score
 RAW_INDEX_DIGITS = 10
 OBJECT_INDEX_DIGITS = 6
-
-
-# ------------------------------------------------------------------------------------------------ calibration
-
-
-def read_calib_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a KITTI ``key: v v v`` calibration text file into float64 arrays.
-
-    Keys whose value is not numeric (``calib_time: 09-Jan-2012 13:57:47``) are skipped, as in the devkit.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        ValueError: a non-empty line without ``key:``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file not found: {path}")
-    values: dict[str, np.ndarray] = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        key, colon, rest = line.partition(":")
-        if not colon:
-            raise ValueError(f"{path}:{line_no}: expected 'key: values', got {line[:40]!r}")
-        try:
-            values[key.strip()] = np.array([float(v) for v in rest.split()], np.float64)
-        except ValueError:
-            continue
-    return values
-
-
-def calib_matrix(values: dict[str, np.ndarray], key: str, shape: tuple[int, ...], path: str | Path) -> np.ndarray:
-    """``values[key]`` reshaped to ``shape``; a ValueError naming the file and key if absent or of the wrong size."""
-    if key not in values:
-        raise ValueError(f"{path}: missing key {key!r} ({int(np.prod(shape))} values expected)")
-    v = values[key]
-    if v.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: key {key!r} has {v.size} values, expected {int(np.prod(shape))}")
-    return v.reshape(shape)
-
-
-def _rigid(R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(4, 4) transform of a (3, 3) rotation and a (3,) translation."""
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = t
-    return T
-
-
-def _rect4(R0: np.ndarray) -> np.ndarray:
-    """The (3, 3) rectifying rotation expanded to (4, 4)."""
-    return _rigid(R0, np.zeros(3))
-
-
-def read_raw_calib(date_dir: str | Path, image_size: tuple[int, int], camera: str = "02") -> Calib:
-    """Calibration of a raw drive's camera ``camera`` from ``calib_cam_to_cam.txt`` and ``calib_velo_to_cam.txt``.
-
-    Returns:
-        ``Calib(P_rect_<camera>, R_rect_00 @ [R | T], image_size)``.
-    """
-    date_dir = Path(date_dir)
-    cam_path, velo_path = date_dir / "calib_cam_to_cam.txt", date_dir / "calib_velo_to_cam.txt"
-    cam, velo = read_calib_file(cam_path), read_calib_file(velo_path)
-    P = calib_matrix(cam, f"P_rect_{camera}", (3, 4), cam_path)
-    R0 = calib_matrix(cam, "R_rect_00", (3, 3), cam_path)
-    Tr = _rigid(calib_matrix(velo, "R", (3, 3), velo_path), calib_matrix(velo, "T", (3,), velo_path))
-    return Calib(P, _rect4(R0) @ Tr, image_size)
-
-
-def read_imu_to_velo(date_dir: str | Path) -> np.ndarray:
-    """(4, 4) IMU -> velodyne transform of ``calib_imu_to_velo.txt``."""
-    path = Path(date_dir) / "calib_imu_to_velo.txt"
-    values = read_calib_file(path)
-    return _rigid(calib_matrix(values, "R", (3, 3), path), calib_matrix(values, "T", (3,), path))
-
-
-def read_object_calib(path: str | Path, image_size: tuple[int, int]) -> Calib:
-    """Calibration of image_2 from a KITTI object ``calib/NNNNNN.txt``: ``Calib(P2, R0_rect @ Tr_velo_to_cam)``."""
-    values = read_calib_file(path)
-    P2 = calib_matrix(values, "P2", (3, 4), path)
-    R0 = calib_matrix(values, "R0_rect", (3, 3), path)
-    Tr = np.vstack([calib_matrix(values, "Tr_velo_to_cam", (3, 4), path), [0.0, 0.0, 0.0, 1.0]])
-    return Calib(P2, _rect4(R0) @ Tr, image_size)
 
 
 # ------------------------------------------------------------------------------------------------------- OXTS

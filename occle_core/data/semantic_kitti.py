@@ -30,9 +30,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from occle_core.data.kitti_calib import read_kitti_calib
 from occle_core.data.label_png import read_label_png
 from occle_core.data.sample import Sample
-from occle_core.geometry import read_kitti_calib
 from occle_core.labels import IGNORE_INDEX, ClassTable, class_table
 
 VOXEL_SHAPE: tuple[int, int, int] = (256, 256, 32)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from occle_core.data import semantic_kitti as sk
+from occle_core.data.kitti_calib import write_kitti_calib
 from occle_core.data.label_png import write_label_png
-from occle_core.geometry import write_kitti_calib
 from occle_core.synth.sensors import scaled_p0
 from occle_core.synth.sequence import SyntheticSequence
 
