@@ -28,7 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from occle_core.data.nuscenes import CAMERAS, LIDAR, VERSIONS, _lookup, load_table, pose_matrix, read_pcd_bin
+from occle_core.data.nuscenes import (
+    CAMERAS,
+    LIDAR,
+    VERSIONS,
+    camera_intrinsic,
+    load_table,
+    lookup,
+    pose_matrix,
+    read_pcd_bin,
+)
 from occle_ros.bag_writer import BagWriter
 
 MAP_FRAME, BASE_FRAME = "map", "base_link"
@@ -73,10 +82,10 @@ class SceneRecords:
         for rec in tables["sample_data"]:
             if rec["sample_token"] not in samples or not (sweeps or rec["is_key_frame"]):
                 continue
-            calib = _lookup(self.calibs, rec["calibrated_sensor_token"], "calibrated_sensor", table_root, rec)
-            channel = _lookup(channel_of, calib["sensor_token"], "sensor", table_root, calib)
+            calib = lookup(self.calibs, rec["calibrated_sensor_token"], "calibrated_sensor", table_root, rec)
+            channel = lookup(channel_of, calib["sensor_token"], "sensor", table_root, calib)
             if channel in wanted:
-                _lookup(self.poses, rec["ego_pose_token"], "ego_pose", table_root, rec)
+                lookup(self.poses, rec["ego_pose_token"], "ego_pose", table_root, rec)
                 self.records.append((channel, rec))
         if not self.records:
             raise ValueError(f"scene {scene!r} of {table_root} has no camera or {LIDAR} sample_data")
@@ -103,14 +112,7 @@ class SceneRecords:
 
     def intrinsic(self, rec: dict, channel: str) -> np.ndarray:
         """(3, 3) ``camera_intrinsic`` of a camera record; ValueError naming the field when it is not 3x3 finite."""
-        cs = self.calibs[rec["calibrated_sensor_token"]]
-        K = np.asarray(cs["camera_intrinsic"], np.float64)
-        if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise ValueError(
-                f"{self.where}/calibrated_sensor.json {cs['token']}: field 'camera_intrinsic' must be a 3x3 matrix "
-                f"with positive focal lengths for {channel}, got {cs['camera_intrinsic']!r}"
-            )
-        return K
+        return camera_intrinsic(self.calibs[rec["calibrated_sensor_token"]], channel, str(self.where))
 
     def ego_pose(self, rec: dict) -> np.ndarray:
         """(4, 4) T_map<-base_link of a record's ``ego_pose``."""

@@ -33,6 +33,7 @@ import json
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -109,6 +110,22 @@ def pose_matrix(record: dict, where: str = "record") -> np.ndarray:
     T[:3, :3] = quat2mat(q)
     T[:3, 3] = t
     return T
+
+
+def camera_intrinsic(calibrated_sensor: dict, channel: str, where: str) -> np.ndarray:
+    """(3, 3) float64 ``camera_intrinsic`` of a camera's calibrated_sensor record.
+
+    Raises:
+        ValueError: naming ``where``, the record's token and the field when it is not a finite 3x3 matrix with
+            positive focal lengths.
+    """
+    K = np.asarray(calibrated_sensor.get("camera_intrinsic"), np.float64)
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(
+            f"{where}/calibrated_sensor.json {calibrated_sensor.get('token')}: field 'camera_intrinsic' must be a "
+            f"3x3 matrix with positive focal lengths for {channel}, got {calibrated_sensor.get('camera_intrinsic')!r}"
+        )
+    return K
 
 
 def _numbers(record: dict, key: str, n: int, where: str) -> np.ndarray:
@@ -217,8 +234,8 @@ class NuScenesTables:
         self.lidar_data: dict[str, dict] = {}  # LIDAR_TOP sample_data by token
         self.key_data: dict[tuple[str, str], dict] = {}  # (sample token, channel) -> key-frame sample_data
         for rec in tables["sample_data"]:
-            cs = _lookup(calibs, rec["calibrated_sensor_token"], "calibrated_sensor", table_root, rec)
-            channel = _lookup(channel_of, cs["sensor_token"], "sensor", table_root, cs)
+            cs = lookup(calibs, rec["calibrated_sensor_token"], "calibrated_sensor", table_root, rec)
+            channel = lookup(channel_of, cs["sensor_token"], "sensor", table_root, cs)
             if channel not in wanted or not (rec["is_key_frame"] or channel == LIDAR):
                 continue
             if channel == LIDAR:
@@ -309,7 +326,7 @@ class NuScenesTables:
             parts.append(out)
             if not rec["prev"]:
                 break
-            rec = _lookup(self.lidar_data, rec["prev"], "LIDAR_TOP sample_data", self.root / self.version, rec)
+            rec = lookup(self.lidar_data, rec["prev"], "LIDAR_TOP sample_data", self.root / self.version, rec)
         return np.concatenate(parts, axis=0)
 
     def camera(self, sample_token: str, channel: str) -> tuple[Path, Calib, int]:
@@ -322,13 +339,7 @@ class NuScenesTables:
         T_ego_cam, T_global_cam = self.sensor_to_global(rec)
         _, T_global_lidar = self.sensor_to_global(self.key_record(sample_token, LIDAR))  # grid = ego(t_lidar)
         T_cam_grid = np.linalg.inv(T_ego_cam) @ np.linalg.inv(T_global_cam) @ T_global_lidar
-        cs = self.calibs[rec["calibrated_sensor_token"]]
-        K = np.asarray(cs["camera_intrinsic"], np.float64)
-        if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise ValueError(
-                f"{self.root / self.version}/calibrated_sensor.json {cs['token']}: field 'camera_intrinsic' must be "
-                f"a 3x3 matrix with positive focal lengths for {channel}, got {cs['camera_intrinsic']!r}"
-            )
+        K = camera_intrinsic(self.calibs[rec["calibrated_sensor_token"]], channel, str(self.root / self.version))
         P = np.hstack([K, np.zeros((3, 1))])
         size = (int(rec["height"]), int(rec["width"]))
         return self.root / rec["filename"], Calib(P, T_cam_grid, size), int(rec["timestamp"])
@@ -369,7 +380,7 @@ class NuScenesTables:
             stamps[channel] = stamp
         lidar = self.key_record(sample_token, LIDAR)
         scene = self.scene_by_token[self._sample(sample_token)["scene_token"]]
-        location = _lookup(self.logs, scene["log_token"], "log", self.root / self.version, scene)["location"]
+        location = lookup(self.logs, scene["log_token"], "log", self.root / self.version, scene)["location"]
         return Sample(
             f"{scene['name']}/{sample_token}",
             points,
@@ -386,7 +397,8 @@ class NuScenesTables:
         )
 
 
-def _lookup(index: dict, token: str, what: str, where: Path, record: dict):
+def lookup(index: dict, token: str, what: str, where: Path | str, record: dict) -> Any:
+    """``index[token]``; ValueError naming the table root, the referring record and the missing ``what`` token."""
     if token not in index:
         raise ValueError(f"{where}: record {record.get('token')!r} refers to {what} token {token!r}, which is missing")
     return index[token]
