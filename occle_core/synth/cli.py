@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--accumulate",
         type=int,
-        help="scans, --window-stride apart, whose points vote the voxel labels (default: --window)",
+        help="scans, --window-stride apart, whose points vote the voxel labels (default: --window; nuscenes 10)",
     )
     rig = p.add_argument_group("LiDAR rig (defaults: KITTI's HDL-64E; nuscenes: LIDAR_TOP, HDL-32E)")
     rig.add_argument("--beams", type=int, choices=(32, 64, 128), help="beam pattern (default 64; nuscenes 32)")
@@ -98,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.fov_only or args.preview or args.voxel_every != 1:
             p.error("--fov-only, --preview and --voxel-every apply to --layout semantic_kitti only")
-        kw = {"window": args.window, "stride": args.window_stride, "accumulate": args.accumulate}
-        kw["appearance"] = args.appearance
+        kw = {"window": args.window, "stride": args.window_stride, "appearance": args.appearance}
+        if args.accumulate is not None:
+            kw["accumulate"] = args.accumulate
         write_surround(args.out, args.scenes, args.frames, args.seed, not args.quiet, image_scale=args.image_scale,
                        lidar=lidar, **kw)  # fmt: skip
         if not args.quiet:

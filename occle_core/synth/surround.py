@@ -129,7 +129,7 @@ class SurroundSequence:
         lidar: the LIDAR_TOP model (default :func:`nuscenes_lidar`).
         key_stride: synthetic frames (10 Hz) from one key frame to the next; those between are sweeps.
         window, stride, accumulate: the ground-truth accumulation of :class:`SyntheticSequence` (in synthetic
-            frames).
+            frames): ``window`` scans decide ``mask_lidar``, ``accumulate`` (10: 2 s ahead) vote the classes.
         visibility_step_deg: spacing of the camera rays of ``mask_camera``.
         t0: timestamp (us) of the first key frame.
     """
@@ -144,8 +144,8 @@ class SurroundSequence:
         key_stride: int = 5,
         window: int = 5,
         stride: int = 2,
-        accumulate: int | None = None,
-        visibility_step_deg: float = 0.25,
+        accumulate: int = 10,
+        visibility_step_deg: float = 0.5,
         t0: int = START_US,
     ) -> None:
         if keys < 1:
