@@ -226,7 +226,7 @@ def scene_names(n: int) -> list[str]:
     from occle_core.data.nuscenes import split_scenes
 
     n_val = max(n // 5, 1) if n >= 2 else 0
-    return split_scenes("v1.0-trainval", "train")[: n - n_val] + split_scenes("v1.0-trainval", "val")[:n_val]
+    return [*split_scenes("v1.0-trainval", "train")[: n - n_val], *split_scenes("v1.0-trainval", "val")[:n_val]]
 
 
 def write_surround(out: str | Path, scenes: int, keys: int, seed: int = 0, progress: bool = True, **kw) -> list[str]:
