@@ -16,7 +16,7 @@ LAYOUTS = ("semantic_kitti", "nuscenes")
 #: LiDAR defaults per layout: KITTI's HDL-64E 1.73 m up; nuScenes' LIDAR_TOP (HDL-32E) 1.84 m up
 RIG_DEFAULTS = {
     "semantic_kitti": {"beams": 64, "lidar_height": LIDAR_HEIGHT, "intensity": "reflectance", "azimuth_steps": 2000},
-    "nuscenes": {"beams": 32, "lidar_height": 1.84023, "intensity": "nuscenes", "azimuth_steps": 1090},
+    "nuscenes": {"beams": 32, "lidar_height": 1.84023, "intensity": "nuscenes", "azimuth_steps": 1084},
 }
 
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--voxel-every", type=int, default=1, help="write voxel labels every N frames (default 1)")
     p.add_argument("--window", type=int, default=5, help="scans whose rays decide the invalid voxels (default 5)")
     p.add_argument("--window-stride", type=int, default=2, help="frames between accumulated scans (default 2)")
-    p.add_argument("--azimuth-steps", type=int, help="LiDAR columns per turn (default 2000; nuscenes 1090)")
+    p.add_argument("--azimuth-steps", type=int, help="LiDAR columns per turn (default 2000; nuscenes 1084)")
     p.add_argument(
         "--accumulate",
         type=int,

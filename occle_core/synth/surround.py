@@ -4,7 +4,7 @@ Rig (:class:`SurroundRig`): the six cameras of nuScenes with the mounts and foca
 :data:`occle_core.synth.released.CAMERA_RIG` (yaws 0, -55, 55, 180, 110, -110 deg, about 1.5 m up; horizontal
 field of view 64.6 deg, CAM_BACK 89.3 deg, from the released focal lengths at 1600 px), images of 900 x 1600
 pixels scaled by ``image_scale``, and a 32-beam HDL-32E pattern as LIDAR_TOP (1.84 m up, 0.94 m ahead of the rear
-axle; 1090 columns, nuScenes' 0..255 intensities). The ego frame is the vehicle's (x forward, y left, z up) with
+axle; 1084 columns, nuScenes' 0..255 intensities). The ego frame is the vehicle's (x forward, y left, z up) with
 its origin on the road under the rear axle.
 
 Frames (:class:`SurroundSequence`): the synthetic world runs at 10 Hz; a key frame every ``key_stride`` (5)
@@ -83,7 +83,7 @@ def occ3d_lut() -> np.ndarray:
     return lut
 
 
-def nuscenes_lidar(azimuth_steps: int = 1090, height: float = LIDAR_MOUNT[0][2], **kw) -> LidarModel:
+def nuscenes_lidar(azimuth_steps: int = 1084, height: float = LIDAR_MOUNT[0][2], **kw) -> LidarModel:
     """The LIDAR_TOP model: HDL-32E beams, nuScenes intensities; ``kw`` go to :class:`LidarModel`."""
     return LidarModel(azimuth_steps, beam_elevations(32), height=height, intensity="nuscenes", **kw)
 
