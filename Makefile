@@ -14,7 +14,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test lint bench synth-data checkpoint results pilot clean
+.PHONY: install demo test lint bench synth-data synth-data-realistic pseudo-noise pseudo-deeplab checkpoint results pilot clean
 
 install: $(STAMP)
 
@@ -53,6 +53,25 @@ synth-data: install
 	for s in 0 1 2 3; do OMP_NUM_THREADS=1 $(BIN)/occle-synth $(SYNTH_ARGS) --seed $$s --sequence 0$$s --frames 40; done
 	for s in 4 5 8 9 10 11; do OMP_NUM_THREADS=1 $(BIN)/occle-synth $(SYNTH_ARGS) --seed $$s \
 		--sequence $$(printf %02d $$s) --frames 20; done
+
+# The same scenes (same seeds, sequences and frames) with realistic-appearance images, in a root of their own; their
+# pseudo_2d/ is the noise model's (the control row occle_10_realistic).
+SYNTH_REALISTIC := data/synthetic_realistic
+synth-data-realistic: install
+	$(MAKE) synth-data SYNTH=$(SYNTH_REALISTIC) SYNTH_ARGS="--out $(SYNTH_REALISTIC) --image-scale 0.5 --quiet \
+		--appearance realistic"
+
+# The noise model's other levels next to pseudo_2d/ of data/synthetic: pseudo_2d_oracle/ (the true 2D labels)
+# and pseudo_2d_x2/ (every noise component doubled); renders again, no LiDAR or voxels (rows oracle_2d, noise_x2).
+pseudo-noise: synth-data
+	for n in oracle x2; do for s in 0 1 2 3; do OMP_NUM_THREADS=1 $(BIN)/occle-synth $(SYNTH_ARGS) --seed $$s \
+		--sequence 0$$s --frames 40 --pseudo-noise $$n --pseudo-only; done; done
+
+# The real Cityscapes DeepLab's labels of the realistic images, in pseudo_2d_deeplab/ (row occle_10_deeplab).
+DEEPLAB ?= ../shared/models/deeplab_cityscapes/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite
+pseudo-deeplab: synth-data-realistic
+	$(BIN)/occle-pseudo --segmenter deeplab-cityscapes --model $(DEEPLAB) --dataset semantic_kitti \
+		--data $(SYNTH_REALISTIC) --label-dir pseudo_2d_deeplab
 
 # Retrain the shipped checkpoint (OccLE, tiny, 10% labels, seed 0) from scratch.
 CHECKPOINT_STEPS ?= 2000

@@ -68,6 +68,7 @@ setup(
             "occle-launch = occle_ros.launcher:main",
             "occle-play = occle_ros.bag_player:main",
             "occle-kitti2bag = occle_ros.kitti2bag:main",
+            "occle-nuscenes2bag = occle_ros.nuscenes2bag:main",
             "occle_node = occle_ros.node:main",
         ],
     },

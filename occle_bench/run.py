@@ -7,6 +7,7 @@ Sections (in this order; ``--only`` picks some):
 - ``scaling``: growth with point count, grid size and occupied voxel count.
 - ``messages``: PointCloud2 decoding and MarkerArray building against per-element baselines.
 - ``scan``: the pure-torch selective scan against a step-by-step loop (``occle_bench.bench_scan``).
+- ``cameras``: ``Predictor.predict`` at 1, 2 and 6 cameras on the Occ3D grid (``occle_bench.bench_cameras``).
 
 ``--quick`` runs every section at a small size in a few seconds each (CI smoke); its numbers are not the
 targets' sizes. Full mode takes a few minutes on 2 CPU cores. Exit status: 0, or 1 when a section raised
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-SECTIONS: tuple[str, ...] = ("pipeline", "node", "scaling", "messages", "scan")
+SECTIONS: tuple[str, ...] = ("pipeline", "node", "scaling", "messages", "scan", "cameras")
 LOAD_WARNING = 1.5  # 1-minute load average above which timings are flagged as disturbed
 
 
@@ -80,7 +81,19 @@ def _runners(workdir: Path) -> dict[str, Callable[[bool], Any]]:
 
         return run(quick)
 
-    return {"pipeline": pipeline, "node": node, "scaling": scaling, "messages": messages, "scan": _scan_section}
+    def cameras(quick: bool) -> Any:
+        from occle_bench.bench_cameras import run
+
+        return run(quick)
+
+    return {
+        "pipeline": pipeline,
+        "node": node,
+        "scaling": scaling,
+        "messages": messages,
+        "scan": _scan_section,
+        "cameras": cameras,
+    }
 
 
 def _parser() -> argparse.ArgumentParser:

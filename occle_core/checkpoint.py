@@ -1,4 +1,9 @@
-"""Checkpoints: one file holding config, class table, grid and weights, and the one checkpoint -> model builder.
+"""Checkpoints: one file holding config, class table, grid, grid frame, camera set and weights, and the one
+checkpoint -> model builder.
+
+The grid frame (``"lidar"`` | ``"ego"``) and the camera set (channel names, front camera first) say what the
+network expects at inference: points and every ``T_cam<-grid`` in that frame, one image per named camera.
+Checkpoints written before these entries existed load as ``("lidar", ["image_2"])`` (the single-camera network).
 
 Written atomically (temporary file in the same folder, fsync, ``os.replace``) so a crash mid-write leaves
 the previous checkpoint intact; read with ``torch.load(..., weights_only=True)`` so a file that would run
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
 
 FORMAT = "occle-checkpoint"
 VERSION = 1
+LEGACY_RIG = ("lidar", ("image_2",))  # grid frame and cameras of checkpoints that do not record them
 
 
 class CheckpointError(ValueError):
@@ -53,23 +59,67 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+def _check_rig(grid_frame: Any, cameras: Any, where: str) -> tuple[str, list[str]]:
+    """``(grid_frame, cameras)`` checked: a known frame and a non-empty list of distinct names."""
+    from occle_core.data.sample import GRID_FRAMES
+
+    if grid_frame not in GRID_FRAMES:
+        raise CheckpointError(f"{where} grid_frame must be one of {list(GRID_FRAMES)}, got {grid_frame!r}")
+    names = list(cameras) if isinstance(cameras, list | tuple) else []
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise CheckpointError(f"{where} cameras must be a non-empty list of distinct camera names, got {cameras!r}")
+    return grid_frame, names
+
+
 def make_checkpoint(
     config: dict,
     classes: ClassTable,
     grid: VoxelGrid,
     model_state: dict[str, torch.Tensor],
+    grid_frame: str | None = None,
+    cameras: list[str] | None = None,
     **extra: Any,
 ) -> dict:
-    """Assemble the checkpoint dict (extra keys: optimizer, scheduler, step, rng, metrics...)."""
+    """Assemble the checkpoint dict (extra keys: optimizer, scheduler, step, rng, metrics...).
+
+    Args:
+        grid_frame / cameras: the grid frame and the camera set; None takes them from ``config["data"]``
+            (:meth:`~occle_core.config.DataConfig.frame` / :meth:`~occle_core.config.DataConfig.camera_names`).
+    """
+    from occle_core.config import DataConfig
+
+    data = config.get("data") or {}
+    rig = DataConfig(
+        dataset=data.get("dataset", "semantic_kitti"), cameras=data.get("cameras"), grid_frame=data.get("grid_frame")
+    )
+    frame, names = _check_rig(
+        rig.frame() if grid_frame is None else grid_frame,
+        rig.camera_names() if cameras is None else cameras,
+        "make_checkpoint:",
+    )
     return {
         "format": FORMAT,
         "version": VERSION,
         "config": config,
         "classes": {"dataset": classes.name, "names": list(classes.names), "empty_index": classes.empty_index},
         "grid": grid.to_dict(),
+        "grid_frame": frame,
+        "cameras": names,
         "model": model_state,
         **extra,
     }
+
+
+def checkpoint_rig(ckpt: dict) -> tuple[str, list[str]]:
+    """``(grid_frame, camera names)`` a checkpoint was trained for; ``("lidar", ["image_2"])`` when it predates
+    these entries.
+
+    Raises:
+        CheckpointError: an unknown frame or a malformed camera list.
+    """
+    frame = ckpt.get("grid_frame", LEGACY_RIG[0])
+    cameras = ckpt.get("cameras", list(LEGACY_RIG[1]))
+    return _check_rig(frame, cameras, "checkpoint")
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
@@ -126,8 +176,9 @@ def check_compatible(ckpt: dict, classes: ClassTable | None = None, grid: VoxelG
 def build_model(ckpt: dict, expect: OccleConfig | None = None) -> tuple[OccLE, OccleConfig]:
     """Build the :class:`~occle_core.model.occle.OccLE` of a loaded checkpoint's config and load its weights.
 
-    The pretrained-backbone path of the stored config is cleared (the weights come from the checkpoint) and the
-    grid is stored in the returned config (no YAML lookup per frame).
+    The pretrained-backbone path of the stored config is cleared (the weights come from the checkpoint); the
+    grid, the grid frame and the camera set (:func:`checkpoint_rig`) are stored in the returned config (no
+    YAML lookup per frame; batches built from it take the checkpoint's cameras).
 
     Args:
         ckpt: what :func:`load_checkpoint` returned.
@@ -146,6 +197,7 @@ def build_model(ckpt: dict, expect: OccleConfig | None = None) -> tuple[OccLE, O
     cfg.model.pretrained_image = ""
     grid = cfg.data.voxel_grid()
     cfg.data.grid = grid.to_dict()
+    cfg.data.grid_frame, cfg.data.cameras = checkpoint_rig(ckpt)
     check_compatible(ckpt, cfg.data.classes(), grid)  # the file agrees with itself
     if expect is not None:
         check_compatible(ckpt, expect.data.classes(), expect.data.voxel_grid())

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from occle_core.data.label_budget import LABEL_BUDGETS
+from occle_core.data.sample import GRID_FRAMES
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import DATASETS, ClassTable, class_table
 
@@ -39,6 +40,14 @@ class DataConfig:
         label_seed: seed of the label-budget sampling.
         label_budget: how the share is drawn: ``voxel`` (random voxels of every frame, OccLE's setting),
             ``frame`` (whole frames labelled) or ``block`` (random voxel blocks); see ``data/label_budget.py``.
+        cameras: the camera set the network sees, channel names with the front camera first (every camera is
+            resized to ``image_size``); None takes the dataset's rig (:meth:`camera_names`).
+        grid_frame: ``"lidar"`` or ``"ego"``, the frame of the grid, the points and every ``T_cam<-grid``; None
+            takes the dataset's frame (:meth:`frame`).
+        pseudo_dir: SemanticKITTI layout: the sequence sub-folder the 2D pseudo labels are read from
+            (``pseudo_2d``: occle-synth's noise model; e.g. ``pseudo_2d_deeplab`` written by occle-pseudo).
+        past_frames: SemanticKITTI layout: K previous scans of the sequence merged into each frame's points
+            through the poses, with a time-offset column (``data/multiframe.py``); 0 = the frame's own scan only.
     """
 
     dataset: str = "semantic_kitti"
@@ -51,6 +60,27 @@ class DataConfig:
     label_ratio: float = 0.1
     label_seed: int = 0
     label_budget: str = "voxel"
+    cameras: list[str] | None = None
+    grid_frame: str | None = None
+    pseudo_dir: str = "pseudo_2d"
+    past_frames: int = 0
+
+    def camera_names(self) -> list[str]:
+        """The camera set: ``cameras`` when set, else the dataset's (SemanticKITTI ``["image_2"]``, Occ3D-nuScenes
+        the six ``CAM_*`` channels, front first)."""
+        if self.cameras is not None:
+            return list(self.cameras)
+        if self.dataset == "occ3d_nuscenes":
+            from occle_core.data.nuscenes import CAMERAS
+
+            return list(CAMERAS)
+        return ["image_2"]
+
+    def frame(self) -> str:
+        """The grid frame: ``grid_frame`` when set, else the dataset's (SemanticKITTI ``lidar``, Occ3D ``ego``)."""
+        if self.grid_frame is not None:
+            return self.grid_frame
+        return "ego" if self.dataset == "occ3d_nuscenes" else "lidar"
 
     def voxel_grid(self) -> VoxelGrid:
         """The output grid: ``grid`` when set, else the dataset's standard grid."""
@@ -67,8 +97,24 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad training-relevant ``data`` value."""
-        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points"))
-        _require([(0 <= self.label_ratio <= 1, "data.label_ratio", "in [0, 1]", self.label_ratio)])
+        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points", "past_frames"))
+        _require(
+            [
+                (0 <= self.label_ratio <= 1, "data.label_ratio", "in [0, 1]", self.label_ratio),
+                (
+                    self.past_frames >= 0 and int(self.past_frames) == self.past_frames,
+                    "data.past_frames",
+                    "an integer >= 0",
+                    self.past_frames,
+                ),
+                (
+                    isinstance(self.pseudo_dir, str) and Path(self.pseudo_dir).name == self.pseudo_dir,
+                    "data.pseudo_dir",
+                    "a folder name inside each sequence",
+                    self.pseudo_dir,
+                ),
+            ]
+        )
 
 
 @dataclass
@@ -287,6 +333,13 @@ def _build(kind: type, values: dict | None, section: str) -> Any:
         if obj.label_budget not in LABEL_BUDGETS:
             raise ValueError(f"data.label_budget must be one of {list(LABEL_BUDGETS)}, got {obj.label_budget!r}")
         obj.image_size = tuple(int(v) for v in obj.image_size)
+        if obj.grid_frame is not None and obj.grid_frame not in GRID_FRAMES:
+            raise ValueError(f"data.grid_frame must be one of {list(GRID_FRAMES)} or null, got {obj.grid_frame!r}")
+        if obj.cameras is not None:
+            names = [str(c) for c in obj.cameras] if isinstance(obj.cameras, list | tuple) else []
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"data.cameras must be a list of distinct camera names or null, got {obj.cameras!r}")
+            obj.cameras = names
     return obj
 
 

@@ -8,7 +8,8 @@ Supervision sources and where they act:
 
 - ``voxel_ce`` / ``lovasz``: final logits on the labelled share only (``label_mask & target != 255``). Labels
   outside the budget are never read.
-- ``pseudo_2d``: image-head logits ``sem2d`` against the 2D pseudo labels (255 = none).
+- ``pseudo_2d``: image-head logits ``sem2d`` against the 2D pseudo labels (255 = none), every camera's image
+  (the camera-stacked (B*N, ...) rows of :class:`~occle_core.data.batch.Batch`).
 - ``pseudo_3d``: semantic-branch logits ``sem3d`` against the lifted 3D pseudo labels (255 = none).
 - ``geometry``: the geometric occupancy logit ``geo``, class-balanced BCE: LiDAR hits are occupied, voxels a
   ray crosses before its hit are free, and labelled voxels give occupied = (label != empty).
@@ -18,8 +19,9 @@ Supervision sources and where they act:
   and the occupancy logit (BCE on "teacher class != empty"). The own-prediction teacher costs nothing extra;
   the EMA teacher (``train.teacher: ema``) costs one extra forward pass without gradients and is the more
   stable choice for long runs.
-- ``projection``: NLL of the scatter-accumulated maps (``proj / proj_weight``) against the 2D pseudo labels
-  downsampled (majority) to the projection stride, only where ``proj_weight > eps``.
+- ``projection``: NLL of the scatter-accumulated maps (``proj / proj_weight``, one per camera) against that
+  camera's 2D pseudo labels downsampled (majority) to the projection stride, only where ``proj_weight > eps``;
+  the mean runs over the selected pixels of every camera.
 """
 
 from __future__ import annotations
@@ -306,8 +308,9 @@ def projection_loss(proj: Tensor, proj_weight: Tensor, pseudo2d: Tensor, stride:
     """NLL of the normalised scatter-accumulated maps against 2D pseudo labels at the projection stride.
 
     Args:
-        proj: (B, K, Hp, Wp) accumulated class probabilities; proj_weight: (B, 1, Hp, Wp) accumulated weight.
-        pseudo2d: (B, H, W) int64, 255 = none; downsampled by majority to (B, Hp, Wp).
+        proj: (B*N, K, Hp, Wp) accumulated class probabilities of every camera (N = 1: (B, K, Hp, Wp));
+            proj_weight: (B*N, 1, Hp, Wp) accumulated weight.
+        pseudo2d: (B*N, H, W) int64, the same cameras' labels, 255 = none; downsampled by majority to Hp x Wp.
         stride: projection stride (H // stride == Hp).
 
     Returns:

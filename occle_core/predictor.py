@@ -1,4 +1,5 @@
-"""Inference API: load a checkpoint once, then ``predict(image, points, calib) -> (X, Y, Z) uint8 labels``.
+"""Inference API: load a checkpoint once, then ``predict(image, points, calib) -> (X, Y, Z) uint8 labels``
+(one camera) or ``predict([(image, calib), ...], points)`` (the checkpoint's camera set, front camera first).
 
 This is what the ROS node and ``occle-predict`` call. The checkpoint (config, class table, grid, weights) is
 read once with ``weights_only=True``; the network is built from its config, put in eval mode and run under
@@ -32,13 +33,15 @@ import torch
 from occle_core.checkpoint import load_model
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch, collate_inputs
-from occle_core.data.sample import Sample
+from occle_core.data.sample import CameraView, Sample
 from occle_core.device import resolve_device
 from occle_core.geometry import Calib, VoxelGrid
 from occle_core.labels import ClassTable
 from occle_core.model.occle import OccLE
 
 DEFAULT_CHECKPOINT = ("models", "occle_tiny_synthetic.pt")
+Views = Sequence[tuple[np.ndarray, Calib]]
+ImageOrViews = np.ndarray | Views  # one camera's image, or the (image, Calib) views of every camera
 
 
 def default_checkpoint() -> Path:
@@ -49,7 +52,7 @@ def default_checkpoint() -> Path:
 
 
 class Predictor:
-    """Semantic occupancy from one camera image and one LiDAR scan.
+    """Semantic occupancy from the camera images (one, or the checkpoint's camera set) and one LiDAR scan.
 
     Args:
         checkpoint: an occle checkpoint; None takes the shipped default (``models/occle_tiny_synthetic.pt``).
@@ -57,6 +60,8 @@ class Predictor:
 
     Attributes:
         grid: the output voxel grid; classes: the class table; config: the model's config; device.
+        grid_frame: ``"lidar"`` or ``"ego"``, the frame the points and every camera's ``T_cam<-grid`` must be in.
+        camera_names: the checkpoint's camera set, front camera first (``["image_2"]`` for one camera).
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
@@ -68,6 +73,8 @@ class Predictor:
     classes: ClassTable
     config: OccleConfig
     device: torch.device
+    grid_frame: str
+    camera_names: list[str]
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto") -> None:
         dev = resolve_device(device)
@@ -78,7 +85,8 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: OccLE, cfg: OccleConfig, device: str = "auto") -> Predictor:
-        """A predictor around an already built network (tests, benchmarks, right after training)."""
+        """A predictor around an already built network (tests, benchmarks, right after training); grid frame and
+        camera set from ``cfg.data`` (:meth:`~occle_core.config.DataConfig.frame` / ``camera_names``)."""
         self = cls.__new__(cls)
         self.checkpoint_path = None
         cfg = copy.deepcopy(cfg)
@@ -91,10 +99,42 @@ class Predictor:
         self.device = device
         self.grid = cfg.data.voxel_grid()
         self.classes = cfg.data.classes()
+        self.grid_frame = cfg.data.frame()
+        self.camera_names = cfg.data.camera_names()
         self.model = model.to(device).eval()
 
+    def views(self, image: ImageOrViews, calib: Calib | None = None) -> list[tuple[np.ndarray, Calib]]:
+        """The camera views of a call: ``[(image, calib)]`` for the single-camera form, the list itself for
+        ``views``; each checked (see :meth:`validate`).
+
+        Raises:
+            ValueError: the wrong camera count for the checkpoint, a view that is not an (image, Calib) pair, or
+                a bad image / calibration (naming ``views[i]`` in the multi-camera form).
+        """
+        n = len(self.camera_names)
+        if isinstance(image, list | tuple):
+            if calib is not None:
+                raise ValueError("calib must be None when views are given (each view carries its own Calib)")
+            if len(image) != n:
+                raise ValueError(
+                    f"views: this checkpoint takes {n} camera(s) {self.camera_names} in that order, got {len(image)}"
+                )
+            for i, view in enumerate(image):
+                if not isinstance(view, list | tuple) or len(view) != 2:
+                    raise ValueError(f"views[{i}] must be an (image, Calib) pair, got {type(view).__name__}")
+                _check_view(view[0], view[1], f"views[{i}] ({self.camera_names[i]}) ")
+            return [(v[0], v[1]) for v in image]
+        if n != 1:
+            raise ValueError(
+                f"views: this checkpoint takes {n} cameras {self.camera_names}; call predict([(image, calib), ...], "
+                "points) with one view per camera"
+            )
+        _check_view(image, calib, "")
+        return [(image, calib)]
+
     def validate(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> np.ndarray:
-        """Check the inputs; returns the (N, 4) float32 x, y, z, intensity columns (a view when they already are).
+        """Check a single-camera input; returns the (N, 4) float32 x, y, z, intensity columns (a view when they
+        already are).
 
         Rows with NaN/Inf are not removed here: cropping to the grid drops them (see
         :func:`~occle_core.data.batch.select_points`).
@@ -102,48 +142,68 @@ class Predictor:
         Raises:
             ValueError: naming the field and the expected shape / dtype / size.
         """
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got shape {getattr(image, 'shape', None)}")
-        if image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
-        if image.shape[0] < 8 or image.shape[1] < 8:
-            raise ValueError(f"image must be at least 8x8 pixels, got {image.shape[:2]}")
-        if not isinstance(calib, Calib):
-            raise ValueError(f"calib must be an occle_core.geometry.Calib, got {type(calib).__name__}")
-        if tuple(calib.image_size) != tuple(image.shape[:2]):
-            raise ValueError(f"calib image_size {calib.image_size} does not match the image size {image.shape[:2]}")
-        if not isinstance(points, np.ndarray) or points.ndim != 2 or points.shape[1] < 4:
-            raise ValueError(
-                f"points must be an (N, >=4) array of x, y, z, intensity, got shape {getattr(points, 'shape', None)}"
-            )
-        if not np.issubdtype(points.dtype, np.floating):
-            raise ValueError(f"points must be floating point (float32), got dtype {points.dtype}")
-        return np.asarray(points[:, :4], np.float32)
+        _check_view(image, calib, "")
+        return _check_points(points)
 
-    def batch(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> Batch:
-        """Validated network input of one frame on the predictor's device (what :meth:`predict` feeds the model)."""
-        pts = self.validate(image, points, calib)
-        return collate_inputs([Sample.single("predict", image, pts, calib)], self.config).to(self.device)
+    def batch(self, image: ImageOrViews, points: np.ndarray, calib: Calib | None = None) -> Batch:
+        """Validated network input of one frame on the predictor's device (what :meth:`predict` feeds the model);
+        ``image`` is one image (with ``calib``) or the list of (image, Calib) views."""
+        views = self.views(image, calib)
+        pts = _check_points(points)
+        cams = [CameraView(name, img, cal) for name, (img, cal) in zip(self.camera_names, views)]
+        sample = Sample("predict", pts, cams, grid_frame=self.grid_frame)
+        return collate_inputs([sample], self.config).to(self.device)
 
     @torch.inference_mode()
-    def predict_logits(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> torch.Tensor:
-        """(K, X, Y, Z) float logits on the predictor's device (same validation as :meth:`predict`)."""
+    def predict_logits(self, image: ImageOrViews, points: np.ndarray, calib: Calib | None = None) -> torch.Tensor:
+        """(K, X, Y, Z) float logits on the predictor's device (same inputs and validation as :meth:`predict`)."""
         return self.model(self.batch(image, points, calib), inference=True).logits[0]
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> np.ndarray:
+    def predict(self, image: ImageOrViews, points: np.ndarray, calib: Calib | None = None) -> np.ndarray:
         """Semantic occupancy of one frame.
 
         Args:
-            image: (H, W, 3) uint8 RGB.
-            points: (N, >=4) float x, y, z, intensity in the LiDAR frame (rows with NaN/Inf are dropped).
-            calib: the camera model of ``image`` (``calib.image_size`` must equal the image size).
+            image: (H, W, 3) uint8 RGB of the single camera (with ``calib``), or the multi-camera ``views``: a list
+                of ``(image (H, W, 3) uint8, Calib)``, one per camera of :attr:`camera_names`, in that order
+                (front camera first; images may differ in size, each is resized to the configured size).
+            points: (N, >=4) float x, y, z, intensity in the grid frame :attr:`grid_frame` (rows with NaN/Inf
+                are dropped).
+            calib: the camera model of ``image`` (``calib.image_size`` must equal the image size); None with
+                views. Every ``T_cam_lidar`` maps the grid frame to its camera.
 
         Returns:
             (X, Y, Z) uint8 class ids of ``self.classes`` (``predict_logits(...).argmax(0)``, computed without
             the float logits grid); ``classes.empty_index`` marks free space.
         """
         return self.model.predict_labels(self.batch(image, points, calib))[0].cpu().numpy()
+
+
+def _check_view(image: np.ndarray, calib: Calib, prefix: str) -> None:
+    """Raise ``ValueError`` naming ``<prefix>image`` / ``<prefix>calib`` for a bad image or calibration."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"{prefix}image must be an (H, W, 3) uint8 RGB array, got shape {getattr(image, 'shape', None)}"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(f"{prefix}image must be uint8 RGB, got dtype {image.dtype}")
+    if image.shape[0] < 8 or image.shape[1] < 8:
+        raise ValueError(f"{prefix}image must be at least 8x8 pixels, got {image.shape[:2]}")
+    if not isinstance(calib, Calib):
+        raise ValueError(f"{prefix}calib must be an occle_core.geometry.Calib, got {type(calib).__name__}")
+    if tuple(calib.image_size) != tuple(image.shape[:2]):
+        raise ValueError(f"{prefix}calib image_size {calib.image_size} does not match the image size {image.shape[:2]}")
+
+
+def _check_points(points: np.ndarray) -> np.ndarray:
+    """(N, >=4) float points -> the (N, 4) float32 x, y, z, intensity columns; ``ValueError`` naming ``points``."""
+    if not isinstance(points, np.ndarray) or points.ndim != 2 or points.shape[1] < 4:
+        raise ValueError(
+            f"points must be an (N, >=4) array of x, y, z, intensity, got shape {getattr(points, 'shape', None)}"
+        )
+    if not np.issubdtype(points.dtype, np.floating):
+        raise ValueError(f"points must be floating point (float32), got dtype {points.dtype}")
+    return np.asarray(points[:, :4], np.float32)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI

@@ -1,10 +1,13 @@
-"""``python -m occle_experiments run|pilot|report``: one row, the pilot, or the markdown report.
+"""``python -m occle_experiments run|pilot|report|agreement``: one row, the pilot, the markdown report, or the
+agreement of 2D pseudo-label sources with the true 2D labels.
 
 - ``run ROW --seed K [--steps N]``: train + evaluate one row and record it (``--steps`` defaults to the
   pilot's schedule S once the pilot has found it).
 - ``pilot [--steps N]``: the protocol's pilot rows, evaluated on the dev split every ``eval_every`` steps;
   prints S.
 - ``report``: regenerate the generated part of ``docs/results.md`` and its figures from ``docs/results.json``.
+- ``agreement --data ROOT [--truth pseudo_2d_oracle] [--sequence SS ...] SOURCE...``: pixel accuracy, coverage
+  and present-class mIoU of each pseudo-label folder against the truth folder (``pseudo_agreement.py``); JSON lines.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from occle_experiments.pseudo_agreement import agreement, label_pairs
 from occle_experiments.report import write_report
 from occle_experiments.rows import DEFAULT_EXPERIMENTS, load_experiments
 from occle_experiments.runner import load_results, pilot_schedule, run_row
@@ -38,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="regenerate docs/results.md's generated part and figures")
     report.add_argument("--markdown", default="docs/results.md")
     report.add_argument("--figures", default="docs/figures")
+    agree = sub.add_parser("agreement", help="agreement of 2D pseudo-label folders with the true 2D labels")
+    agree.add_argument("sources", nargs="+", help="label folder names inside each sequence, e.g. pseudo_2d")
+    agree.add_argument("--data", required=True, help="dataset root (SemanticKITTI layout)")
+    agree.add_argument("--truth", default="pseudo_2d_oracle", help="folder of the true labels")
+    agree.add_argument("--sequence", dest="sequences", action="append", help="a sequence id, repeatable (default: all)")
     return p
 
 
@@ -45,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """0 on success, 2 on a bad argument / definition / failed run (one error line)."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "agreement":
+            for source in args.sources:
+                score = agreement(label_pairs(args.data, args.truth, source, args.sequences))
+                print(json.dumps({"source": source, **score}))
+            return 0
         exp = load_experiments(args.experiments)
         results = args.results or exp.results
         pilot = exp.protocol["pilot"]

@@ -20,7 +20,7 @@ class Experiments:
 
     Attributes:
         base_config: the training config every row overrides.
-        data_root: dataset root (SemanticKITTI layout).
+        data_root: dataset root (SemanticKITTI layout) of the rows without a ``data.root`` override.
         results: the results file (``docs/results.json``).
         runs_dir: parent of the run folders (``<runs_dir>/<row>/seed<k>``).
         protocol: the pre-registered protocol (sequences, pilot, row groups, success rule), recorded verbatim
@@ -48,6 +48,15 @@ class Experiments:
         if int(seed) < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         return [*self.common, *self.rows[row], f"train.seed={int(seed)}", f"data.label_seed={int(seed)}"]
+
+    def row_setting(self, row: str, key: str, default: str) -> str:
+        """The value the overrides of ``row`` give ``key`` (e.g. ``data.root``; the last one wins), else ``default``."""
+        values = [o.partition("=")[2] for o in self.overrides(row, 0) if o.partition("=")[0] == key]
+        return values[-1] if values else default
+
+    def row_data_root(self, row: str) -> str:
+        """The dataset root of ``row``: its ``data.root`` override, else the file's ``data_root``."""
+        return self.row_setting(row, "data.root", self.data_root)
 
     def row_order(self) -> list[str]:
         """Rows in reporting order: the protocol's groups (core, curve, ablations), then the rest."""

@@ -2,6 +2,8 @@
 
 A run calls the ``occle-train`` and ``occle-eval`` entry points in this process:
 
+- on the row's dataset root (its ``data.root`` override, else ``data_root`` of the experiments file) and 2D
+  pseudo-label folder (``data.pseudo_dir``, checked to exist before training);
 - training on ``protocol.train_sequences`` with the row's overrides and ``train.seed = data.label_seed = seed``;
   the validation scenes are never loaded during training (``data.val_sequences`` is the dev split for a pilot
   run, empty otherwise);
@@ -130,6 +132,17 @@ def record_run(path: str | Path, protocol: dict[str, Any], entry: dict[str, Any]
     return doc
 
 
+def check_pseudo_folder(exp: Experiments, row: str, root: str, sequences: list[str]) -> None:
+    """Raise ``FileNotFoundError`` when ``row`` reads 2D pseudo labels (``data.pseudo_dir``) from a folder that
+    a training sequence under ``root`` lacks, naming the folder and the make target that writes it."""
+    folder = exp.row_setting(row, "data.pseudo_dir", "pseudo_2d")
+    for seq in sequences:
+        path = Path(root) / "sequences" / f"{int(seq):02d}" / folder
+        if folder and not path.is_dir():
+            target = "make pseudo-deeplab" if folder == "pseudo_2d_deeplab" else "make pseudo-noise"
+            raise FileNotFoundError(f"row {row} reads 2D pseudo labels from {path}: not found (write it: {target})")
+
+
 def run_row(
     row: str,
     seed: int,
@@ -170,19 +183,21 @@ def run_row(
     out = Path(out)
     if out.exists() and not resume:
         shutil.rmtree(out)
+    root = exp.row_data_root(row)
+    check_pseudo_folder(exp, row, root, p["train_sequences"])
     overrides = exp.overrides(row, seed) + [
         f"data.train_sequences={json.dumps(list(p['train_sequences']))}",
         f"data.val_sequences={json.dumps(list(p['dev_sequences']) if eval_every else [])}",
         f"train.eval_every={int(eval_every)}",
         "train.eval_frames=0",
     ]
-    argv = ["--config", exp.base_config, "--data", exp.data_root, "--out", str(out), "--steps", str(steps)]
+    argv = ["--config", exp.base_config, "--data", root, "--out", str(out), "--steps", str(steps)]
     argv += ["--no-progress", "--device", device] + [a for o in overrides for a in ("--set", o)]
     argv += ["--resume"] if resume else []
     if train_main(argv) != 0:
         raise RuntimeError(f"training of row {row} seed {seed} failed (occle-train {' '.join(argv)})")
     eval_dir = out / "eval"
-    eval_argv = ["--checkpoint", str(out / MODEL_NAME), "--data", exp.data_root, "--split", "val", "--sequences"]
+    eval_argv = ["--checkpoint", str(out / MODEL_NAME), "--data", root, "--split", "val", "--sequences"]
     eval_argv += [*map(str, p["validation_sequences"]), "--out", str(eval_dir), "--render", "0", "--device", device]
     if eval_main(eval_argv) != 0:
         raise RuntimeError(f"evaluation of row {row} seed {seed} failed (occle-eval {' '.join(eval_argv)})")
@@ -194,6 +209,8 @@ def run_row(
         "seed": int(seed),
         "labels": float(cfg.data.label_ratio),
         "budget": cfg.data.label_budget,
+        "data_root": root,
+        "pseudo_dir": cfg.data.pseudo_dir,
         "steps": int(steps),
         **metrics_entry(metrics, classes),
         "frames": int(metrics["frames"]),

@@ -189,7 +189,7 @@ class BagPlayer:
         if start_offset < 0:
             raise ValueError(f"start_offset must be >= 0 seconds, got {start_offset}")
         self.node = node
-        self.bag = _bag_path(Path(bag))
+        self.bag = bag_path(Path(bag))
         self.rate = float(rate)
         self.loop = loop
         self.start_offset = float(start_offset)
@@ -202,6 +202,7 @@ class BagPlayer:
         self._reader: Any = None
         self._pubs: dict[int, _Topic] = {}
         self._clock_pub: Any = None
+        self.unmatched: list[str] = []  # topics still without a subscription after wait_for_subscribers
 
     def _publisher(self, topic: str, cls: type) -> Any:
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -253,22 +254,35 @@ class BagPlayer:
             self._clock_pub = self.node.create_publisher(Clock, "/clock", 10)
         self._reader, self._pubs = reader, pubs
 
-    def wait_for_subscribers(self, timeout: float, stop: threading.Event | None = None) -> bool:
-        """Wait until every data publisher (``/tf*`` excepted) is matched with a subscription, or ``timeout`` s.
+    def wait_for_subscribers(
+        self, timeout: float, stop: threading.Event | None = None, topics: Sequence[str] | None = None
+    ) -> bool:
+        """Wait until the publishers of ``topics`` (published names; default every data topic, ``/tf*`` excepted)
+        are each matched with a subscription, or ``timeout`` s; True when all are.
 
-        Matching is checked on the player's own publishers, so the first message is not lost to discovery.
+        Matching is checked on the player's own publishers (``get_subscription_count``), so with reliable QoS the
+        first message is not lost to discovery. The topics still unmatched are left in :attr:`unmatched`.
+
+        Raises:
+            ValueError: a topic of ``topics`` that this bag does not publish (the played topics listed).
         """
         self.open()
-        pubs = [t.publisher for t in self._pubs.values() if not t.publisher.topic_name.startswith("/tf")]
+        by_name = {t.publisher.topic_name: t.publisher for t in self._pubs.values()}
+        if topics is None:
+            wanted = sorted(n for n in by_name if not n.startswith("/tf"))
+        else:
+            wanted = [_abs(t) for t in topics]
+            unknown = [t for t in wanted if t not in by_name]
+            if unknown:
+                raise ValueError(f"--wait-topics {unknown} are not played from {self.bag} (it has {sorted(by_name)})")
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(p.get_subscription_count() > 0 for p in pubs):
+        while True:
+            self.unmatched = [n for n in wanted if by_name[n].get_subscription_count() == 0]
+            if not self.unmatched:
                 return True
-            if stop is not None and stop.wait(0.05):
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                 return False
-            if stop is None:
-                time.sleep(0.05)
-        return False
+            time.sleep(0.05)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until reliable subscribers acknowledged everything published (before the process exits)."""
@@ -347,7 +361,7 @@ def _abs(topic: str) -> str:
     return topic if topic.startswith("/") else "/" + topic
 
 
-def _bag_path(path: Path) -> Path:
+def bag_path(path: Path) -> Path:
     """A ROS 2 bag is its folder; accept the storage file inside it too."""
     if not path.exists():
         raise BagError(f"bag not found: {path}")
@@ -377,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="rename a topic (repeatable)")
     p.add_argument("--clock", action="store_true", help="publish /clock with the recorded time")
     p.add_argument("--topics", nargs="+", default=None, help="play only these recorded topics")
-    p.add_argument("--wait-subscribers", type=float, default=0.0, help="wait up to S seconds for subscribers")
+    p.add_argument(
+        "--wait-subscribers", type=float, default=0.0, help="before the first message, wait up to S seconds until "
+        "every played topic (or each of --wait-topics) has a matched subscription",
+    )  # fmt: skip
+    p.add_argument("--wait-topics", nargs="+", default=None, help="published topics to wait for (default: all)")
     return p
 
 
@@ -393,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         remap = parse_remaps(args.remap)
         if not args.rate > 0:
             raise ValueError(f"--rate must be > 0, got {args.rate}")
-        bag = _bag_path(Path(args.bag))
+        bag = bag_path(Path(args.bag))
     except (ValueError, BagError) as exc:
         print(f"occle-play: error: {exc}", file=sys.stderr)
         return 2
@@ -415,8 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         player = BagPlayer(node, bag, args.rate, args.loop, args.start_offset, remap, args.clock, args.topics)
-        if args.wait_subscribers > 0 and not player.wait_for_subscribers(args.wait_subscribers, stop):
-            node.get_logger().warning(f"no subscribers after {args.wait_subscribers} s; playing anyway")
+        if args.wait_subscribers > 0:
+            if player.wait_for_subscribers(args.wait_subscribers, stop, args.wait_topics):
+                node.get_logger().info("every waited-for topic has a subscriber; playing")
+            elif not stop.is_set():
+                node.get_logger().warning(
+                    f"no subscriber on {', '.join(player.unmatched)} after {args.wait_subscribers} s; playing anyway "
+                    f"(their first messages may be lost)"
+                )
         stats = player.play(stop)
         if not stop.is_set():
             player.flush(timeout=5.0)

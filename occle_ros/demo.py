@@ -1,4 +1,5 @@
-"""``occle-demo --out out/demo``: the end-to-end demo (``make demo``).
+"""``occle-demo --out out/demo``: the end-to-end demo (``make demo``); ``--bag BAG`` plays a recorded drive instead
+(:mod:`occle_ros.demo_bag`).
 
 1. ``occle-synth``: a short synthetic sequence (a seed the shipped model was not trained on);
 2. ``occle-kitti2bag``: converted to a ROS 2 mcap bag;
@@ -20,20 +21,16 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from occle_ros.demo_run import fail, play_through_node, playback_rate, summary_line
+
 SYNTH_SEED = 9001  # not a training seed
 DEFAULT_CHECKPOINT = ("models", "occle_tiny_synthetic.pt")
-
-
-def _fail(msg: str) -> int:
-    print(f"occle-demo: error: {msg}", file=sys.stderr)
-    return 1
 
 
 def shipped_checkpoint() -> Path:
@@ -61,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--azimuth-steps", type=int, default=2000, help="synthetic LiDAR columns (default 2000)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for the node's output")
+    p.add_argument("--bag", default="", help="play this recorded bag instead of a synthetic sequence (no truth)")
+    p.add_argument("--preset", choices=["kitti", "nuscenes"], default=None, help="bag layout (default: from topics)")
     return p
 
 
@@ -90,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     except FileNotFoundError as exc:
-        return _fail(f"{exc}. The demo needs the shipped checkpoint models/occle_tiny_synthetic.pt (make checkpoint)")
+        return fail(f"{exc}. The demo needs the shipped checkpoint models/occle_tiny_synthetic.pt (make checkpoint)")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from occle_ros.dds import apply_large_data_profile
 
@@ -104,7 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         predictor = Predictor(ckpt, device=args.device)
     except (CheckpointError, ValueError, OSError) as exc:
-        return _fail(f"cannot load {ckpt}: {exc}")
+        return fail(f"cannot load {ckpt}: {exc}")
+    if args.bag:
+        from occle_ros.demo_bag import run_bag
+
+        return run_bag(args, predictor, ckpt, out, t_start)
     grid, classes = predictor.grid, predictor.classes
 
     # -- 1. synthetic sequence, 2. bag ----------------------------------------------------------------------
@@ -118,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         synth_args = ["--out", str(data), "--seed", str(args.seed), "--frames", str(args.frames), "--quiet"]
         synth_args += ["--image-scale", str(args.image_scale), "--azimuth-steps", str(args.azimuth_steps)]
         if synth_main(synth_args) != 0:
-            return _fail("occle-synth failed")
+            return fail("occle-synth failed")
     bag = out / "bag"
     if bag.exists():
         import shutil
@@ -131,32 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamps = {int(s): f for s, f in zip(frame_stamps(seq_dir, frames, 1_700_000_000.0, None), frames)}
     truth = _truth(data, "00", frames, grid.shape)
 
-    # playback rate: the model must finish a frame before the next one arrives (CPU), with margin
     rate = args.rate
     if rate <= 0:
         from occle_core.data.semantic_kitti import SemanticKittiDataset
 
         s = SemanticKittiDataset(data, ["00"], with_labels=False, pseudo_dir="")[0]
-        predictor.predict(s.image, s.points, s.calib)  # warm-up (first-call allocations)
-        t0 = time.perf_counter()
-        predictor.predict(s.image, s.points, s.calib)
-        per_frame = time.perf_counter() - t0
-        period = float(np.median(np.diff(sorted(stamps)))) / 1e9 if len(stamps) > 1 else 0.1
-        # one frame period >= 1.5 model times + 0.3 s of margin (decode, publish, a busy machine)
-        rate = min(1.0, period / (1.5 * per_frame + 0.3))
+        rate = playback_rate(predictor, s.image, s.points, s.calib, stamps)
     del predictor
 
     # -- 3. node + player as processes, 4. receive ----------------------------------------------------------
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import PointCloud2
-    from visualization_msgs.msg import MarkerArray
-
-    from occle_ros import readback
-    from occle_ros.launcher import ProcessGroup, parse_launch_args, plan
+    from occle_ros.launcher import parse_launch_args
 
     launch_args = parse_launch_args(
         [
@@ -172,70 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wait_subscribers:=120",
         ]
     )
-    received: dict[str, np.ndarray] = {}
-    marker_frames: set[str] = set()
-    diag: dict[str, str] = {}
-    rclpy.init(args=["occle-demo"])
-    node = Node("occle_demo_receiver")
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-
-    def on_voxels(msg: PointCloud2) -> None:
-        f = stamps.get(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
-        if f is not None:
-            received[f] = readback.pointcloud2_to_occupancy(msg, grid, classes.empty_index)
-
-    def on_markers(msg: MarkerArray) -> None:
-        if msg.markers:
-            st = msg.markers[0].header.stamp
-            f = stamps.get(st.sec * 1_000_000_000 + st.nanosec)
-            if f is not None:
-                marker_frames.add(f)
-
-    def on_diag(msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name.endswith(": occupancy"):
-                diag.clear()
-                diag.update({kv.key: kv.value for kv in status.values})
-
-    node.create_subscription(PointCloud2, "/occupancy/voxels", on_voxels, qos)
-    node.create_subscription(MarkerArray, "/occupancy/markers", on_markers, qos)
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
-    group = ProcessGroup()
-    status = 0
     try:
-        specs = {s.name: s for s in plan(launch_args)}
-        print(f"occle-demo: starting occle_node and occle-play (rate {rate:.3f}) over DDS", flush=True)
-        node_proc = group.start(specs["occle_node"])
-        player = group.start(specs["occle-play"])
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            if node_proc.poll() is not None:
-                return _fail(f"occle_node exited with status {node_proc.returncode}")
-            if player.poll() is not None:
-                if player.returncode != 0:
-                    return _fail(f"occle-play exited with status {player.returncode}")
-                break
-            time.sleep(0.1)
-        # let the last frame finish and one more diagnostics message arrive
-        settle = time.monotonic() + 30.0
-        while time.monotonic() < settle:
-            done = int(float(diag.get("processed", 0))) + int(float(diag.get("rejected", 0)))
-            dropped = int(float(diag.get("dropped_superseded", 0)))
-            if len(received) >= n_frames or (diag and done + dropped >= n_frames and len(received) >= done):
-                break
-            time.sleep(0.2)
-        time.sleep(1.2)
-    finally:
-        group.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    if not received:
-        return _fail("no occupancy received from occle_node")
+        run = play_through_node(launch_args, stamps, grid, classes.empty_index, n_frames, args.timeout)
+    except RuntimeError as exc:
+        return fail(str(exc))
+    received, marker_frames, diag = run.received, run.marker_frames, run.diag
 
     # -- 5. scores, renders, summary -------------------------------------------------------------------------
     from occle_core.metrics import SSCMetrics
@@ -289,12 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
-        f"occle-demo: frames {len(received)}/{n_frames} received ({summary['frames_dropped']} dropped, "
-        f"{summary['frames_rejected']} rejected), mean latency {lat_mean:.0f} ms "
-        f"(model {summary['model_p50_ms']:.0f} ms), IoU {100 * scores['iou']:.1f}, mIoU {100 * scores['miou']:.1f} "
-        f"vs truth; renders: {', '.join(renders)}; {summary['wall_s']:.0f} s"
+        f"occle-demo: {summary_line(len(received), n_frames, diag)}, IoU {100 * scores['iou']:.1f}, "
+        f"mIoU {100 * scores['miou']:.1f} vs truth; renders: {', '.join(renders)}; {summary['wall_s']:.0f} s"
     )
-    return status
+    return 0
 
 
 if __name__ == "__main__":

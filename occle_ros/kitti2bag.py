@@ -1,6 +1,10 @@
-"""``occle-kitti2bag``: write a ROS 2 bag (mcap) from a SemanticKITTI / KITTI-odometry-layout sequence.
+"""``occle-kitti2bag``: write a bag from KITTI data.
 
-Topics (names are options, the defaults follow the ROS 1 ``kitti2bag`` tool):
+``--format ros2`` (default): a ROS 2 bag (mcap) from a SemanticKITTI / KITTI-odometry-layout sequence
+(``--data ROOT --sequence 08``). ``--format ros1-kitti2bag``: a KITTI raw drive (``--raw ROOT --drive
+2011_09_26_drive_0001_sync``) as the ROS 1 bag of the widely used ``kitti2bag`` tool (:mod:`occle_ros.kitti_raw_bag`).
+
+Topics of the ROS 2 format (names are options, the defaults follow the ROS 1 ``kitti2bag`` tool):
 
 - ``/kitti/camera_color_left/image_raw``   sensor_msgs/Image rgb8 (``image_2``)
 - ``/kitti/camera_color_left/camera_info`` sensor_msgs/CameraInfo (P = P2 of ``calib.txt``, no distortion)
@@ -9,7 +13,7 @@ Topics (names are options, the defaults follow the ROS 1 ``kitti2bag`` tool):
 - ``/tf``                                  tf2_msgs/TFMessage: ``world`` -> ``velo_link`` per frame (poses.txt)
 
 Stamps are ``--start-stamp`` plus ``times.txt`` (or ``frame / --rate`` when there is no times.txt or ``--rate``
-is given). The bag is written with rosbags (no ROS installation needed).
+is given). Bags are written with rosbags (:mod:`occle_ros.bag_writer`; no ROS installation needed).
 """
 
 from __future__ import annotations
@@ -20,10 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rosbags.rosbag2 import Writer
-from rosbags.rosbag2.enums import StoragePlugin
-from rosbags.typesys import Stores, get_typestore
-from transforms3d.quaternions import mat2quat
+
+from occle_ros.bag_writer import BagWriter
 
 DEFAULT_TOPICS = {
     "image": "/kitti/camera_color_left/image_raw",
@@ -33,79 +35,8 @@ DEFAULT_TOPICS = {
 LIDAR_FRAME = "velo_link"
 CAMERA_FRAME = "camera_color_left"
 WORLD_FRAME = "world"
-
-
-class _Msgs:
-    """rosbags message builders (typestore ``LATEST``)."""
-
-    def __init__(self) -> None:
-        self.store = get_typestore(Stores.LATEST)
-        self.t = self.store.types
-
-    def header(self, stamp_ns: int, frame_id: str):
-        return self.t["std_msgs/msg/Header"](
-            stamp=self.t["builtin_interfaces/msg/Time"](
-                sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000
-            ),
-            frame_id=frame_id,
-        )
-
-    def image(self, rgb: np.ndarray, stamp_ns: int, frame_id: str):
-        h, w, _ = rgb.shape
-        return self.t["sensor_msgs/msg/Image"](
-            header=self.header(stamp_ns, frame_id),
-            height=h,
-            width=w,
-            encoding="rgb8",
-            is_bigendian=0,
-            step=w * 3,
-            data=np.ascontiguousarray(rgb, np.uint8).reshape(-1),
-        )
-
-    def camera_info(self, P: np.ndarray, hw: tuple[int, int], stamp_ns: int, frame_id: str):
-        roi = self.t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-        return self.t["sensor_msgs/msg/CameraInfo"](
-            header=self.header(stamp_ns, frame_id),
-            height=int(hw[0]),
-            width=int(hw[1]),
-            distortion_model="plumb_bob",
-            d=np.zeros(5),
-            k=np.asarray(P, np.float64)[:, :3].reshape(-1).copy(),
-            r=np.eye(3).reshape(-1),
-            p=np.asarray(P, np.float64).reshape(-1).copy(),
-            binning_x=0,
-            binning_y=0,
-            roi=roi,
-        )
-
-    def cloud(self, points: np.ndarray, stamp_ns: int, frame_id: str):
-        pf = self.t["sensor_msgs/msg/PointField"]
-        fields = [pf(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate(("x", "y", "z", "intensity"))]
-        pts = np.ascontiguousarray(points[:, :4], "<f4")  # (N, 4)
-        return self.t["sensor_msgs/msg/PointCloud2"](
-            header=self.header(stamp_ns, frame_id),
-            height=1,
-            width=pts.shape[0],
-            fields=fields,
-            is_bigendian=False,
-            point_step=16,
-            row_step=16 * pts.shape[0],
-            data=pts.view(np.uint8).reshape(-1),
-            is_dense=True,
-        )
-
-    def tf(self, T: np.ndarray, stamp_ns: int, parent: str, child: str):
-        """TFMessage with one transform: pose of ``child`` in ``parent`` (maps child points to parent)."""
-        q = mat2quat(np.asarray(T, np.float64)[:3, :3])  # (w, x, y, z)
-        t = self.t
-        tr = t["geometry_msgs/msg/Transform"](
-            translation=t["geometry_msgs/msg/Vector3"](x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
-            rotation=t["geometry_msgs/msg/Quaternion"](x=float(q[1]), y=float(q[2]), z=float(q[3]), w=float(q[0])),
-        )
-        ts = t["geometry_msgs/msg/TransformStamped"](
-            header=self.header(stamp_ns, parent), child_frame_id=child, transform=tr
-        )
-        return t["tf2_msgs/msg/TFMessage"](transforms=[ts])
+XYZI = ("x", "y", "z", "intensity")
+FORMATS = ("ros2", "ros1-kitti2bag")
 
 
 def frame_stamps(seq_dir: Path, frames: Sequence[str], start_stamp: float, rate: float | None) -> np.ndarray:
@@ -152,63 +83,63 @@ def write_bag(
         raise ValueError(f"--frames must be >= 1, got {frames}")
     names = [f for _, f in ds.frames[:n]]
     stamps = frame_stamps(seq_dir, names, start_stamp, rate)
-    m = _Msgs()
-    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-    with Writer(out, version=9, storage_plugin=plugin) as writer:
-        conn = {
-            key: writer.add_connection(topics[key], typ, typestore=m.store)
-            for key, typ in (
-                ("image", "sensor_msgs/msg/Image"),
-                ("camera_info", "sensor_msgs/msg/CameraInfo"),
-                ("points", "sensor_msgs/msg/PointCloud2"),
-            )
-        }
-        tf_static = writer.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=m.store)
-        tf = writer.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=m.store)
-
-        def put(c, msg, stamp: int) -> None:
-            writer.write(c, stamp, m.store.serialize_cdr(msg, msg.__msgtype__))
-
+    with BagWriter(out, storage=storage) as bag:
         for i in range(n):
             s = ds[i]
             stamp = int(stamps[i])
             if i == 0:
                 T_lidar_cam = np.linalg.inv(s.calib.T_cam_lidar)  # pose of the camera in the LiDAR frame
-                put(tf_static, m.tf(T_lidar_cam, stamp, LIDAR_FRAME, CAMERA_FRAME), stamp)
+                bag.write("/tf_static", bag.tf([(LIDAR_FRAME, CAMERA_FRAME, T_lidar_cam)], stamp), stamp)
             if s.pose is not None:
-                put(tf, m.tf(s.pose, stamp, WORLD_FRAME, LIDAR_FRAME), stamp)
-            put(conn["camera_info"], m.camera_info(s.calib.P, s.image.shape[:2], stamp, CAMERA_FRAME), stamp)
-            put(conn["image"], m.image(s.image, stamp, CAMERA_FRAME), stamp)
-            put(conn["points"], m.cloud(s.points, stamp, LIDAR_FRAME), stamp)
+                bag.write("/tf", bag.tf([(WORLD_FRAME, LIDAR_FRAME, s.pose)], stamp), stamp)
+            P = s.calib.P
+            info = bag.camera_info(P[:, :3], P, s.image.shape[:2], stamp, CAMERA_FRAME)
+            bag.write(topics["camera_info"], info, stamp)
+            bag.write(topics["image"], bag.image(s.image, "rgb8", stamp, CAMERA_FRAME), stamp)
+            bag.write(topics["points"], bag.pointcloud(s.points[:, :4], XYZI, stamp, LIDAR_FRAME), stamp)
     return n
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of ``occle-kitti2bag``."""
-    p = argparse.ArgumentParser(prog="occle-kitti2bag", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="dataset root holding sequences/ (SemanticKITTI layout)")
-    p.add_argument("--sequence", required=True, help="sequence id, e.g. 08")
-    p.add_argument("--out", required=True, help="output bag folder (must not exist)")
+    p = argparse.ArgumentParser(prog="occle-kitti2bag", description=__doc__.split("\n\n")[0].strip('"` '))
+    p.add_argument("--format", choices=FORMATS, default="ros2", help="ros2 (default) or ros1-kitti2bag")
+    p.add_argument("--data", help="ros2: dataset root holding sequences/ (SemanticKITTI layout)")
+    p.add_argument("--sequence", help="ros2: sequence id, e.g. 08")
+    p.add_argument("--raw", help="ros1-kitti2bag: KITTI raw root holding the date folders")
+    p.add_argument("--drive", help="ros1-kitti2bag: drive, e.g. 2011_09_26_drive_0001_sync")
+    p.add_argument("--out", required=True, help="output: ros2 bag folder / ros1 .bag file (must not exist)")
     p.add_argument("--frames", type=int, default=None, help="write only the first N frames")
-    p.add_argument("--rate", type=float, default=None, help="frame rate in Hz (default: times.txt, else 10)")
-    p.add_argument("--start-stamp", type=float, default=1_700_000_000.0, help="stamp of time 0, seconds")
-    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    p.add_argument("--rate", type=float, default=None, help="ros2: frame rate in Hz (default: times.txt, else 10)")
+    p.add_argument("--start-stamp", type=float, default=1_700_000_000.0, help="ros2: stamp of time 0, seconds")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap", help="ros2 storage")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     for key, default in DEFAULT_TOPICS.items():
-        p.add_argument(f"--{key.replace('_', '-')}-topic", default=default, help=f"topic of the {key} messages")
+        p.add_argument(f"--{key.replace('_', '-')}-topic", default=default, help=f"ros2: topic of the {key} messages")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``occle-kitti2bag``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    needed = ("data", "sequence") if args.format == "ros2" else ("raw", "drive")
+    missing = [f"--{n}" for n in needed if not getattr(args, n)]
+    if missing:
+        print(f"occle-kitti2bag: error: --format {args.format} needs {' and '.join(missing)}", file=sys.stderr)
+        return 2
     if args.rate is not None and not args.rate > 0:
         print(f"occle-kitti2bag: error: --rate must be > 0, got {args.rate}", file=sys.stderr)
         return 2
     topics = {"image": args.image_topic, "camera_info": args.camera_info_topic, "points": args.points_topic}
     try:
-        n = write_bag(
-            args.data, args.sequence, args.out, args.frames, args.rate, args.start_stamp, topics, args.storage
-        )
+        if args.format == "ros2":
+            n = write_bag(
+                args.data, args.sequence, args.out, args.frames, args.rate, args.start_stamp, topics, args.storage
+            )
+        else:
+            from occle_ros.kitti_raw_bag import write_raw_bag
+
+            n = write_raw_bag(args.raw, args.drive, args.out, args.frames, progress=not args.quiet)
     except (OSError, ValueError) as exc:
         print(f"occle-kitti2bag: error: {exc}", file=sys.stderr)
         return 1

@@ -138,8 +138,9 @@ def player_args(args: dict[str, str]) -> list[str]:
         out.append("--loop")
     if _truthy(args["clock"], "clock"):
         out.append("--clock")
-    if float(args["wait_subscribers"]) > 0:
-        out += ["--wait-subscribers", args["wait_subscribers"]]
+    if float(args["wait_subscribers"]) > 0:  # until the node's inputs are matched (its model is loaded by then)
+        topics = [args[f"{key}_topic"] for key in ("image", "camera_info", "points")]
+        out += ["--wait-subscribers", args["wait_subscribers"], "--wait-topics", *topics]
     return out
 
 

@@ -36,7 +36,7 @@ def test_validate_names_the_bad_field(section, key, value, message):
 
 def test_defaults_and_shipped_configs_are_valid():
     OccleConfig().validate()
-    for name in ("train_synthetic_tiny", "train_semantic_kitti", "train_occ3d"):
+    for name in ("train_synthetic_tiny", "train_semantic_kitti", "train_occ3d", "train_occ3d_tiny"):
         load_config(REPO / "config" / f"{name}.yaml").validate()
 
 

@@ -135,13 +135,17 @@ def test_lidar_only_and_occ3d_checkpoints(tmp_path):
     cfg = _cfg(use_image=False, use_semantic_branch=False)
     path, _, _ = _checkpoint(tmp_path, cfg)
     assert Predictor(path, device="cpu").predict(*_frame()).shape == (32, 32, 8)
-    occ = OccleConfig.from_dict(
-        {"data": {"dataset": "occ3d_nuscenes", "grid": GRID, "image_size": [32, 96]}, "model": SMALL_MODEL}
+    occ = OccleConfig.from_dict(  # Occ3D classes, one camera (the six-camera call: test_cameras.py)
+        {
+            "data": {"dataset": "occ3d_nuscenes", "grid": GRID, "image_size": [32, 96], "cameras": ["CAM_FRONT"]},
+            "model": SMALL_MODEL,
+        }
     )
     path, _, _ = _checkpoint(tmp_path, occ)
     pred = Predictor(path, device="cpu")
     labels = pred.predict(*_frame())
     assert pred.classes.num_classes == 18 and labels.max() < 18
+    assert pred.grid_frame == "ego" and pred.camera_names == ["CAM_FRONT"]
 
 
 def test_default_checkpoint_location():

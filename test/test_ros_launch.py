@@ -38,7 +38,9 @@ def test_plan_with_bag_and_overrides():
     for token in ("/p.yaml", "device:=cuda", "checkpoint:=/m.pt", "extrinsics.source:=calib_file",
                   "extrinsics.calib_file:=/c.txt", "points:=/lidar", "input_qos:=reliable"):  # fmt: skip
         assert token in node
-    assert play[3:] == ["/data/x.bag", "--rate", "0.5", "--loop", "--clock", "--wait-subscribers", "30"]
+    waits = ["--wait-subscribers", "30", "--wait-topics", "/kitti/camera_color_left/image_raw",
+             "/kitti/camera_color_left/camera_info", "/lidar"]  # fmt: skip  # the node's inputs
+    assert play[3:] == ["/data/x.bag", "--rate", "0.5", "--loop", "--clock", *waits]
 
 
 @pytest.mark.parametrize(

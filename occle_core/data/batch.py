@@ -1,10 +1,16 @@
 """Batches: a list of :class:`~occle_core.data.sample.Sample` -> the tensors the network and the losses read.
 
 Network inputs and training targets are built apart. :func:`collate_inputs` (training, evaluation, inference)
-resizes the front camera's image (and its calibration) to ``cfg.data.image_size`` and keeps the LiDAR points
-inside the output grid (a random subset beyond ``cfg.data.max_points``). :func:`add_targets` (training only)
+takes the configured camera set of every frame (:func:`select_views`), resizes each camera's image (and scales
+its calibration) to ``cfg.data.image_size`` and keeps the LiDAR points inside the output grid (a random subset
+beyond ``cfg.data.max_points``). :func:`add_targets` (training only)
 adds the voxel targets: labels (invalid voxels set to 255, see :func:`voxel_truth`), the label-budget mask, the
 2D and lifted 3D pseudo labels and the LiDAR free-space masks. :func:`collate` is the two in a row.
+
+Cameras: a batch of B frames with N cameras each stacks the per-camera tensors frame-major, row ``b * N + n``
+is camera ``n`` of frame ``b`` (``image`` (B*N, 3, H, W), ``lidar_to_image`` (B*N, 3, 4), ``pseudo2d``
+(B*N, H, W); :meth:`Batch.per_camera` views them as (B, N, ...)). With one camera (N = 1) every tensor has
+exactly its single-camera shape (B, 3, H, W), (B, 3, 4), (B, H, W).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from occle_core.config import OccleConfig
-from occle_core.data.sample import Sample
+from occle_core.data.sample import CameraView, Sample
 from occle_core.geometry import Calib, VoxelGrid
 from occle_core.labels import IGNORE_INDEX
 
@@ -32,16 +38,19 @@ class Batch:
     :func:`add_targets`; the network reads the inputs, :mod:`occle_core.losses` the targets).
 
     Attributes:
-        image: (B, 3, H, W) float32, ImageNet-normalised, (H, W) = ``cfg.data.image_size``.
-        points: (M, 5) float32 ``[batch_index, x, y, z, intensity]`` in the LiDAR frame, inside the grid.
-        lidar_to_image: (B, 3, 4) float32, homogeneous LiDAR point -> homogeneous pixel of the resized image.
+        image: (B*N, 3, H, W) float32, ImageNet-normalised, (H, W) = ``cfg.data.image_size``; row ``b * N + n``
+            is camera ``n`` of frame ``b`` (N = ``num_cameras``; one camera: (B, 3, H, W)).
+        points: (M, 5) float32 ``[batch_index, x, y, z, intensity]`` in the grid frame, inside the grid.
+        lidar_to_image: (B*N, 3, 4) float32, homogeneous grid-frame point -> homogeneous pixel of the resized
+            image of that camera.
         voxel_labels: (B, X, Y, Z) int64, 255 = ignore (invalid voxels included); None when unlabelled.
         label_mask: (B, X, Y, Z) bool voxels inside the label budget; None when unlabelled.
-        pseudo2d: (B, H, W) int64 2D pseudo labels, 255 = none; None when absent.
+        pseudo2d: (B*N, H, W) int64 2D pseudo labels of every camera, 255 = none; None when absent.
         pseudo3d: (B, X, Y, Z) int64 lifted 3D pseudo labels, 255 = none; None when absent.
         occupied: (B, X, Y, Z) bool voxels hit by the LiDAR scan; None when not computed.
         free: (B, X, Y, Z) bool voxels crossed by a LiDAR ray before its hit; None when not computed.
         frame_ids: the B frame ids.
+        num_cameras: N, the cameras of every frame.
     """
 
     image: Tensor
@@ -54,11 +63,26 @@ class Batch:
     occupied: Tensor | None = None
     free: Tensor | None = None
     frame_ids: list[str] = field(default_factory=list)
+    num_cameras: int = 1
+
+    def __post_init__(self) -> None:
+        n = int(self.num_cameras)
+        if n < 1 or self.image.shape[0] % n:
+            raise ValueError(f"num_cameras must be >= 1 and divide the image rows {self.image.shape[0]}, got {n}")
+        if self.lidar_to_image.shape[0] != self.image.shape[0]:
+            raise ValueError(
+                f"lidar_to_image has {self.lidar_to_image.shape[0]} rows, expected one per image "
+                f"({self.image.shape[0]} = frames x num_cameras)"
+            )
 
     @property
     def batch_size(self) -> int:
-        """B."""
-        return int(self.image.shape[0])
+        """B (frames; the image stack holds B * N camera images)."""
+        return int(self.image.shape[0]) // self.num_cameras
+
+    def per_camera(self, t: Tensor) -> Tensor:
+        """A camera-stacked tensor (B*N, ...) viewed as (B, N, ...)."""
+        return t.view(self.batch_size, self.num_cameras, *t.shape[1:])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor moved to ``device``."""
@@ -106,17 +130,48 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def validate_sample(sample: Sample, grid: VoxelGrid) -> None:
-    """Raise ``ValueError`` naming the field when ``sample`` does not match the documented shapes/dtypes."""
-    img = sample.image
-    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image must be an (H, W, 3) array, got shape {getattr(img, 'shape', None)}")
-    if img.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 RGB, got dtype {img.dtype}")
-    if tuple(img.shape[:2]) != tuple(sample.calib.image_size):
+def select_views(sample: Sample, names: list[str]) -> list[CameraView]:
+    """The cameras of ``sample`` the network takes: with one camera in ``names`` the front camera (the first,
+    whatever its name: KITTI ``image_2`` / ``image_02``, a user's camera); with several, those named, in the
+    order of ``names``.
+
+    Raises:
+        ValueError: a named camera is missing from the sample.
+    """
+    if len(names) == 1:
+        return sample.cameras[:1]
+    by_name = {v.name: v for v in sample.cameras}
+    missing = [n for n in names if n not in by_name]
+    if missing:
         raise ValueError(
-            f"calib image_size {sample.calib.image_size} does not match the image size {tuple(img.shape[:2])}"
+            f"sample {sample.frame_id}: cameras {missing} of the camera set {names} are missing "
+            f"(the sample has {list(by_name)})"
         )
+    return [by_name[n] for n in names]
+
+
+def _validate_view(view: CameraView, prefix: str) -> None:
+    img = view.image
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"{prefix}image must be an (H, W, 3) array, got shape {getattr(img, 'shape', None)}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"{prefix}image must be uint8 RGB, got dtype {img.dtype}")
+    if tuple(img.shape[:2]) != tuple(view.calib.image_size):
+        raise ValueError(
+            f"{prefix}calib image_size {view.calib.image_size} does not match the image size {tuple(img.shape[:2])}"
+        )
+    if view.pseudo2d is not None and tuple(view.pseudo2d.shape) != tuple(img.shape[:2]):
+        raise ValueError(f"{prefix}pseudo2d has shape {view.pseudo2d.shape}, expected the image size {img.shape[:2]}")
+
+
+def validate_sample(sample: Sample, grid: VoxelGrid, views: list[CameraView] | None = None) -> None:
+    """Raise ``ValueError`` naming the field when ``sample`` does not match the documented shapes/dtypes.
+
+    ``views``: the cameras to check (default: the front camera); errors of camera ``i > 0`` name it
+    (``cameras[i] (CAM_BACK): image ...``).
+    """
+    for i, view in enumerate(views if views is not None else sample.cameras[:1]):
+        _validate_view(view, f"cameras[{i}] ({view.name}): " if i else "")
     pts = sample.points
     if not isinstance(pts, np.ndarray) or pts.ndim != 2 or pts.shape[1] < 4:
         raise ValueError(f"points must be an (N, >=4) array (x, y, z, intensity), got {getattr(pts, 'shape', None)}")
@@ -124,13 +179,17 @@ def validate_sample(sample: Sample, grid: VoxelGrid) -> None:
         value = getattr(sample, name)
         if value is not None and tuple(value.shape) != tuple(grid.shape):
             raise ValueError(f"{name} has shape {tuple(value.shape)}, expected the grid shape {grid.shape}")
-    if sample.pseudo2d is not None and tuple(sample.pseudo2d.shape) != tuple(img.shape[:2]):
-        raise ValueError(f"pseudo2d has shape {sample.pseudo2d.shape}, expected the image size {img.shape[:2]}")
 
 
 def _finite(points: np.ndarray) -> np.ndarray:
     pts = np.asarray(points[:, :4], np.float32)
     return pts[np.all(np.isfinite(pts), axis=1)]
+
+
+def _own_scan(s: Sample) -> np.ndarray:
+    """Finite points of the frame's own scan: the first ``extras["current_points"]`` rows of a multi-frame
+    sample (``data/multiframe.py``), else all."""
+    return _finite(s.points[: s.extras.get("current_points")])
 
 
 def select_points(points: np.ndarray, grid: VoxelGrid, max_points: int, rng: np.random.Generator) -> np.ndarray:
@@ -153,29 +212,35 @@ def _frame_rng(frame_id: str, seed: int) -> np.random.Generator:
 
 
 def collate_inputs(samples: list[Sample], cfg: OccleConfig, rng: np.random.Generator | None = None) -> Batch:
-    """The network inputs of ``samples`` (front camera): image, points, LiDAR-to-image matrices, frame ids.
+    """The network inputs of ``samples``: camera images, points, grid-to-image matrices, frame ids.
 
     Args:
-        samples: B frames; images may differ in size (each is resized to ``cfg.data.image_size``).
-        cfg: the configuration (grid, image size, ``max_points``).
+        samples: B frames; images may differ in size (each is resized to ``cfg.data.image_size``, its
+            calibration scaled accordingly).
+        cfg: the configuration (grid, image size, ``max_points``, the camera set ``cfg.data.camera_names()``:
+            N cameras per frame, see :func:`select_views`).
         rng: generator of the random point subset; None draws it reproducibly from each frame id.
 
     Returns:
         a :class:`Batch` whose targets are all None.
 
     Raises:
-        ValueError: empty list, or a sample whose arrays do not match the documented shapes.
+        ValueError: empty list, a sample without a camera of the set, or arrays that do not match the documented
+            shapes.
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
     grid = cfg.data.voxel_grid()
     size = tuple(int(v) for v in cfg.data.image_size)
+    names = cfg.data.camera_names()
     images, l2i, point_rows = [], [], []
     for b, s in enumerate(samples):
-        validate_sample(s, grid)
-        images.append(image_to_tensor(s.image, size))
-        calib: Calib = s.calib.resized(*size)
-        l2i.append(torch.from_numpy(calib.lidar_to_image.astype(np.float32)))
+        views = select_views(s, names)
+        validate_sample(s, grid, views)
+        for view in views:
+            images.append(image_to_tensor(view.image, size))
+            calib: Calib = view.calib.resized(*size)
+            l2i.append(torch.from_numpy(calib.lidar_to_image.astype(np.float32)))
         gen = rng if rng is not None else _frame_rng(s.frame_id, cfg.data.label_seed)
         pts = select_points(s.points, grid, cfg.data.max_points, gen)  # (M_b, 4)
         point_rows.append(np.concatenate([np.full((len(pts), 1), b, np.float32), pts], axis=1))
@@ -185,6 +250,7 @@ def collate_inputs(samples: list[Sample], cfg: OccleConfig, rng: np.random.Gener
         points=points.reshape(-1, 5),
         lidar_to_image=torch.stack(l2i),
         frame_ids=[s.frame_id for s in samples],
+        num_cameras=len(names),
     )
 
 
@@ -206,36 +272,40 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
     """``batch`` (from :func:`collate_inputs` of the same ``samples``) with the training targets added.
 
     Returns:
-        a copy of ``batch`` with ``voxel_labels`` / ``label_mask`` (labels under the budget), ``pseudo2d`` /
-        ``pseudo3d`` (2D pseudo labels resized to the network image, lifted to voxels) and ``occupied`` /
-        ``free`` (LiDAR free space); a target is None when no sample carries it, and 255-filled for samples
-        without it when others have it.
+        a copy of ``batch`` with ``voxel_labels`` / ``label_mask`` (labels under the budget), ``pseudo2d``
+        (B*N, H, W) (each camera's 2D pseudo labels resized to the network image) / ``pseudo3d`` (lifted to
+        voxels through every camera, see :func:`~occle_core.pseudo.lift.lift_views_to_voxels`) and ``occupied``
+        / ``free`` (LiDAR free space); a target is None when no camera of any sample carries it, and 255-filled
+        for cameras / samples without it when others have it.
     """
-    from occle_core.pseudo.lift import lift_to_voxels
+    from occle_core.pseudo.lift import lift_views_to_voxels
 
     grid = cfg.data.voxel_grid()
     size = tuple(int(v) for v in cfg.data.image_size)
     num_classes = cfg.data.classes().num_classes
+    names = cfg.data.camera_names()
     free_space = _free_space_fn()
-    B = len(samples)
+    B, N = len(samples), len(names)
+    views = [select_views(s, names) for s in samples]
     labels = voxel_truth(samples, grid)  # (B, X, Y, Z) uint8 or None
     masks = None if labels is None else labels != IGNORE_INDEX  # (B, X, Y, Z) valid labelled voxels
-    has_p2d = any(s.pseudo2d is not None for s in samples)
-    pseudo2d = np.full((B, *size), IGNORE_INDEX, np.uint8) if has_p2d else None
+    has_p2d = any(v.pseudo2d is not None for vs in views for v in vs)
+    pseudo2d = np.full((B * N, *size), IGNORE_INDEX, np.uint8) if has_p2d else None
     pseudo3d = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8) if has_p2d else None
     occupied = np.zeros((B, *grid.shape), bool) if free_space is not None else None
     free = np.zeros((B, *grid.shape), bool) if free_space is not None else None
     for b, s in enumerate(samples):
         if masks is not None and s.label_mask is not None:
             masks[b] &= np.asarray(s.label_mask, bool)
-        if s.pseudo2d is not None:
-            pseudo2d[b] = resize_nearest(np.asarray(s.pseudo2d, np.uint8), size)
-            pseudo3d[b] = lift_to_voxels(
-                _finite(s.points), np.asarray(s.pseudo2d, np.uint8), s.calib, grid, num_classes
-            )
+        labelled = [(np.asarray(v.pseudo2d, np.uint8), v.calib) for v in views[b] if v.pseudo2d is not None]
+        for n, v in enumerate(views[b]):
+            if v.pseudo2d is not None:
+                pseudo2d[b * N + n] = resize_nearest(np.asarray(v.pseudo2d, np.uint8), size)
+        if labelled:
+            pseudo3d[b] = lift_views_to_voxels(_own_scan(s), labelled, grid, num_classes)
         if free_space is not None:
             # every finite return: rays of points beyond the grid still cross (and free) voxels inside it
-            occupied[b], free[b] = free_space(grid, _finite(s.points)[:, :3])
+            occupied[b], free[b] = free_space(grid, _own_scan(s)[:, :3])
 
     def tensor(a: np.ndarray | None, long: bool = False) -> Tensor | None:
         return None if a is None else (torch.from_numpy(a).long() if long else torch.from_numpy(a))

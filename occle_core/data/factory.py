@@ -1,7 +1,8 @@
 """Dataset construction from config: the reader of a split with its grid pooling, and the training view of it.
 
 :func:`build_dataset` picks the reader of ``cfg.data.dataset`` (SemanticKITTI or Occ3D-nuScenes) for the
-``train`` or ``val`` split; :class:`TrainFrames` wraps a reader for training (the label budget and per-frame
+``train`` or ``val`` split (SemanticKITTI: with ``data.past_frames`` previous scans merged in, see
+:mod:`occle_core.data.multiframe`); :class:`TrainFrames` wraps a reader for training (the label budget and per-frame
 seeded randomness, so that a resumed run reads the same frames the same way).
 """
 
@@ -72,10 +73,19 @@ def build_dataset(cfg: OccleConfig, split: str, with_labels: bool = True) -> Dat
     if cfg.data.dataset == "semantic_kitti":
         from occle_core.data.semantic_kitti import SemanticKittiDataset
 
-        return SemanticKittiDataset(cfg.data.root, entries, grid_scale=grid_scale(cfg), with_labels=with_labels)
+        reader = SemanticKittiDataset(
+            cfg.data.root, entries, grid_scale=grid_scale(cfg), with_labels=with_labels, pseudo_dir=cfg.data.pseudo_dir
+        )
+        if cfg.data.past_frames == 0:
+            return reader
+        from occle_core.data.multiframe import MultiFrameDataset
+
+        return MultiFrameDataset(reader, int(cfg.data.past_frames))
     if cfg.data.dataset == "occ3d_nuscenes":
         from occle_core.data.occ3d import Occ3DDataset
 
+        if cfg.data.past_frames:
+            raise ValueError("data.past_frames must be 0 for occ3d_nuscenes (multi-frame input: SemanticKITTI only)")
         if grid_scale(cfg) != 1:
             raise ValueError("data.grid: the Occ3D reader serves the released 200x200x16 grid only")
         tokens = occ3d_tokens(Path(cfg.data.root), entries)

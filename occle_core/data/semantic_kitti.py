@@ -455,6 +455,14 @@ class SemanticKittiDataset(Dataset):
         Tr = read_kitti_calib(seq_dir / "calib.txt").T_cam_lidar
         return lidar_poses(poses, Tr)
 
+    def sequence_folder(self, sequence: str) -> Path:
+        """The folder of one of the dataset's sequences (``sequence`` as in ``frame_id``, e.g. ``"08"``)."""
+        return self._seq_dirs[sequence]
+
+    def lidar_poses(self, sequence: str) -> np.ndarray | None:
+        """(F, 4, 4) LiDAR poses (LiDAR -> first LiDAR frame) of a sequence; None without ``poses.txt``."""
+        return self._poses[sequence]
+
     def __len__(self) -> int:
         return len(self.frames)
 

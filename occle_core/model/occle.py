@@ -1,17 +1,19 @@
-"""OccLE: camera image + LiDAR scan -> 3D semantic occupancy logits (B, K, X, Y, Z).
+"""OccLE: N camera images + LiDAR scan -> 3D semantic occupancy logits (B, K, X, Y, Z).
 
-Data flow (``F`` = ``cfg.model.feat_dim``, ``s`` = ``cfg.model.feature_stride``, grid (X, Y, Z)):
+Data flow (``F`` = ``cfg.model.feat_dim``, ``s`` = ``cfg.model.feature_stride``, grid (X, Y, Z), N cameras per
+frame stacked frame-major as in :class:`~occle_core.data.batch.Batch`; N = 1 is the single-camera network):
 
 - LiDAR encoder: points -> sparse 3D convs -> dense grid (B, F, X/s, Y/s, Z/s).
-- Image encoder: image (B, 3, H, W) -> FPN features (B, F, H/4, W/4) and 2D logits ``sem2d`` (B, K, H, W);
-  the features are lifted along camera rays into the feature grid (B, F, X/s, Y/s, Z/s).
+- Image encoder (one, shared by the cameras): images (B*N, 3, H, W) -> FPN features (B*N, F, H/4, W/4) and 2D
+  logits ``sem2d`` (B*N, K, H, W); the features are lifted along camera rays into the feature grid
+  (B, F, X/s, Y/s, Z/s), a masked mean over the cameras that see each voxel (:func:`lift_cameras`).
 - Semantic branch: LiDAR + lifted image features -> semantic grid -> ``sem3d`` (B, K, X, Y, Z).
 - Geometric branch: tri-plane cross-plane attention -> geometry grid -> occupancy logit ``geo`` (B, 1, X, Y, Z).
 - Fusion: both grids average-pooled to the token grid (grid / ``token_stride``), mixed by the Dual Mamba
   (or a conv fusion), upsampled, merged with both grids and decoded to ``logits`` (B, K, X, Y, Z).
 - Projection: the class probabilities of the feature voxels (softmax of the logits averaged over each feature
-  voxel's ``s^3`` output voxels) scatter-accumulated onto the image plane at ``H / proj_stride`` with the
-  occupancy ``1 - p(empty)`` as visibility (``proj``, ``proj_weight``).
+  voxel's ``s^3`` output voxels) scatter-accumulated onto each camera's image plane at ``H / proj_stride``
+  with the occupancy ``1 - p(empty)`` as visibility (``proj``, ``proj_weight``, one map per camera).
 
 The ``logits`` and ``geo`` heads predict the output grid from the feature grid by a 1x1 convolution to
 ``out * s**3`` channels followed by a depth-to-space rearrangement (a transposed convolution with kernel =
@@ -35,13 +37,15 @@ from torch import Tensor, nn
 
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch
+from occle_core.geometry import Calib
 from occle_core.model.geometric_branch import GeometricBranch
 from occle_core.model.image_encoder import ImageEncoder
 from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
 from occle_core.model.lidar_encoder import LidarEncoder
 from occle_core.model.projection import LayoutCache, composite, gather_voxels
-from occle_core.model.semantic_branch import SemanticBranch, lift_image_features
+from occle_core.model.semantic_branch import SemanticBranch, lift_cameras
 
+LAYOUT_CACHE_SIZE = 16  # ray layouts kept: 6 cameras of a rig at two image sizes (training, evaluation) fit
 PARAMETER_GROUPS = ("image_encoder", "lidar_encoder", "semantic_branch", "geometric_branch", "fusion", "heads")
 
 
@@ -51,11 +55,11 @@ class OccleOutput:
 
     Attributes:
         logits: (B, K, X, Y, Z) final semantic occupancy logits (K includes the empty class).
-        sem2d: (B, K, H, W) image-head logits; None without the image.
+        sem2d: (B*N, K, H, W) image-head logits of every camera (row ``b * N + n``); None without the image.
         sem3d: (B, K, X, Y, Z) semantic-branch logits; None without the semantic branch or in inference mode.
         geo: (B, 1, X, Y, Z) occupancy logit of the geometric branch.
-        proj: (B, K, Hp, Wp) scatter-accumulated class probabilities; None in inference mode.
-        proj_weight: (B, 1, Hp, Wp) accumulated visibility weight (0 where no voxel projects); None likewise.
+        proj: (B*N, K, Hp, Wp) scatter-accumulated class probabilities per camera; None in inference mode.
+        proj_weight: (B*N, 1, Hp, Wp) accumulated visibility weight (0 where no voxel projects); None likewise.
         proj_stride: Hp = H // proj_stride, Wp = W // proj_stride.
     """
 
@@ -120,7 +124,7 @@ class OccLE(nn.Module):
         # (Xs*Ys*Zs, 3) centres of the feature voxels: lifting and projection targets, built once, not saved
         coarse = self.grid.scaled(s)
         self.register_buffer("feature_centers", torch.from_numpy(coarse.centers().reshape(-1, 3)), persistent=False)
-        self._layouts = LayoutCache()
+        self._layouts = LayoutCache(LAYOUT_CACHE_SIZE)  # one entry per camera calibration
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per branch: image_encoder, lidar_encoder, semantic_branch, geometric_branch, fusion, heads
@@ -137,42 +141,55 @@ class OccLE(nn.Module):
             return x
         return F.avg_pool3d(x, self.token_pool, self.token_pool, ceil_mode=True)
 
-    def project(self, fused: Tensor, lidar_to_image: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Scatter-accumulated projection of the class probabilities at the feature resolution.
+    def project(
+        self, fused: Tensor, lidar_to_image: Tensor, image_hw: tuple[int, int], num_cameras: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """Scatter-accumulated projection of the class probabilities at the feature resolution, per camera.
 
         The logits of each feature voxel are the mean of its ``s^3`` output voxels' logits (the logits head
-        averaged over its children, no output-resolution grid is built); their softmax is composited along the
-        camera rays with the occupancy ``1 - p(empty)`` as visibility, at the image size / ``proj_stride``.
+        averaged over its children, no output-resolution grid is built); their softmax is composited along each
+        camera's rays with the occupancy ``1 - p(empty)`` as visibility, at the image size / ``proj_stride``.
+        One camera at a time; each camera's ray layout is cached under its own calibration.
 
         Args:
             fused: (B, F, Xs, Ys, Zs) fused features (the input of the logits head).
+            lidar_to_image: (B*N, 3, 4) grid -> pixels of each camera (row ``b * N + n``).
+            num_cameras: N.
 
         Returns:
-            maps (B, K, H // proj_stride, W // proj_stride) and weight (B, 1, ...).
+            maps (B*N, K, H // proj_stride, W // proj_stride) and weight (B*N, 1, ...), rows as the cameras.
         """
         ps = self.proj_stride
+        B = fused.shape[0]
         hw = (image_hw[0] // ps, image_hw[1] // ps)
         scale = torch.tensor([1.0 / ps, 1.0 / ps, 1.0], device=lidar_to_image.device).view(1, 3, 1)
-        l2i = lidar_to_image.float() * scale  # (B, 3, 4) pixels of the strided image
-        layout = self._layouts.get(self.feature_centers, l2i, hw)
+        l2i = (lidar_to_image.float() * scale).view(B, num_cameras, 3, 4)  # pixels of the strided images
         coarse = self.heads["logits"].coarse(fused)  # (B, K, Xs, Ys, Zs), channels-last memory
-        probs = gather_voxels(coarse, layout).float().softmax(1)  # (N, K) projected voxels only
-        occ = 1.0 - probs[:, self.empty_index]  # (N,)
-        return composite(probs, occ, layout, fused.shape[0], hw)
+        maps, weights = [], []
+        for n in range(num_cameras):
+            layout = self._layouts.get(self.feature_centers, l2i[:, n], hw)
+            probs = gather_voxels(coarse, layout).float().softmax(1)  # (M, K) voxels projected into camera n
+            occ = 1.0 - probs[:, self.empty_index]  # (M,)
+            m, w = composite(probs, occ, layout, B, hw)  # (B, K, Hp, Wp), (B, 1, Hp, Wp)
+            maps.append(m)
+            weights.append(w)
+        if num_cameras == 1:
+            return maps[0], weights[0]
+        return torch.stack(maps, 1).flatten(0, 1), torch.stack(weights, 1).flatten(0, 1)
 
     def _trunk(self, batch: Batch, inference: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Encoders, branches and fusion: ``(fused, geo_feat, sem2d, sem3d)``, the grids at the feature resolution
         (B, F, Xs, Ys, Zs); ``sem3d`` only when not ``inference``."""
-        B = batch.image.shape[0]
+        B = batch.batch_size
         H, W = batch.image.shape[-2:]
         s = self.feature_stride
         lidar, _ = self.lidar_encoder(batch.points, B)  # (B, F, Xs, Ys, Zs)
         sem2d = img_vox = valid = None
         if self.image_encoder is not None:
-            feat2d, sem2d = self.image_encoder(batch.image)  # (B, F, H/4, W/4), (B, K, H, W)
-            img_vox, valid = lift_image_features(
-                feat2d, self.feature_centers, batch.lidar_to_image, (H, W), self.feature_shape
-            )  # (B, F, Xs, Ys, Zs), (B, 1, Xs, Ys, Zs)
+            feat2d, sem2d = self.image_encoder(batch.image)  # (B*N, F, H/4, W/4), (B*N, K, H, W): one encoder
+            img_vox, valid = lift_cameras(
+                feat2d, self.feature_centers, batch.lidar_to_image, batch.num_cameras, (H, W), self.feature_shape
+            )  # (B, F, Xs, Ys, Zs) masked mean over the cameras, (B, 1, Xs, Ys, Zs)
         sem3d = None
         if self.semantic_branch is not None:
             sem_feat = self.semantic_branch(lidar, img_vox, valid)  # (B, F, Xs, Ys, Zs)
@@ -193,7 +210,7 @@ class OccLE(nn.Module):
         """Run the network on a batch.
 
         Args:
-            batch: inputs (``image``, ``points``, ``lidar_to_image``); targets are not read.
+            batch: inputs (``image``, ``points``, ``lidar_to_image``, ``num_cameras``); targets are not read.
             inference: True skips the training-only outputs (``sem3d`` and the projection).
         """
         fused, geo_feat, sem2d, sem3d = self._trunk(batch, inference)
@@ -201,7 +218,8 @@ class OccLE(nn.Module):
         logits = self.heads["logits"](fused)  # (B, K, X, Y, Z)
         proj = proj_weight = None
         if not inference:
-            proj, proj_weight = self.project(fused, batch.lidar_to_image, tuple(batch.image.shape[-2:]))
+            hw = tuple(batch.image.shape[-2:])
+            proj, proj_weight = self.project(fused, batch.lidar_to_image, hw, batch.num_cameras)
         return OccleOutput(logits, sem2d, sem3d, geo, proj, proj_weight, self.proj_stride)
 
     def features(self, batch: Batch) -> Tensor:
@@ -256,8 +274,11 @@ def model_summary(cfg: OccleConfig, batch: Batch | None = None, num_points: int 
     }
 
 
-def synthetic_batch(cfg: OccleConfig, num_points: int = 20_000, batch_size: int = 1, seed: int = 0) -> Batch:
-    """A random batch shaped like ``cfg`` (points uniform in the grid, a KITTI-like forward camera).
+def synthetic_batch(
+    cfg: OccleConfig, num_points: int = 20_000, batch_size: int = 1, seed: int = 0, num_cameras: int = 1
+) -> Batch:
+    """A random batch shaped like ``cfg`` (points uniform in the grid, a KITTI-like forward camera, or a ring of
+    ``num_cameras`` of them, see :func:`ring_calibs`).
 
     Meant for shape checks, FLOP counts and timings, not for training.
     """
@@ -269,17 +290,37 @@ def synthetic_batch(cfg: OccleConfig, num_points: int = 20_000, batch_size: int 
     xyz = lo + torch.rand(batch_size * num_points, 3, generator=g) * (hi - lo)
     b = torch.arange(batch_size).repeat_interleave(num_points).float()[:, None]
     points = torch.cat([b, xyz, torch.rand(batch_size * num_points, 1, generator=g)], 1)
-    l2i = torch.from_numpy(forward_camera(H, W)).float().expand(batch_size, 3, 4).contiguous()
-    image = torch.randn(batch_size, 3, H, W, generator=g)
-    return Batch(
-        image=image, points=points, lidar_to_image=l2i, frame_ids=[f"synthetic/{i}" for i in range(batch_size)]
-    )
+    rig = np.stack([c.lidar_to_image for c in ring_calibs(num_cameras, H, W)])  # (N, 3, 4)
+    l2i = torch.from_numpy(rig).float().repeat(batch_size, 1, 1)  # (B*N, 3, 4), frame-major
+    image = torch.randn(batch_size * num_cameras, 3, H, W, generator=g)
+    frame_ids = [f"synthetic/{i}" for i in range(batch_size)]
+    return Batch(image=image, points=points, lidar_to_image=l2i, frame_ids=frame_ids, num_cameras=num_cameras)
+
+
+_CAM_FROM_LIDAR = np.array([[0, -1.0, 0], [0, 0, -1.0], [1.0, 0, 0]])  # LiDAR (x fwd, y left, z up) -> camera
+
+
+def _intrinsics(height: int, width: int) -> np.ndarray:
+    """(3, 3) pinhole matrix with a 90 degree horizontal field of view, principal point at the image centre."""
+    f = width / 2.0
+    return np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1.0]])
 
 
 def forward_camera(height: int, width: int) -> np.ndarray:
     """(3, 4) LiDAR -> pixel matrix of a KITTI-like camera (x forward, 90 degree horizontal field of view)."""
-    f = width / 2.0
-    K = np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1.0]])
-    # LiDAR (x fwd, y left, z up) -> camera (x right, y down, z fwd)
-    R = np.array([[0, -1.0, 0], [0, 0, -1.0], [1.0, 0, 0]])
-    return K @ np.concatenate([R, np.zeros((3, 1))], 1)
+    return _intrinsics(height, width) @ np.concatenate([_CAM_FROM_LIDAR, np.zeros((3, 1))], 1)
+
+
+def ring_calibs(count: int, height: int, width: int) -> list[Calib]:
+    """``count`` KITTI-like cameras (90 degree horizontal field of view, image (height, width)) at the grid-frame
+    origin, camera ``k`` looking along yaw ``360 * k / count`` degrees (counter-clockwise from x): the front
+    camera first; camera 0 is :func:`forward_camera`. Six of them cover the full circle like a nuScenes rig."""
+    P = np.concatenate([_intrinsics(height, width), np.zeros((3, 1))], 1)  # K | 0
+    out = []
+    for k in range(count):
+        yaw = 2.0 * np.pi * k / count
+        c, s = np.cos(yaw), np.sin(yaw)
+        T = np.eye(4)
+        T[:3, :3] = _CAM_FROM_LIDAR @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])  # R_cam<-grid
+        out.append(Calib(P, T, (height, width)))
+    return out

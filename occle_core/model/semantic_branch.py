@@ -2,7 +2,9 @@
 
 Each voxel centre is projected with the frame's ``lidar_to_image`` matrix; the image feature at that pixel is
 sampled bilinearly (``grid_sample``), so every voxel on one camera ray receives the same feature. Voxels
-behind the camera or outside the image get zeros and a 0 in the validity channel. The lifted features and
+behind the camera or outside the image get zeros and a 0 in the validity channel. With several cameras
+(:func:`lift_cameras`) a voxel takes the mean of the features of the cameras in whose frustum it lands (a masked
+mean; validity 1 where at least one camera sees it), so one lifted grid covers every camera. The lifted features and
 the LiDAR features are fused by 3D convolutions into the semantic feature grid, and a 3D semantic head
 predicts class logits (supervised by the lifted 3D pseudo labels).
 """
@@ -62,6 +64,44 @@ def lift_image_features(
     sampled = F.grid_sample(feat2d, norm.unsqueeze(1), mode="bilinear", padding_mode="zeros", align_corners=False)
     vmask = valid.to(feat2d.dtype).view(B, 1, *grid_shape)
     return to_cl(sampled.view(B, C, *grid_shape) * vmask), vmask
+
+
+def lift_cameras(
+    feat2d: Tensor,
+    centers: Tensor,
+    lidar_to_image: Tensor,
+    num_cameras: int,
+    image_hw: tuple[int, int],
+    grid_shape: tuple[int, ...],
+) -> tuple[Tensor, Tensor]:
+    """Lift the features of N cameras per frame into one grid: the masked mean over the cameras that see a voxel.
+
+    Why a masked mean and not a visibility weight: the lifting has no depth (every voxel on a camera ray gets
+    the same feature), so the only visibility known before the network's own occupancy is "inside the
+    frustum"; weighting by a predicted occupancy would make the lifting depend on the output it feeds. The mean
+    keeps the feature scale independent of how many cameras see a voxel (nuScenes frustums overlap only at
+    their edges), and with one camera it is exactly :func:`lift_image_features`.
+
+    Args:
+        feat2d: (B*N, C, h, w) features of every camera, row ``b * N + n`` = camera ``n`` of frame ``b``.
+        centers: (X*Y*Z, 3) voxel centres in the grid frame, C-order of ``grid_shape``.
+        lidar_to_image: (B*N, 3, 4) grid frame -> pixels of each camera's image of size ``image_hw``.
+        num_cameras: N.
+
+    Returns:
+        features (B, C, X, Y, Z) (channels-last memory): the mean over the cameras whose frustum holds the voxel
+        centre, zero where none does; validity (B, 1, X, Y, Z) float, 1 where at least one camera sees it.
+    """
+    if num_cameras == 1:
+        return lift_image_features(feat2d, centers, lidar_to_image, image_hw, grid_shape)
+    B = feat2d.shape[0] // num_cameras
+    feats = feat2d.view(B, num_cameras, *feat2d.shape[1:])  # (B, N, C, h, w)
+    mats = lidar_to_image.view(B, num_cameras, 3, 4)
+    total, count = lift_image_features(feats[:, 0], centers, mats[:, 0], image_hw, grid_shape)
+    for n in range(1, num_cameras):  # one camera at a time: memory of two grids, not N
+        f, v = lift_image_features(feats[:, n], centers, mats[:, n], image_hw, grid_shape)
+        total, count = total + f, count + v  # (B, C, X, Y, Z), (B, 1, X, Y, Z) cameras seeing each voxel
+    return to_cl(total / count.clamp_min(1.0)), (count > 0).to(total.dtype)
 
 
 class SemanticBranch(nn.Module):

@@ -9,6 +9,7 @@ A whole dataset, next to its images in the layout the readers use::
 
     occle-pseudo --segmenter deeplab-cityscapes --model deeplab.tflite --dataset semantic_kitti --data ROOT
         ROOT/sequences/SS/image_2/NNNNNN.png -> ROOT/sequences/SS/pseudo_2d/NNNNNN.png
+        (``--label-dir pseudo_2d_deeplab``: into that folder instead, next to other pseudo-label sources)
     occle-pseudo ... --dataset kitti_object --data ROOT
         ROOT/{training,testing}/image_2/NNNNNN.png -> ROOT/{training,testing}/pseudo_2d/NNNNNN.png
 
@@ -49,16 +50,21 @@ def label_path(image_path: Path, image_dir: str, label_dir: str) -> Path:
     return image_path.parent.parent / label_dir / f"{image_path.stem}.png"
 
 
-def dataset_images(dataset: str, root: str | Path) -> list[tuple[Path, Path]]:
-    """(image, label) paths of every image of a dataset root, sorted.
+def dataset_images(dataset: str, root: str | Path, label_dir: str | None = None) -> list[tuple[Path, Path]]:
+    """(image, label) paths of every image of a dataset root, sorted; labels in ``label_dir`` (default: the
+    layout's ``pseudo_2d``) next to the image folder.
 
     Raises:
         FileNotFoundError: the root is missing or holds no images in the layout.
+        ValueError: ``label_dir`` is not a plain folder name or is the image folder.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found: {root}")
-    pattern, image_dir, label_dir = LAYOUTS[dataset]
+    pattern, image_dir, default_dir = LAYOUTS[dataset]
+    label_dir = label_dir or default_dir
+    if Path(label_dir).name != label_dir or label_dir == image_dir:
+        raise ValueError(f"--label-dir must be a folder name other than {image_dir!r}, got {label_dir!r}")
     images = sorted(root.glob(pattern))
     if not images:
         raise FileNotFoundError(f"no images {root / pattern} ({dataset} layout)")
@@ -101,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", choices=sorted(LAYOUTS), help="label every image of a dataset (needs --data)")
     p.add_argument("--out", help="output PNG for --image")
     p.add_argument("--data", help="dataset root for --dataset")
+    p.add_argument("--label-dir", help="label folder name next to the image folder for --dataset (default pseudo_2d)")
     p.add_argument("--target", default="semantic_kitti", choices=sorted(DATASETS), help="target class table")
     p.add_argument("--native", action="store_true", help="write the segmenter's own class ids, not target classes")
     p.add_argument("--scale", type=float, help="image resize factor before tiling (default: smallest covering one)")
@@ -127,12 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--image needs --out")
     if args.dataset and not args.data:
         parser.error("--dataset needs --data")
+    if args.label_dir and not args.dataset:
+        parser.error("--label-dir needs --dataset")
     try:
         if args.image:
             jobs = [(Path(args.image), Path(args.out))]
             read_rgb(jobs[0][0])  # a missing image fails before the model loads
         else:
-            jobs = dataset_images(args.dataset, args.data)
+            jobs = dataset_images(args.dataset, args.data, args.label_dir)
         labeller = build_labeller(args)
     except (FileNotFoundError, ImportError, ValueError) as exc:
         print(f"occle-pseudo: {exc}", file=sys.stderr)

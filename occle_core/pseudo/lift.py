@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from occle_core.geometry import Calib, VoxelGrid, voxelize_labels
@@ -31,4 +33,27 @@ def lift_to_voxels(
     points: np.ndarray, pseudo2d: np.ndarray, calib: Calib, grid: VoxelGrid, num_classes: int
 ) -> np.ndarray:
     """(X, Y, Z) uint8 3D pseudo labels: majority of the point pseudo labels per voxel, 255 elsewhere."""
-    return voxelize_labels(grid, points, point_pseudo_labels(points, pseudo2d, calib), num_classes)
+    return lift_views_to_voxels(points, [(pseudo2d, calib)], grid, num_classes)
+
+
+def lift_views_to_voxels(
+    points: np.ndarray,
+    views: Sequence[tuple[np.ndarray | None, Calib]],
+    grid: VoxelGrid,
+    num_classes: int,
+) -> np.ndarray:
+    """(X, Y, Z) uint8 3D pseudo labels from several cameras: each point takes the 2D label of the first camera
+    (in the order of ``views``, front camera first) that sees it and has a label there; then the majority of the
+    point labels per voxel, 255 elsewhere.
+
+    Args:
+        points: (N, >=3) grid-frame points.
+        views: ``(pseudo2d (H, W) uint8 or None, calib)`` per camera; cameras without labels are skipped.
+    """
+    labels = np.full(len(points), IGNORE_INDEX, np.uint8)  # (N,)
+    for pseudo2d, calib in views:
+        if pseudo2d is None:
+            continue
+        unset = labels == IGNORE_INDEX
+        labels[unset] = point_pseudo_labels(points, pseudo2d, calib)[unset]
+    return voxelize_labels(grid, points, labels, num_classes)

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 from occle_core.labels import class_table
 from occle_core.synth.appearance import APPEARANCES
+from occle_core.synth.pseudo_noise import NOISE_LEVELS
 from occle_core.synth.sensors import INTENSITY_SCALES, LIDAR_HEIGHT, LidarModel, beam_elevations
 from occle_core.synth.sequence import SyntheticSequence
-from occle_core.synth.writer import write_sequence
+from occle_core.synth.writer import write_pseudo_folder, write_sequence
 
 LAYOUTS = ("semantic_kitti", "nuscenes")
 #: LiDAR defaults per layout: KITTI's HDL-64E 1.73 m up; nuScenes' LIDAR_TOP (HDL-32E) 1.84 m up
@@ -22,7 +23,8 @@ RIG_DEFAULTS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``occle-synth [--layout semantic_kitti|nuscenes] --out DIR --seed S --frames N [--scenes N] [--sequence 00]
-    [--image-scale 1.0] [rig, appearance and ground-truth options] [--quiet]``."""
+    [--image-scale 1.0] [rig, appearance and ground-truth options] [--pseudo-noise LEVEL [--pseudo-only
+    [--pseudo-dir NAME]]] [--quiet]``."""
     p = argparse.ArgumentParser(
         prog="occle-synth",
         description="Write procedural driving scenes in the SemanticKITTI layout (one camera) or in the nuScenes "
@@ -59,6 +61,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--appearance", default="flat", choices=APPEARANCES, help="image look: flat class colours or realistic"
     )
+    pn = p.add_argument_group("2D pseudo labels")
+    pn.add_argument(
+        "--pseudo-noise",
+        default="default",
+        choices=NOISE_LEVELS,
+        help="oracle (the true 2D labels), default (the segmenter noise model) or x2 (every noise component "
+        "doubled); default: default",
+    )
+    pn.add_argument(
+        "--pseudo-only",
+        action="store_true",
+        help="write only the pseudo labels, into --pseudo-dir of a sequence already written with the same "
+        "seed, frames and image scale",
+    )
+    pn.add_argument("--pseudo-dir", help="folder of --pseudo-only labels (default: pseudo_2d_<pseudo-noise>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--preview", metavar="PNG", help="also render frame 0 (image, pseudo labels, voxels) to PNG")
     args = p.parse_args(argv)
@@ -79,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--window-stride must be >= 1, got {args.window_stride}")
     if args.accumulate is not None and args.accumulate < 1:
         p.error(f"--accumulate must be >= 1, got {args.accumulate}")
+    if args.pseudo_dir and not args.pseudo_only:
+        p.error("--pseudo-dir needs --pseudo-only (a full run writes pseudo_2d/)")
     if not (args.sequence.isdigit() and len(args.sequence) <= 2):
         p.error(f"--sequence must be a 1-2 digit id like 00, got {args.sequence!r}")
     try:
@@ -94,11 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     if args.layout == "nuscenes":
+        if args.fov_only or args.preview or args.voxel_every != 1 or args.pseudo_only:
+            p.error("--fov-only, --preview, --voxel-every and --pseudo-only apply to --layout semantic_kitti only")
         from occle_core.synth.surround import write_surround
 
-        if args.fov_only or args.preview or args.voxel_every != 1:
-            p.error("--fov-only, --preview and --voxel-every apply to --layout semantic_kitti only")
         kw = {"window": args.window, "stride": args.window_stride, "appearance": args.appearance}
+        kw["pseudo_noise"] = args.pseudo_noise
         if args.accumulate is not None:
             kw["accumulate"] = args.accumulate
         write_surround(args.out, args.scenes, args.frames, args.seed, not args.quiet, image_scale=args.image_scale,
@@ -117,7 +137,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         fov_only=args.fov_only,
         appearance=args.appearance,
     )
-    seq_dir = write_sequence(args.out, seq, args.sequence, voxel_every=args.voxel_every, progress=not args.quiet)
+    if args.pseudo_only:
+        folder = args.pseudo_dir or f"pseudo_2d_{args.pseudo_noise}"
+        try:
+            out = write_pseudo_folder(args.out, seq, args.sequence, args.pseudo_noise, folder, not args.quiet)
+        except (FileNotFoundError, ValueError) as exc:
+            p.error(str(exc))
+        if not args.quiet:
+            print(f"wrote {args.frames} pseudo-label maps ({args.pseudo_noise}) to {out}")
+        return 0
+    seq_dir = write_sequence(
+        args.out,
+        seq,
+        args.sequence,
+        voxel_every=args.voxel_every,
+        progress=not args.quiet,
+        pseudo_noise=args.pseudo_noise,
+    )
     if not args.quiet:
         print(f"wrote {args.frames} frames to {seq_dir}")
     if args.preview:

@@ -17,6 +17,13 @@ Written as ``pseudo_2d/*.png``. Starting from the rendered per-pixel learning cl
    2.5 px (scaled) amplitude, so class edges wobble while region interiors stay put.
 
 The noise of a frame comes from ``(seed, frame)`` only; instance confusions from ``(seed, object)``.
+
+Noise levels (:data:`NOISE_LEVELS`, ``occle-synth --pseudo-noise``): ``default`` is the model above; ``oracle``
+returns the rendered truth unchanged (sky and misses 255); ``x2`` doubles every component: each probability
+and area share ``p`` (miss chance at every distance, instance confusions, region-confusion shares) becomes
+``1 - (1 - p)**2`` (the error gets two independent chances; about ``2 p`` when small), the always-missed area
+40 px -> 80 px, and the boundary displacement amplitude 2.5 px -> 5 px. The random draws are the same at every
+level, so ``x2`` drops, relabels and flips wherever ``default`` does, and more.
 """
 
 from __future__ import annotations
@@ -52,11 +59,24 @@ REGION_CONFUSIONS: tuple[tuple[str, str, float], ...] = (
 )
 #: learning classes whose small or distant instances the segmenter misses.
 MISSABLE = ("pole", "traffic-sign", "person", "bicycle", "motorcycle", "trunk")
+#: ``occle-synth --pseudo-noise`` levels (see the module docstring).
+NOISE_LEVELS = ("oracle", "default", "x2")
 
 
-def pseudo_labels(seed: int, frame: int, cam: CameraFrame, image_scale: float) -> np.ndarray:
+def _twice(p: np.ndarray | float, noise: str) -> np.ndarray | float:
+    """Probability ``p`` at ``noise``: unchanged for ``default``, ``1 - (1 - p)**2`` for ``x2``."""
+    return 1.0 - (1.0 - p) ** 2 if noise == "x2" else p
+
+
+def pseudo_labels(seed: int, frame: int, cam: CameraFrame, image_scale: float, noise: str = "default") -> np.ndarray:
     """(H, W) uint8 2D pseudo labels of frame ``frame`` of the sequence of ``seed`` (255 = none), from the
-    rendered ``cam`` of an image ``image_scale`` times KITTI's size, by the noise model of this module."""
+    rendered ``cam`` of an image ``image_scale`` times KITTI's size, by the noise model of this module at level
+    ``noise`` (one of :data:`NOISE_LEVELS`)."""
+    if noise not in NOISE_LEVELS:
+        raise ValueError(f"pseudo-label noise must be one of {NOISE_LEVELS}, got {noise!r}")
+    if noise == "oracle":
+        return cam.truth.astype(np.uint8, copy=True)
+    gain = 2.0 if noise == "x2" else 1.0  # area threshold and displacement amplitude
     rng = stream(seed, 3, frame)
     names = {n: i for i, n in enumerate(class_table("semantic_kitti").names)}
     lab = cam.truth.copy()
@@ -73,14 +93,14 @@ def pseudo_labels(seed: int, frame: int, cam: CameraFrame, image_scale: float) -
     is_obj = u_obj > 0
     # 1. missed small / distant instances
     missable = is_obj & np.isin(u_cls, [names[n] for n in MISSABLE])
-    p_miss = np.clip((mean_depth - 12.0) / 30.0, 0.0, 0.85)
-    missed = missable & ((rng.random(len(uniq)) < p_miss) | (area < 40 * scale**2))
+    p_miss = _twice(np.clip((mean_depth - 12.0) / 30.0, 0.0, 0.85), noise)
+    missed = missable & ((rng.random(len(uniq)) < p_miss) | (area < gain * 40 * scale**2))
     # 2. whole-instance confusions, fixed per object over the sequence (a systematic error)
     u = hash01(u_obj, seed=seed + 17)
     new_cls = u_cls.copy()
     done = np.zeros(len(uniq), bool)
     for src, dst, prob in INSTANCE_CONFUSIONS:
-        sel = is_obj & ~done & (u_cls == names[src]) & (u < prob)
+        sel = is_obj & ~done & (u_cls == names[src]) & (u < _twice(prob, noise))
         new_cls[sel] = names[dst]
         done |= sel
     lab = new_cls[inv].astype(np.uint8)
@@ -96,11 +116,11 @@ def pseudo_labels(seed: int, frame: int, cam: CameraFrame, image_scale: float) -
         if not (orig == names[src]).any():
             continue
         field_ = smooth_field(rng, (H, W), max(4.0, 60.0 * scale))
-        thr = np.float32(normal_quantile(1.0 - share) * 0.6)  # bilinear smoothing shrinks the variance
+        thr = np.float32(normal_quantile(1.0 - _twice(share, noise)) * 0.6)  # bilinear smoothing shrinks the variance
         sel = (orig == names[src]) & (field_ > thr)
         lab[sel] = names[dst]
     # 4. boundary errors: resample through a smooth displacement field
-    amp = 2.5 * max(scale, 0.25)
+    amp = gain * 2.5 * max(scale, 0.25)
     dx = smooth_field(rng, (H, W), max(4.0, 24.0 * scale)) * amp
     dy = smooth_field(rng, (H, W), max(4.0, 24.0 * scale)) * amp
     rows = np.clip(np.rint(np.arange(H)[:, None] + dy), 0, H - 1).astype(np.int64)

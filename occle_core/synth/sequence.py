@@ -175,9 +175,10 @@ class SyntheticSequence:
         _, _, visible = self.calib.project(sc.points)
         return sc.points[visible], sc.labels[visible]
 
-    def pseudo_labels(self, frame: int, cam: CameraFrame) -> np.ndarray:
-        """(H, W) uint8 2D pseudo labels of ``frame`` from its rendered ``cam`` (see :mod:`.pseudo_noise`)."""
-        return pseudo_labels(self.seed, frame, cam, self.image_scale)
+    def pseudo_labels(self, frame: int, cam: CameraFrame, noise: str = "default") -> np.ndarray:
+        """(H, W) uint8 2D pseudo labels of ``frame`` from its rendered ``cam`` at noise level ``noise`` (see
+        :mod:`.pseudo_noise`)."""
+        return pseudo_labels(self.seed, frame, cam, self.image_scale, noise)
 
     def render(self, frame: int, camera: CameraModel | None = None) -> CameraFrame:
         """Ray-cast image of ``frame`` seen by ``camera`` (default: the sequence's image_2; any camera whose

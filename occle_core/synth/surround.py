@@ -30,7 +30,7 @@ from transforms3d.euler import euler2mat
 
 from occle_core.geometry import OCC3D_GRID, Calib
 from occle_core.labels import IGNORE_INDEX, class_table
-from occle_core.synth.pseudo_noise import pseudo_labels
+from occle_core.synth.pseudo_noise import NOISE_LEVELS, pseudo_labels
 from occle_core.synth.released import (
     CAMERAS,
     KEY_INTERVAL_US,
@@ -132,6 +132,7 @@ class SurroundSequence:
             frames): ``window`` scans decide ``mask_lidar``, ``accumulate`` (10: 2 s ahead) vote the classes.
         visibility_step_deg: spacing of the camera rays of ``mask_camera``.
         t0: timestamp (us) of the first key frame.
+        pseudo_noise: the 2D pseudo-label noise level (:data:`occle_core.synth.pseudo_noise.NOISE_LEVELS`).
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class SurroundSequence:
         accumulate: int = 10,
         visibility_step_deg: float = 0.5,
         t0: int = START_US,
+        pseudo_noise: str = "default",
     ) -> None:
         if keys < 1:
             raise ValueError(f"keys must be >= 1, got {keys}")
@@ -158,6 +160,9 @@ class SurroundSequence:
         self.image_scale = float(image_scale)
         self.visibility_step_deg = float(visibility_step_deg)
         self.t0 = int(t0)
+        if pseudo_noise not in NOISE_LEVELS:
+            raise ValueError(f"pseudo_noise must be one of {NOISE_LEVELS}, got {pseudo_noise!r}")
+        self.pseudo_noise = pseudo_noise
         frames = (self.keys - 1) * self.key_stride + 1
         self.seq = SyntheticSequence(
             seed, frames, image_scale, lidar, window, stride, OCC3D_GRID, accumulate, appearance=appearance
@@ -188,7 +193,7 @@ class SurroundSequence:
         for ci, ch in enumerate(CAMERAS):
             cam = self.seq.render(frame, self.rig.cameras[ch])
             images[ch] = cam.image
-            noisy = pseudo_labels(self.seq.seed, frame * len(CAMERAS) + ci, cam, self.image_scale)
+            noisy = pseudo_labels(self.seq.seed, frame * len(CAMERAS) + ci, cam, self.image_scale, self.pseudo_noise)
             pseudo[ch] = self.lut[noisy]
         t_key = self.t0 + key * KEY_INTERVAL_US
         sweeps = [
@@ -270,6 +275,7 @@ def write_surround(out: str | Path, scenes: int, keys: int, seed: int = 0, progr
         "window_stride": s0.seq.stride,
         "accumulate": s0.seq.accumulate,
         "visibility_step_deg": s0.visibility_step_deg,
+        "pseudo_noise": s0.pseudo_noise,
         "occ3d_of_learning": OCC3D_OF_LEARNING,
     }
     (Path(out) / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,110 @@
+"""Multi-frame LiDAR input (``data.past_frames``): past scans moved into the current frame through the poses, the
+time-offset column, K = 0 unchanged, and collation (targets from the frame's own scan only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from occle_core.config import load_config
+from occle_core.data import semantic_kitti as sk
+from occle_core.data.batch import add_targets, collate_inputs
+from occle_core.data.factory import build_dataset
+from occle_core.data.multiframe import MultiFrameDataset
+from occle_core.data.sample import Sample
+from occle_core.geometry import Calib, write_kitti_calib
+
+# velodyne -> camera 0 (KITTI's axes: x_cam = -y_velo, y_cam = -z_velo, z_cam = x_velo) and an offset
+TR = np.array([[0, -1, 0, 0.1], [0, 0, -1, -0.2], [1, 0, 0, -0.3], [0, 0, 0, 1]], np.float64)
+# LiDAR poses (LiDAR -> first LiDAR frame): frame 1 is 2 m ahead and turned 90 degrees left
+YAW90 = np.array([[0, -1, 0, 2.0], [1, 0, 0, 0.0], [0, 0, 1, 0.0], [0, 0, 0, 1]], np.float64)
+LIDAR_POSES = [np.eye(4), YAW90, YAW90]
+SCANS = [
+    np.array([[10.0, 1.0, 0.0, 0.5], [4.0, -2.0, 1.0, 0.25]], np.float32),
+    np.array([[3.0, 3.0, 0.5, 0.75]], np.float32),
+    np.array([[5.0, 0.0, 0.0, 0.1], [6.0, 1.0, 0.0, 0.2], [7.0, 2.0, 0.0, 0.3]], np.float32),
+]
+TIMES = [0.0, 0.1, 0.2]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-frame SemanticKITTI-layout sequence 00 (no voxel labels) with known poses and times."""
+    root = tmp_path_factory.mktemp("mf")
+    seq = root / "sequences" / "00"
+    for sub in ("velodyne", "image_2"):
+        (seq / sub).mkdir(parents=True)
+    P = np.array([[10.0, 0, 8, 0], [0, 10, 4, 0], [0, 0, 1, 0]])
+    write_kitti_calib(seq / "calib.txt", Calib(P, TR, (8, 16)))
+    sk.write_poses(seq / "poses.txt", np.stack([TR @ L @ np.linalg.inv(TR) for L in LIDAR_POSES]))  # cam0 poses
+    sk.write_times(seq / "times.txt", np.array(TIMES))
+    for i, pts in enumerate(SCANS):
+        sk.write_points(seq / "velodyne" / f"{i:06d}.bin", pts)
+        sk.write_image(seq / "image_2" / f"{i:06d}.png", np.full((8, 16, 3), 40 * i, np.uint8))
+    return root
+
+
+def test_a_known_pose_pair_moves_a_point_as_hand_computed(root: Path) -> None:
+    base = sk.SemanticKittiDataset(root, ["00"], with_labels=False)
+    s = MultiFrameDataset(base, 1)[1]
+    assert s.points.shape == (3, 5) and s.points.dtype == np.float32 and s.extras["current_points"] == 1
+    np.testing.assert_array_equal(s.points[0], [3.0, 3.0, 0.5, 0.75, 0.0])  # the current scan, first, dt 0
+    # scan 0 point (10, 1, 0) in frame 1: undo the 2 m move, then turn 90 deg right: (8, 1, 0) -> (1, -8, 0)
+    np.testing.assert_allclose(s.points[1], [1.0, -8.0, 0.0, 0.5, -0.1], atol=1e-5)
+    np.testing.assert_allclose(s.points[2], [-2.0, -2.0, 1.0, 0.25, -0.1], atol=1e-5)  # (4, -2, 1) -> (2, -2, 1)
+    # K = 2 at frame 2: scan 1 (same pose: unmoved, dt -0.1), then scan 0 (dt -0.2); frame 0 has no past
+    mf = MultiFrameDataset(base, 2)
+    s2 = mf[2]
+    assert s2.extras["current_points"] == 3 and s2.points.shape == (6, 5)
+    np.testing.assert_allclose(s2.points[3], [3.0, 3.0, 0.5, 0.75, -0.1], atol=1e-5)
+    np.testing.assert_allclose(s2.points[4:, :3], [[1.0, -8.0, 0.0], [-2.0, -2.0, 1.0]], atol=1e-5)
+    np.testing.assert_allclose(s2.points[4:, 4], [-0.2, -0.2], atol=1e-6)
+    first = mf[0]
+    assert first.points.shape == (2, 5) and first.extras["current_points"] == 2 and not first.points[:, 4].any()
+
+
+def test_zero_past_frames_is_todays_sample(root: Path) -> None:
+    base = sk.SemanticKittiDataset(root, ["00"], with_labels=False)
+    cfg = load_config(None, {"data": {"root": str(root), "val_sequences": ["00"]}})
+    assert type(build_dataset(cfg, "val", with_labels=False)) is sk.SemanticKittiDataset
+    for i in range(3):
+        a, b = MultiFrameDataset(base, 0)[i], base[i]
+        assert a.frame_id == b.frame_id and a.extras == b.extras == {}
+        np.testing.assert_array_equal(a.points, b.points)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.pose, b.pose)
+    cfg.data.past_frames = 2
+    assert isinstance(build_dataset(cfg, "val", with_labels=False), MultiFrameDataset)
+
+
+def test_missing_times_and_bad_k_are_named(root: Path, tmp_path: Path) -> None:
+    base = sk.SemanticKittiDataset(root, ["00"], with_labels=False)
+    with pytest.raises(ValueError, match="past_frames must be an integer >= 0"):
+        MultiFrameDataset(base, -1)
+    copy = tmp_path / "sequences" / "00"
+    copy.mkdir(parents=True)
+    for item in (root / "sequences" / "00").iterdir():
+        if item.name != "times.txt":
+            (copy / item.name).symlink_to(item)
+    with pytest.raises(ValueError, match="times.txt"):
+        MultiFrameDataset(sk.SemanticKittiDataset(tmp_path, ["00"], with_labels=False), 1)
+    with pytest.raises(ValueError, match="data.past_frames must be an integer >= 0"):
+        load_config(None, {"data": {"past_frames": 1.5}}).data.validate()
+    with pytest.raises(ValueError, match="data.pseudo_dir must be a folder name"):
+        load_config(None, {"data": {"pseudo_dir": "a/b"}}).data.validate()
+
+
+def test_collate_takes_the_extra_column_and_targets_read_the_own_scan(root: Path) -> None:
+    grid = {"origin": [-12.8, -12.8, -2.0], "voxel_size": 0.8, "shape": [32, 32, 8]}
+    cfg = load_config(None, {"data": {"grid": grid, "image_size": [8, 16], "max_points": 0}})
+    s = MultiFrameDataset(sk.SemanticKittiDataset(root, ["00"], with_labels=False), 2)[2]
+    batch = collate_inputs([s], cfg)
+    assert batch.points.shape == (6, 5)  # [batch index, x, y, z, intensity]: the time column is not a model input
+    np.testing.assert_allclose(batch.points[:, 1:].numpy(), s.points[:, :4], atol=0)
+    own = Sample.single("00/000002", s.image, s.points[:3, :4].copy(), s.calib)
+    merged, single = add_targets(batch, [s], cfg), add_targets(collate_inputs([own], cfg), [own], cfg)
+    assert merged.occupied.sum() == 3  # the 3 points of frame 2 (all past points are inside the grid too)
+    assert np.array_equal(merged.occupied.numpy(), single.occupied.numpy())
+    assert np.array_equal(merged.free.numpy(), single.free.numpy())
