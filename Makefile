@@ -83,7 +83,7 @@ synth-occ3d: install
 
 # A small Occ3D-style checkpoint: tiny OccLE, six cameras, ego frame, 10% labels
 # (config/train_occ3d_synthetic_tiny.yaml).
-CHECKPOINT_OCC3D_STEPS ?= 400
+CHECKPOINT_OCC3D_STEPS ?= 300
 checkpoint-occ3d: synth-occ3d
 	$(BIN)/occle-train --config config/train_occ3d_synthetic_tiny.yaml --data $(SYNTH_OCC3D) \
 		--out runs/occ3d_synthetic --steps $(CHECKPOINT_OCC3D_STEPS) --no-progress

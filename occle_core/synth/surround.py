@@ -196,9 +196,8 @@ class SurroundSequence:
             noisy = pseudo_labels(self.seq.seed, frame * len(CAMERAS) + ci, cam, self.image_scale, self.pseudo_noise)
             pseudo[ch] = self.lut[noisy]
         t_key = self.t0 + key * KEY_INTERVAL_US
-        sweeps = [
-            (t_key - (frame - f) * FRAME_US, self.points(f)) for f in range(frame - self.key_stride + 1, frame) if key
-        ]
+        first = frame - self.key_stride + 1 if key else frame  # the first key frame has no sweeps
+        sweeps = [(t_key - (frame - f) * FRAME_US, self.points(f)) for f in range(first, frame)]
         out = KeyFrame(self.points(frame), images, self.occupancy(frame), sweeps, pseudo)
         self.seq.forget_before(frame + 1)
         return out
@@ -208,8 +207,7 @@ class SurroundSequence:
         vox = self.seq.voxels(frame, OCC3D_GRID, np.linalg.inv(self.rig.T_ego_sensor))
         learning = self.seq.classes.map_raw(vox["label"])
         sem = self.lut[learning]
-        sem[(sem == IGNORE_INDEX) & (vox["label"] > 0)] = 0  # "others"
-        sem[sem == IGNORE_INDEX] = OCC3D_FREE
+        sem[sem == IGNORE_INDEX] = 0  # hit, but of no mapped class: "others"
         mask_camera = camera_visibility(sem != OCC3D_FREE, OCC3D_GRID, list(self.rig.calibs.values()),
                                         self.visibility_step_deg)  # fmt: skip
         return sem, (~vox["invalid"]).astype(np.uint8), mask_camera.astype(np.uint8)
