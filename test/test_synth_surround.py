@@ -136,3 +136,25 @@ def test_bad_options_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         synth_main(["--layout", "nuscenes", "--out", str(tmp_path), "--fov-only"])
     assert "apply to --layout semantic_kitti only" in capsys.readouterr().err
+
+
+def test_shipped_occ3d_checkpoint_predicts_on_a_written_frame(tree):
+    """models/occle_tiny_occ3d_synthetic.pt (make checkpoint-occ3d) takes the six views of a frame read back."""
+    from occle_core.predictor import Predictor
+    from occle_core.resources import resource_path
+
+    pred = Predictor(resource_path("models", "occle_tiny_occ3d_synthetic.pt"), device="cpu")
+    assert pred.grid_frame == "ego" and pred.camera_names == list(CAMERAS)
+    s = Occ3DDataset(tree, None)[0]
+    labels = pred.predict([(c.image, c.calib) for c in s.cameras], s.points)
+    assert labels.shape == OCC3D_GRID.shape and labels.max() <= OCC3D_FREE
+    # trained on other seeds (100-104), 300 steps: under mask_camera its occupancy and its driveable surface
+    # overlap the truth far better than chance (predicting every voxel occupied scores the occupied share)
+    m = s.camera_mask
+    truth, guess = s.voxel_labels[m], labels[m]
+    occ_iou = ((truth != OCC3D_FREE) & (guess != OCC3D_FREE)).sum() / (
+        (truth != OCC3D_FREE) | (guess != OCC3D_FREE)
+    ).sum()
+    assert occ_iou > 3 * (truth != OCC3D_FREE).mean()
+    road_iou = ((truth == 11) & (guess == 11)).sum() / ((truth == 11) | (guess == 11)).sum()
+    assert road_iou > 0.05
