@@ -44,6 +44,8 @@ setup(
             "ros-geometry-msgs",
             "ros-nav-msgs",
             "ros-diagnostic-msgs",
+            # libjpeg-turbo SIMD decoding of CompressedImage JPEGs (occle_ros/msgs/compressed.py; Pillow otherwise)
+            "simplejpeg==1.9.0",
         ],
         "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.5", "spconv==2.3.8", "transformers>=4.40"],
         # the TFLite runtime of the 2D segmenter (occle-pseudo --segmenter deeplab-cityscapes)

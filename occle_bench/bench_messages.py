@@ -7,6 +7,10 @@
   CUBE_LIST per class filled with ``geometry_msgs/Point`` objects, both serialized with
   ``rclpy.serialization.serialize_message``.
 
+- sensor_msgs/CompressedImage JPEG -> RGB, six 1600 x 900 nuScenes-size frames (one 6-camera set):
+  :func:`occle_ros.msgs.compressed.decode_jpeg` with libjpeg-turbo's SIMD decoder (simplejpeg, the node's
+  choice) against Pillow (its fallback).
+
 Both sides run on the same input in the same process and the outputs are checked to agree (same points,
 same voxel count), so a broken fast path cannot report a speed-up.
 
@@ -32,6 +36,7 @@ from occle_core.labels import ClassTable, class_table
 
 __all__ = [
     "PublishHarness",
+    "camera_jpeg",
     "make_cloud_points",
     "make_occupancy",
     "marker_per_voxel",
@@ -264,6 +269,41 @@ def _marker_rows(occupied: int, repeats: int, baseline_repeats: int) -> tuple[li
     return rows, agree
 
 
+def camera_jpeg(height: int = 900, width: int = 1600, seed: int = 0, quality: int = 90) -> bytes:
+    """A JPEG of a street-like test image (smooth gradients + texture noise) at ``quality`` (nuScenes: ~90)."""
+    import io
+
+    from PIL import Image as PilImage
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x / 7) % 256, (y / 3) % 256, ((x + y) / 5) % 256], axis=-1)
+    img = np.clip(base + rng.normal(0, 5, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    PilImage.fromarray(img).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _jpeg_rows(cameras: int, repeats: int) -> tuple[list[dict], bool]:
+    from occle_ros.msgs.compressed import decode_jpeg
+
+    jpegs = [camera_jpeg(seed=i) for i in range(cameras)]
+    fast = time_fn(lambda: [decode_jpeg(j, "simplejpeg") for j in jpegs], repeats)
+    pillow = time_fn(lambda: [decode_jpeg(j, "pillow") for j in jpegs], repeats)
+    a, b = decode_jpeg(jpegs[0], "simplejpeg"), decode_jpeg(jpegs[0], "pillow")
+    agree = a.shape == b.shape and int(np.abs(a.astype(np.int16) - b).max()) <= 2  # IDCT rounding
+    row = {
+        "bench": "CompressedImage JPEG -> RGB (simplejpeg, libjpeg-turbo SIMD)",
+        "size": f"{cameras} x 1600x900, {sum(map(len, jpegs)) // cameras // 1024} KiB each",
+        "occle_ms": round(fast.median, 3),
+        "baseline": "Pillow",
+        "baseline_ms": round(pillow.median, 1),
+        "speedup": round(pillow.median / fast.median, 1),
+        "outputs_equal": agree,
+    }
+    return [row], agree
+
+
 def run(quick: bool = False) -> Section:
     """PointCloud2 decoding and MarkerArray building against per-element baselines (speed-up = baseline / occle).
 
@@ -274,11 +314,16 @@ def run(quick: bool = False) -> Section:
     rows, decode_ok = _decode_rows(n_points, repeats=5 if quick else 20, baseline_repeats=1 if quick else 3)
     marker_rows, marker_ok = _marker_rows(occupied, repeats=5 if quick else 20, baseline_repeats=1 if quick else 2)
     rows += marker_rows
+    jpeg_rows, jpeg_ok = _jpeg_rows(2 if quick else 6, repeats=3 if quick else 15)
+    rows += jpeg_rows
     table = Table(
         "Message conversion: occle vs per-element baselines (same input, same run)",
         ["bench", "size", "occle_ms", "baseline", "baseline_ms", "speedup", "outputs_equal"],
         rows,
-        ["speedup = baseline_ms / occle_ms (medians); MarkerArray times include building and serialization"],
+        [
+            "speedup = baseline_ms / occle_ms (medians); MarkerArray times include building and serialization; "
+            "JPEG outputs_equal: the two decoders agree within 2 levels (IDCT rounding)"
+        ],
     )
     checks = [
         Check(
@@ -294,4 +339,6 @@ def run(quick: bool = False) -> Section:
             marker_ok,
         ),  # fmt: skip
     ]
+    checks.append(Check("simplejpeg and Pillow decode the same JPEG", "within 2 levels per channel",
+                        "agree" if jpeg_ok else "differ", jpeg_ok))  # fmt: skip
     return Section("messages", [table], checks, seconds=time.perf_counter() - start)

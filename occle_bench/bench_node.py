@@ -64,6 +64,9 @@ def _node_params(path: Path, checkpoint: Path, T: np.ndarray) -> None:
         "device": "cpu",
         "extrinsics": {"source": "matrix", "matrix": [float(v) for v in T.reshape(-1)]},
         "diagnostics_period": 0.5,
+        # the latency is measured on the markers (off by default): every frame's, no rate limit
+        "publish_markers": True,
+        "markers": {"period": 0.0, "max_voxels": 10_000_000},
     }
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
 

@@ -7,8 +7,12 @@ a 376 x 1241 image, the 256 x 256 x 32 grid; ``occle_core.synth``) goes through 
 
     read_raw (the Image / PointCloud2 bytes of the node's raw subscriptions) + rclpy deserialisation of the
     CameraInfo -> cloud_points -> limit_points (the node's default max_range / max_points) -> image_rgb
-    -> frame_calib -> predict (Predictor.predict) -> occupied voxels -> serialized MarkerArray -> publish
-    -> voxel PointCloud2 -> serialize_message -> publish
+    -> frame_calib -> predict (Predictor.predict) -> outputs at the shipped defaults (FrameOutputs.build:
+    publish_region observed, voxel PointCloud2, BEV OccupancyGrid + semantic Image; markers only when
+    publish_markers is on, off by default) -> serialize_message -> publish
+
+A last row times the outputs once more at the previous defaults (publish_region all, markers on), on the same
+labels and not part of the frame's sum, to show what the new defaults save.
 
 The whole frame is the sum of these. The parts of ``Predictor.predict`` are then timed on the same inputs in a
 second pass, each measured (none derived by subtraction): preprocessing (``Predictor.batch``: points inside the
@@ -78,18 +82,20 @@ LIMIT_STAGE = "max_range / max_points (pipeline.limit_points)"
 IMAGE_STAGE = "message -> numpy: image (pipeline.image_rgb)"
 CALIB_STAGE = "message -> numpy: camera_info -> calib (pipeline.frame_calib)"
 PREDICT_STAGE = "predict (pipeline.predict: Predictor.predict)"
-VOXELS_STAGE = "occupied voxels by class"
-MARKERS_STAGE = "MarkerArray build (serialized)"
+OUTPUTS_STAGE = "outputs: region, voxel PointCloud2, BEV (outputs.FrameOutputs.build, shipped defaults)"
 MARKERS_PUBLISH_STAGE = "MarkerArray publish"
-CLOUD_OUT_STAGE = "voxel PointCloud2 build"
-CLOUD_SERIALIZE_STAGE = "voxel PointCloud2 serialize_message"
+CLOUD_SERIALIZE_STAGE = "voxel PointCloud2 + BEV serialize_message"
 CLOUD_PUBLISH_STAGE = "voxel PointCloud2 publish"
+#: the outputs at the previous defaults (every voxel, markers on), timed apart: not part of the frame's sum
+OLD_OUTPUTS_STAGE = "for comparison: outputs with publish_region all + markers (the previous defaults)"
 #: what Predictor.predict does, each part timed on its own in a second pass over the same inputs (not part of the
 #: whole-frame sum): preprocessing and labels -> numpy count as non-model, the network as the model
 PREPROCESS_STAGE = "of predict: preprocess: crop points, resize image, calib (Predictor.batch)"
 MODEL_STAGE = "of predict: model forward + class decision (model.predict_labels)"
 TO_NUMPY_STAGE = "of predict: labels -> numpy"
 PREDICT_PARTS = (PREPROCESS_STAGE, MODEL_STAGE, TO_NUMPY_STAGE)
+#: rows timed in a second pass (not part of the whole-frame sum)
+SECOND_PASS = (*PREDICT_PARTS, OLD_OUTPUTS_STAGE)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -263,8 +269,11 @@ class StagedPipeline:
     ``intensity_scale`` / ``marker_alpha`` (``config/occle.yaml``)."""
 
     def __init__(self, source: ModelSource, harness: Any = None) -> None:
+        from dataclasses import replace
+
         from occle_ros import msgs
-        from occle_ros.params import default_values
+        from occle_ros.outputs import FrameOutputs
+        from occle_ros.params import RegionParams, _runtime, default_values
 
         if source.predictor is None:
             raise ValueError("StagedPipeline needs a ModelSource loaded with with_predictor=True")
@@ -275,18 +284,24 @@ class StagedPipeline:
         self.device = source.device
         self.harness = harness
         self.params = default_values()
+        self.runtime = _runtime(self.params)  # the node's runtime snapshot of the shipped defaults
+        self.old_runtime = replace(self.runtime, publish_region="all", marker_period=0.0)
         self.lut = msgs.publish_mask(self.classes)  # publish_classes ["all"]
+        p = self.params
+        region = RegionParams(p["region.margin"], p["region.azimuth_resolution"], p["region.elevation_resolution"])
+        self.outputs = FrameOutputs(self.grid, self.classes, region)
+        self.old_outputs = FrameOutputs(self.grid, self.classes, region)
 
     def run(self, frame: Frame) -> tuple[dict[str, float], np.ndarray, np.ndarray, int]:
         """One frame through every stage; returns (stage -> ms, labels (X, Y, Z) uint8 of the node's path, labels
-        of the timed parts of predict, occupied voxel count)."""
+        of the timed parts of predict, published voxel count)."""
         from rclpy.serialization import deserialize_message, serialize_message
         from sensor_msgs.msg import CameraInfo
 
         from occle_ros import msgs, pipeline
         from occle_ros.pipeline import Stream
 
-        grid, classes, predictor, p = self.grid, self.classes, self.predictor, self.params
+        predictor, p = self.predictor, self.params
         times: dict[str, float] = {}
         cuda = self.device.type == "cuda"
 
@@ -313,30 +328,29 @@ class StagedPipeline:
         seed = msgs.stamp_ns(cloud_msg.header.stamp) & 0xFFFFFFFF
         points, _ = timed(LIMIT_STAGE, lambda: pipeline.limit_points(points, p["max_range"], p["max_points"], seed))
         rgb = timed(IMAGE_STAGE, lambda: pipeline.image_rgb(image_msg))
-        T = frame.calib.T_cam_lidar
+        T = frame.calib.T_cam_lidar  # a LiDAR-frame grid: T_grid<-lidar is the identity, pipeline.to_grid a no-op
         calib = timed(CALIB_STAGE, lambda: pipeline.frame_calib(info_msg, rgb.shape[:2], T))
-        labels = timed(PREDICT_STAGE, lambda: pipeline.predict(predictor, rgb, points, calib))  # (X, Y, Z) uint8
-        voxels = timed(VOXELS_STAGE, lambda: msgs.occupied_voxels(labels, grid, self.lut, classes.empty_index))
-        stamp, alpha = cloud_msg.header.stamp, p["marker_alpha"]
-        markers = timed(
-            MARKERS_STAGE,
-            lambda: msgs.serialize_occupancy_markers(labels, grid, classes, "velodyne", stamp, alpha, voxels=voxels),
-        )
+        views = [(rgb, calib)]
+        labels = timed(PREDICT_STAGE, lambda: pipeline.predict(predictor, views, points))  # (X, Y, Z) uint8
+        stamp, eye = cloud_msg.header.stamp, np.eye(4)
+        want = (p["publish_voxels"], p["publish_markers"], p["publish_bev"])
+        out = timed(OUTPUTS_STAGE, lambda: self.outputs.build(labels, self.lut, self.runtime, [calib], points, eye,
+                                                               "velodyne", stamp, time.monotonic(), want))  # fmt: skip
+        encoded = (out.voxels, out.bev, out.bev_semantic)
+        data = timed(CLOUD_SERIALIZE_STAGE, lambda: [serialize_message(m) for m in encoded if m is not None])
         if self.harness is not None:
-            timed(MARKERS_PUBLISH_STAGE, lambda: self.harness.publish_markers(markers))
-        cloud = timed(
-            CLOUD_OUT_STAGE,
-            lambda: msgs.occupancy_to_pointcloud2(labels, grid, classes, "velodyne", stamp, voxels=voxels),
-        )
-        data = timed(CLOUD_SERIALIZE_STAGE, lambda: serialize_message(cloud))
-        if self.harness is not None:
-            timed(CLOUD_PUBLISH_STAGE, lambda: self.harness.publish_voxels(data))
-        # second pass: the parts of Predictor.predict on the same inputs, each measured (none derived)
+            if out.markers is not None:
+                timed(MARKERS_PUBLISH_STAGE, lambda: self.harness.publish_markers(out.markers))
+            timed(CLOUD_PUBLISH_STAGE, lambda: self.harness.publish_voxels(data[0]))
+        # second pass: the previous defaults' outputs, and the parts of Predictor.predict, each measured
+        timed(OLD_OUTPUTS_STAGE, lambda: self.old_outputs.build(labels, self.lut, self.old_runtime, [calib], points,
+                                                                eye, "velodyne", stamp, time.monotonic(),
+                                                                (True, True, False)))  # fmt: skip
         batch = timed(PREPROCESS_STAGE, lambda: predictor.batch(rgb, points, calib))
         with torch.inference_mode():
             labels_t = timed(MODEL_STAGE, lambda: predictor.model.predict_labels(batch))  # (1, X, Y, Z)
         parts = timed(TO_NUMPY_STAGE, lambda: labels_t[0].cpu().numpy())
-        return times, labels, parts, int(voxels.labels.shape[0])
+        return times, labels, parts, out.num_voxels
 
 
 def _stage_table(
@@ -347,11 +361,11 @@ def _stage_table(
     Per frame: model = the measured forward (MODEL_STAGE); non-model = every node stage but predict, plus the
     measured preprocessing and labels -> numpy parts of predict; whole frame = the sum of the node's stages."""
     n = len(samples[MODEL_STAGE])
-    node_stages = [k for k in samples if k not in PREDICT_PARTS]
+    node_stages = [k for k in samples if k not in SECOND_PASS]
     non_model_stages = [k for k in node_stages if k != PREDICT_STAGE] + [PREPROCESS_STAGE, TO_NUMPY_STAGE]
     model = summarize(samples[MODEL_STAGE])
     kinds = {MODEL_STAGE: "model", PREDICT_STAGE: "model + preprocessing", PREPROCESS_STAGE: "non-model (of predict)",
-             TO_NUMPY_STAGE: "non-model (of predict)"}  # fmt: skip
+             TO_NUMPY_STAGE: "non-model (of predict)", OLD_OUTPUTS_STAGE: "comparison (not summed)"}  # fmt: skip
 
     def row(name: str, kind: str, vals: list[float]) -> dict[str, Any]:
         t = summarize(vals)

@@ -8,6 +8,7 @@ Sections (in this order; ``--only`` picks some):
 - ``messages``: PointCloud2 decoding and MarkerArray building against per-element baselines.
 - ``scan``: the pure-torch selective scan against a step-by-step loop (``occle_bench.bench_scan``).
 - ``cameras``: ``Predictor.predict`` at 1, 2 and 6 cameras on the Occ3D grid (``occle_bench.bench_cameras``).
+- ``variants``: shared vs decoupled encoders at the tiny widths, size and CPU cost (``occle_bench.bench_variants``).
 
 ``--quick`` runs every section at a small size in a few seconds each (CI smoke); its numbers are not the
 targets' sizes. Full mode takes a few minutes on 2 CPU cores. Exit status: 0, or 1 when a section raised
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-SECTIONS: tuple[str, ...] = ("pipeline", "node", "scaling", "messages", "scan", "cameras")
+SECTIONS: tuple[str, ...] = ("pipeline", "node", "scaling", "messages", "scan", "cameras", "variants")
 LOAD_WARNING = 1.5  # 1-minute load average above which timings are flagged as disturbed
 
 
@@ -86,6 +87,11 @@ def _runners(workdir: Path) -> dict[str, Callable[[bool], Any]]:
 
         return run(quick)
 
+    def variants(quick: bool) -> Any:
+        from occle_bench.bench_variants import run
+
+        return run(quick)
+
     return {
         "pipeline": pipeline,
         "node": node,
@@ -93,6 +99,7 @@ def _runners(workdir: Path) -> dict[str, Callable[[bool], Any]]:
         "messages": messages,
         "scan": _scan_section,
         "cameras": cameras,
+        "variants": variants,
     }
 
 

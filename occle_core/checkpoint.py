@@ -191,7 +191,7 @@ def build_model(ckpt: dict, expect: OccleConfig | None = None) -> tuple[OccLE, O
     from occle_core.model.occle import OccLE
 
     try:
-        cfg = OccleConfig.from_dict(ckpt["config"])
+        cfg = OccleConfig.from_saved(ckpt["config"])
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint config is not a valid occle config: {exc}") from exc
     cfg.model.pretrained_image = ""

@@ -137,11 +137,19 @@ class ModelConfig:
     use_dual_mamba: bool = True  # False: plain conv fusion (ablation)
     use_image: bool = True  # False: LiDAR-only baseline
     pretrained_image: str = ""  # local path of backbone weights; nothing is downloaded
+    shared_encoders: bool = True  # False: the semantic branch has its own 2D UNet and sparse 3D UNet (the paper)
+    sem3d_head: str = "coarse"  # coarse: sem3d at the feature resolution, upsampled | full: one per output voxel
 
+
+# what a saved config written before a model switch existed meant by its absence (the network it was trained as)
+LEGACY_MODEL = {"shared_encoders": True, "sem3d_head": "coarse"}
+DECOUPLED = {"shared_encoders": False, "sem3d_head": "full"}
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {},
+    "tiny_decoupled": dict(DECOUPLED),  # tiny widths, the published decoupled encoders (CPU comparison)
     "paper": {
+        **DECOUPLED,
         "image_channels": [64, 128, 256, 512],
         "feat_dim": 64,
         "lidar_channels": [32, 64, 128],
@@ -296,6 +304,14 @@ class OccleConfig:
             loss=_build(LossConfig, d.get("loss"), "loss"),
             train=_build(TrainConfig, d.get("train"), "train"),
         )
+
+    @classmethod
+    def from_saved(cls, d: dict) -> OccleConfig:
+        """:meth:`from_dict` for a config saved in a checkpoint: a model key it lacks predates that switch and takes
+        its :data:`LEGACY_MODEL` value (the network the weights were trained as), not the preset's."""
+        d = dict(d or {})
+        d["model"] = {**LEGACY_MODEL, **(d.get("model") or {})}
+        return cls.from_dict(d)
 
 
 def _plain(value: Any) -> Any:

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             saved = load_checkpoint(ckpt_path)["config"]
             for section, values in overrides.items():
                 saved.setdefault(section, {}).update(values)
-            cfg = OccleConfig.from_dict(saved)
+            cfg = OccleConfig.from_saved(saved)
         trainer = Trainer(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
         summary = trainer.fit()
     except (ValueError, FileNotFoundError, CheckpointError, FloatingPointError) as exc:

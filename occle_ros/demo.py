@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from occle_core.data.semantic_kitti import SemanticKittiDataset
 
         s = SemanticKittiDataset(data, ["00"], with_labels=False, pseudo_dir="")[0]
-        rate = playback_rate(predictor, s.image, s.points, s.calib, stamps)
+        rate = playback_rate(predictor, [(s.image, s.calib)], s.points, stamps)
     del predictor
 
     # -- 3. node + player as processes, 4. receive ----------------------------------------------------------

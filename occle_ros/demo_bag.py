@@ -1,20 +1,25 @@
 """``occle-demo --bag BAG [--preset kitti|nuscenes]``: a recorded drive through ``occle_node`` over real DDS.
 
-The bag is read once here (rosbags, any ROS version) for what the node and the summary need: the LiDAR stamps (the
-frames played; each output carries its input cloud's stamp), the first camera_info's P, the first image and cloud
-(to time the model and pick the playback rate), and ``/tf_static``. A preset names the topics and frames of a
-converter's layout (:data:`PRESETS`; picked from the bag's topics when not given).
+A preset is the node's own preset file ``config/preset_<name>.yaml`` (the cameras' topics and TF frames, the LiDAR
+topic and frame of a converter's layout; picked from the bag's topics when not given), put in the checkpoint's
+camera order. The bag is read once here (rosbags, any ROS version) for what the node and the summary need: the
+LiDAR stamps (the frames played; each output carries its input cloud's stamp), every camera's first camera_info
+P and first image, the first cloud (to time the model and pick the playback rate), and ``/tf_static``.
 
-Extrinsics: the camera <- LiDAR transform is chained from the bag's ``/tf_static`` (any tree: both frames up to a
-common root). The node projects with the camera_info's ``P``; in a stereo rig's camera_info (KITTI's
-``P_rect_02``) P already holds the camera's offset from the rig's first camera (``P[0, 3] = fx * tx``), so the
-transform is taken to that reference camera (``tx`` removed) before it is handed to the node as a calibration file.
-Without ground truth the summary has no IoU; the PNGs are bird's-eye views of received grids.
+Extrinsics (plain pip environments have no tf2_ros): every camera <- LiDAR transform and, for a checkpoint whose
+grid is the ego frame, the grid (``base_link``) <- LiDAR transform are chained from the bag's ``/tf_static`` (any
+tree: both frames up to a common root) and handed to the node as parameters (``extrinsics.source: matrix``,
+``extrinsics.grid_from_lidar``) in ``DIR/extrinsics_from_bag.yaml``. The node projects with the camera_info's
+``P`` as it is: in a stereo rig's camera_info (KITTI's ``P_rect_02``) P already holds the camera's offset from
+the rig's first camera (``P[0, 3] = fx * tx``), so each transform is taken to that reference camera (``tx``
+removed) and the offset is not counted twice; nuScenes' P = [K | 0] leaves the TF camera frame as it is.
+Without ground truth the summary has no IoU; the PNGs are bird's-eye views of received grids, and
+``DIR/received.npz`` holds every received grid (``labels_<frame>``, (X, Y, Z) uint8) and bird's-eye view
+(``bev_<frame>``, (X, Y) int8: 100 occupied, 0 free, -1 unknown).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -22,53 +27,53 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from occle_core.geometry import Calib
+from occle_ros.params import CameraParams
 
 
 @dataclass(frozen=True)
 class Preset:
-    """The topics and frames of one bag layout.
+    """The topics and frames of one bag layout (from ``config/preset_<name>.yaml``).
 
     Attributes:
-        params_file: a node parameter file of the package's ``config/`` this layout needs ("" = none).
+        lidar_frame / grid_frame: TF frames ("" = the cloud's frame_id / the default of the checkpoint's grid).
     """
 
-    image_topic: str
-    camera_info_topic: str
+    name: str
+    cameras: tuple[CameraParams, ...]
     points_topic: str
-    camera_frame: str
     lidar_frame: str
-    params_file: str = ""
+    grid_frame: str
+
+    @property
+    def topics(self) -> set[str]:
+        """Every input topic of the layout."""
+        return {t for c in self.cameras for t in (c.image_topic, c.info_topic)} | {self.points_topic}
 
 
-PRESETS = {
-    # tomas789/kitti2bag (ROS 1) and occle-kitti2bag
-    "kitti": Preset(
-        "/kitti/camera_color_left/image_raw",
-        "/kitti/camera_color_left/camera_info",
-        "/kitti/velo/pointcloud",
-        "camera_color_left",
-        "velo_link",
-    ),  # fmt: skip
-    # foxglove nuscenes2mcap / occle-nuscenes2bag; needs the node's CompressedImage, multi-camera, ego-grid support
-    "nuscenes": Preset(
-        "/CAM_FRONT/image_rect_compressed",
-        "/CAM_FRONT/camera_info",
-        "/LIDAR_TOP",
-        "CAM_FRONT",
-        "LIDAR_TOP",
-        "preset_nuscenes.yaml",
-    ),  # fmt: skip
-}
+def load_preset(name: str) -> Preset:
+    """The preset of the node's parameter file ``config/preset_<name>.yaml``."""
+    from occle_core.resources import config_path
+    from occle_ros.params import camera_params, flatten
+
+    doc = yaml.safe_load(config_path(f"preset_{name}.yaml").read_text()) or {}
+    values: dict[str, Any] = {}
+    for section in doc.values():  # "/**" or the node's name
+        values.update(flatten((section or {}).get("ros__parameters", {})))
+    return Preset(name, camera_params(values), values["lidar_topic"], values.get("lidar_frame", ""),
+                  values.get("grid_frame", ""))  # fmt: skip
 
 
 def detect_preset(topics: set[str]) -> str:
-    """The preset whose three topics are all in ``topics``; ValueError listing the presets when none fits."""
-    for name, p in PRESETS.items():
-        if {p.image_topic, p.camera_info_topic, p.points_topic} <= topics:
+    """The preset whose topics are all in ``topics``; ValueError listing the presets when none fits."""
+    from occle_ros.launcher import DATASETS
+
+    for name in DATASETS:
+        if load_preset(name).topics <= topics:
             return name
-    raise ValueError(f"no preset fits the bag's topics {sorted(topics)}; presets: {', '.join(PRESETS)} (--preset)")
+    raise ValueError(f"no preset fits the bag's topics {sorted(topics)}; presets: {', '.join(DATASETS)} (--preset)")
 
 
 def _pose(tf: Any) -> np.ndarray:
@@ -116,33 +121,44 @@ def reference_camera(T_cam_lidar: np.ndarray, P: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class CameraFacts:
+    """One camera's first messages in a bag."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB, decoded as the node decodes it
+    P: np.ndarray  # (3, 4) of the first camera_info
+    frame: str  # TF frame: the preset's, else the image's frame_id
+
+
+@dataclass
 class BagFacts:
     """What the demo reads from a bag (see the module docstring)."""
 
     cloud_stamps: list[int]
-    image: np.ndarray  # (H, W, 3) uint8 RGB, the first one
-    points: np.ndarray  # (N, 4) float32, the first cloud
-    P: np.ndarray  # (3, 4) of the first camera_info
+    cameras: list[CameraFacts]  # in the order of the cameras asked for
+    points: np.ndarray  # (N, 4) float32, the first cloud, LiDAR frame
+    lidar_frame: str  # the preset's, else the cloud's frame_id
     static: dict[str, tuple[str, np.ndarray]]  # child -> (parent, T_parent<-child)
 
 
-def read_bag_facts(bag: Path, preset: Preset) -> BagFacts:
-    """Read :class:`BagFacts` (rosbags; ROS 1 or ROS 2).
+def read_bag_facts(bag: Path, preset: Preset, cameras: tuple[CameraParams, ...] | None = None) -> BagFacts:
+    """Read :class:`BagFacts` (rosbags; ROS 1 or ROS 2) for ``cameras`` (default: the preset's).
 
     Raises:
         ValueError: a preset topic with no message (the topic named).
     """
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
     from occle_ros import msgs
     from occle_ros.bag_player import bag_path, to_ros2_message
+    from occle_ros.pipeline import image_rgb
 
+    cameras = preset.cameras if cameras is None else cameras
     first: dict[str, Any] = {}
     stamps: list[int] = []
     static: dict[str, tuple[str, np.ndarray]] = {}
-    wanted = {preset.image_topic, preset.camera_info_topic, preset.points_topic, "/tf_static"}
+    wanted = {t for c in cameras for t in (c.image_topic, c.info_topic)} | {preset.points_topic, "/tf_static"}
     with AnyReader([bag_path(bag)], default_typestore=get_typestore(Stores.LATEST)) as reader:
         conns = [c for c in reader.connections if c.topic in wanted]
         for conn, _, raw in reader.messages(connections=conns):
@@ -156,55 +172,70 @@ def read_bag_facts(bag: Path, preset: Preset) -> BagFacts:
                 first.setdefault(conn.topic, msg)
             elif conn.topic not in first:
                 first[conn.topic] = (reader.deserialize(raw, conn.msgtype), conn.msgtype)
-    for topic in (preset.image_topic, preset.camera_info_topic, preset.points_topic):
+    for topic in sorted(wanted - {"/tf_static"}):
         if topic not in first:
-            raise ValueError(f"bag {bag} has no message on {topic} (preset topics of this layout)")
-    image, image_type = first[preset.image_topic]
-    if image_type.endswith("CompressedImage"):
-        from PIL import Image as PILImage
+            raise ValueError(f"bag {bag} has no message on {topic} (preset {preset.name} topics)")
+    facts = []
+    for cam in cameras:
+        image, image_type = first[cam.image_topic]
+        rgb = image_rgb(to_ros2_message(image, CompressedImage if image_type.endswith("CompressedImage") else Image))
+        info = to_ros2_message(first[cam.info_topic][0], CameraInfo)
+        facts.append(CameraFacts(rgb, msgs.camera_info_projection(info), cam.frame or image.header.frame_id))
+    cloud = first[preset.points_topic]
+    points = msgs.pointcloud2_to_xyzi(to_ros2_message(cloud, PointCloud2))
+    lidar_frame = preset.lidar_frame or cloud.header.frame_id
+    return BagFacts(stamps, facts, np.asarray(points, np.float32), lidar_frame, static)
 
-        with PILImage.open(io.BytesIO(bytes(image.data))) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    else:
-        rgb = msgs.image_to_rgb(to_ros2_message(image, Image))
-    info = to_ros2_message(first[preset.camera_info_topic][0], CameraInfo)
-    points = msgs.pointcloud2_to_xyzi(to_ros2_message(first[preset.points_topic], PointCloud2))
-    return BagFacts(stamps, rgb, np.asarray(points, np.float32), msgs.camera_info_projection(info), static)
+
+def bag_extrinsics(facts: BagFacts, grid_kind: str, grid_frame: str = "") -> tuple[list[np.ndarray], np.ndarray]:
+    """From ``/tf_static``: (4, 4) T_cam<-lidar per camera (to the reference camera of its P, see
+    :func:`reference_camera`) and T_grid<-lidar (identity for a LiDAR grid; ``grid_frame`` or base_link <- LiDAR for
+    an ego grid). Raises ValueError for a frame the tree lacks."""
+    from occle_ros.extrinsics import EGO_FRAME
+
+    T_cam = [reference_camera(chain(facts.static, c.frame, facts.lidar_frame), c.P) for c in facts.cameras]
+    T_grid = np.eye(4) if grid_kind == "lidar" else chain(facts.static, grid_frame or EGO_FRAME, facts.lidar_frame)
+    return T_cam, T_grid
+
+
+def write_extrinsics_params(path: Path, T_cam_lidar: list[np.ndarray], T_grid_lidar: np.ndarray | None) -> None:
+    """A node parameter file: ``extrinsics.source: matrix`` with the cameras' T_cam<-lidar (16 row-major values each,
+    the node's camera order) and, when given, ``extrinsics.grid_from_lidar``."""
+    ext: dict[str, Any] = {"source": "matrix", "matrix": [float(v) for T in T_cam_lidar for v in T.reshape(-1)]}
+    if T_grid_lidar is not None:
+        ext["grid_from_lidar"] = [float(v) for v in T_grid_lidar.reshape(-1)]
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"extrinsics": ext}}}))
 
 
 def run_bag(args: Any, predictor: Any, ckpt: Path, out: Path, t_start: float) -> int:
     """``occle-demo --bag``: play ``args.bag`` through the node; returns the exit status."""
-    from occle_core.geometry import write_kitti_calib
     from occle_core.render import render_bev, save_png
-    from occle_core.resources import config_path
     from occle_ros.bag_player import BagError, bag_path
     from occle_ros.demo_run import fail, play_through_node, playback_rate, summary_line
     from occle_ros.launcher import parse_launch_args
+    from occle_ros.params import StartupError, match_cameras
+    from occle_ros.pipeline import to_grid
 
     try:
         bag = bag_path(Path(args.bag))
-        preset_name = args.preset or detect_preset(_topics(bag))
-        preset = PRESETS[preset_name]
-        facts = read_bag_facts(bag, preset)
-        T = reference_camera(chain(facts.static, preset.camera_frame, preset.lidar_frame), facts.P)
-    except (BagError, ValueError) as exc:
+        preset = load_preset(args.preset or detect_preset(_topics(bag)))
+        cameras = match_cameras(preset.cameras, predictor.camera_names)
+        facts = read_bag_facts(bag, preset, cameras)
+        T_cam, T_grid = bag_extrinsics(facts, predictor.grid_frame, preset.grid_frame)
+    except (BagError, ValueError, StartupError) as exc:
         return fail(str(exc))
-    try:
-        params = str(config_path(preset.params_file)) if preset.params_file else ""
-    except FileNotFoundError as exc:
-        return fail(f"preset {preset_name}: {exc} (this build's node lacks the inputs of that layout)")
-    calib = Calib(facts.P, T, facts.image.shape[:2])
-    calib_file = out / "calib_from_bag.txt"  # the node's extrinsics (P2 and Tr lines)
-    write_kitti_calib(calib_file, calib)
+    params = out / "extrinsics_from_bag.yaml"  # the node's extrinsics
+    write_extrinsics_params(params, T_cam, None if predictor.grid_frame == "lidar" else T_grid)
+    T_lidar_grid = np.linalg.inv(T_grid)
+    views = [(c.image, Calib(c.P, T @ T_lidar_grid, c.image.shape[:2])) for c, T in zip(facts.cameras, T_cam)]
     frames = [f"{i:06d}" for i in range(len(facts.cloud_stamps))]
     stamps = dict(zip(facts.cloud_stamps, frames))
-    rate = args.rate if args.rate > 0 else playback_rate(predictor, facts.image, facts.points, calib, stamps)
+    rate = args.rate if args.rate > 0 else playback_rate(predictor, views, to_grid(facts.points, T_grid), stamps)
     grid, classes = predictor.grid, predictor.classes
     launch = [f"bag:={bag}", "rviz:=false", f"rate:={rate:.4f}", f"checkpoint:={ckpt}", f"device:={args.device}",
-              f"calib_file:={calib_file}", f"image_topic:={preset.image_topic}",
-              f"camera_info_topic:={preset.camera_info_topic}", f"points_topic:={preset.points_topic}",
-              "wait_subscribers:=120"] + ([f"params_file:={params}"] if params else [])  # fmt: skip
-    print(f"occle-demo: bag {bag}, preset {preset_name}, {len(frames)} LiDAR frames", flush=True)
+              f"dataset:={preset.name}", f"params_file:={params}", "wait_subscribers:=120"]  # fmt: skip
+    print(f"occle-demo: bag {bag}, preset {preset.name}, {len(cameras)} camera(s), {len(frames)} LiDAR frames",
+          flush=True)  # fmt: skip
     try:
         run = play_through_node(parse_launch_args(launch), stamps, grid, classes.empty_index, len(frames), args.timeout)
     except RuntimeError as exc:
@@ -212,11 +243,14 @@ def run_bag(args: Any, predictor: Any, ckpt: Path, out: Path, t_start: float) ->
     chosen = sorted(run.received)
     picks = sorted({chosen[int(round(i))] for i in np.linspace(0, len(chosen) - 1, min(args.renders, len(chosen)))})
     renders = [str(save_png(render_bev(run.received[f], classes, grid=grid), out / f"bev_{f}.png")) for f in picks]
+    np.savez_compressed(out / "received.npz", **{f"labels_{f}": v for f, v in run.received.items()},
+                        **{f"bev_{f}": v for f, v in run.bev.items()})  # fmt: skip
     line = summary_line(len(run.received), len(frames), run.diag)
-    summary = {"bag": str(bag), "preset": preset_name, "frames_played": len(frames),
-               "frames_received": len(run.received), "frames_with_markers": len(run.marker_frames),
-               "playback_rate": rate, "renders": renders, "checkpoint": str(ckpt), "node_diagnostics": run.diag,
-               "T_cam_lidar": T.tolist(), "wall_s": time.monotonic() - t_start}  # fmt: skip
+    summary = {"bag": str(bag), "preset": preset.name, "cameras": [c.name for c in cameras],
+               "frames_played": len(frames), "frames_received": len(run.received),
+               "frames_with_markers": len(run.marker_frames), "playback_rate": rate, "renders": renders,
+               "checkpoint": str(ckpt), "node_diagnostics": run.diag, "T_cam_lidar": [T.tolist() for T in T_cam],
+               "T_grid_lidar": T_grid.tolist(), "wall_s": time.monotonic() - t_start}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"occle-demo: {line}; no ground truth in a bag; renders: {', '.join(renders)}; {summary['wall_s']:.0f} s")
     return 0

@@ -25,12 +25,17 @@ def fail(msg: str) -> int:
     return 1
 
 
-def playback_rate(predictor: Any, image: np.ndarray, points: np.ndarray, calib: Calib, stamps: dict[int, str]) -> float:
+def playback_rate(predictor: Any, views: list[tuple[np.ndarray, Calib]], points: np.ndarray,
+                  stamps: dict[int, str]) -> float:  # fmt: skip
     """Bag playback factor (<= 1) at which the model finishes a frame before the next one arrives, with margin:
-    one frame period >= 1.5 model times + 0.3 s (decode, publish, a busy machine). Times one frame after a warm-up."""
-    predictor.predict(image, points, calib)  # warm-up (first-call allocations)
+    one frame period >= 1.5 model times + 0.3 s (decode, publish, a busy machine). Times one frame after a warm-up.
+
+    Args:
+        views: one (image, Calib) per camera of the checkpoint; points: (N, 4) in its grid frame.
+    """
+    predictor.predict(views, points)  # warm-up (first-call allocations)
     t0 = time.perf_counter()
-    predictor.predict(image, points, calib)
+    predictor.predict(views, points)
     per_frame = time.perf_counter() - t0
     period = float(np.median(np.diff(sorted(stamps)))) / 1e9 if len(stamps) > 1 else 0.1
     return min(1.0, period / (1.5 * per_frame + 0.3))
@@ -44,11 +49,13 @@ class NodeRun:
         received: input frame -> (X, Y, Z) uint8 occupancy read back from ``occupancy/voxels``.
         marker_frames: input frames that came back on ``occupancy/markers``.
         diag: the node's last ``<name>: occupancy`` diagnostics values.
+        bev: input frame -> (X, Y) int8 ``occupancy/bev`` (100 occupied, 0 free, -1 unknown).
     """
 
     received: dict[str, np.ndarray]
     marker_frames: set[str]
     diag: dict[str, str]
+    bev: dict[str, np.ndarray]
 
 
 def play_through_node(
@@ -72,6 +79,7 @@ def play_through_node(
     """
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
+    from nav_msgs.msg import OccupancyGrid
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -81,7 +89,7 @@ def play_through_node(
     from occle_ros import readback
     from occle_ros.launcher import ProcessGroup, plan
 
-    run = NodeRun({}, set(), {})
+    run = NodeRun({}, set(), {}, {})
     rclpy.init(args=["occle-demo"])
     node = Node("occle_demo_receiver")
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -93,6 +101,11 @@ def play_through_node(
         f = frame_of(msg.header.stamp)
         if f is not None:
             run.received[f] = readback.pointcloud2_to_occupancy(msg, grid, empty_index)
+
+    def on_bev(msg: OccupancyGrid) -> None:
+        f = frame_of(msg.header.stamp)
+        if f is not None:  # row-major (Y rows of X cells) -> (X, Y)
+            run.bev[f] = np.asarray(msg.data, np.int8).reshape(msg.info.height, msg.info.width).T
 
     def on_markers(msg: MarkerArray) -> None:
         f = frame_of(msg.markers[0].header.stamp) if msg.markers else None
@@ -107,6 +120,7 @@ def play_through_node(
 
     voxels = node.create_subscription(PointCloud2, "/occupancy/voxels", on_voxels, qos)
     node.create_subscription(MarkerArray, "/occupancy/markers", on_markers, qos)
+    node.create_subscription(OccupancyGrid, "/occupancy/bev", on_bev, qos)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -140,7 +154,9 @@ def play_through_node(
             diag = run.diag
             done = int(float(diag.get("processed", 0))) + int(float(diag.get("rejected", 0)))
             dropped = int(float(diag.get("dropped_superseded", 0)))
-            if len(run.received) >= n_frames or (diag and done + dropped >= n_frames and len(run.received) >= done):
+            received = len(run.received)
+            all_in = received >= n_frames or (diag and done + dropped >= n_frames and received >= done)
+            if all_in and set(run.received) <= set(run.bev):  # each frame's BEV was sent before its voxels
                 break
             time.sleep(0.2)
         time.sleep(1.2)

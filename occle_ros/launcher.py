@@ -4,7 +4,11 @@
 ``ros2 launch occle_ros occle.launch.py`` starts, from the same arguments (:data:`ARGUMENTS`, shared with
 ``launch/occle.launch.py``):
 
-- ``occle_node`` with the parameter file, the device/checkpoint/calibration overrides and the topic remaps;
+- ``occle_node`` with the parameter sources in this order (a later one wins, as rcl applies them): the dataset
+  preset (``dataset:=kitti|nuscenes``: ``config/preset_<dataset>.yaml``, topics, cameras and frames),
+  ``use_sim_time``, the user's ``params_file``, then the launch arguments given explicitly (device, checkpoint,
+  calibration, topics). ``use_sim_time`` comes before the user's file so that a value there is kept. String
+  values are passed quoted (``checkpoint:="1e3"`` stays a string, not the float 1000.0);
 - ``occle-play`` when ``bag`` is set (waiting for the node's subscriptions first, so no frame is lost while
   the model loads);
 - ``rviz2 -d rviz/occle.rviz`` when ``rviz`` is true and ``rviz2`` is on the PATH (a note otherwise).
@@ -19,6 +23,7 @@ the node exits (with its status), or, with ``exit_after_bag:=true``, once the ba
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -49,20 +54,21 @@ def _share(*parts: str) -> str:
 
 #: The launch arguments of ``occle.launch.py`` and ``occle-launch`` (defaults resolved lazily for share paths).
 ARGUMENTS: tuple[LaunchArgument, ...] = (
-    LaunchArgument("params_file", "", "node parameter file (default: the shipped config/occle.yaml)"),
+    LaunchArgument("dataset", "kitti", "preset of topics, cameras and frames: kitti | nuscenes | none"),
+    LaunchArgument("params_file", "", "your node parameter file, applied after the preset"),
     LaunchArgument("bag", "", "bag to play: ROS 2 folder (sqlite3/mcap) or ROS 1 .bag; empty = live sensors"),
     LaunchArgument("rate", "1.0", "bag playback speed factor"),
     LaunchArgument("loop", "false", "play the bag in a loop"),
     LaunchArgument("clock", "false", "publish /clock from the bag (pair with use_sim_time:=true)"),
     LaunchArgument("use_sim_time", "false", "node uses /clock time"),
-    LaunchArgument("rviz", "true", "start rviz2 with rviz/occle.rviz (skipped when rviz2 is not installed)"),
+    LaunchArgument("rviz", "false", "start rviz2 with rviz/occle.rviz (skipped when rviz2 is not installed)"),
     LaunchArgument("rviz_config", "", "RViz config (default: the shipped rviz/occle.rviz)"),
-    LaunchArgument("device", "auto", "inference device: auto | cpu | cuda | cuda:N"),
+    LaunchArgument("device", "", "inference device: auto | cpu | cuda | cuda:N; empty = the parameter files'"),
     LaunchArgument("checkpoint", "", "model checkpoint (default: the shipped models/occle_tiny_synthetic.pt)"),
     LaunchArgument("calib_file", "", "KITTI calib.txt giving the LiDAR->camera extrinsics (overrides params)"),
-    LaunchArgument("image_topic", "/kitti/camera_color_left/image_raw", "camera image topic"),
-    LaunchArgument("camera_info_topic", "/kitti/camera_color_left/camera_info", "camera info topic"),
-    LaunchArgument("points_topic", "/kitti/velo/pointcloud", "LiDAR point cloud topic"),
+    LaunchArgument("image_topic", "", "image topic of a single camera; empty = the preset's / parameter files'"),
+    LaunchArgument("camera_info_topic", "", "camera_info topic of a single camera; empty = the preset's"),
+    LaunchArgument("points_topic", "", "LiDAR point cloud topic; empty = the preset's / parameter files'"),
     LaunchArgument(
         "input_qos", "auto", "node input QoS: sensor_data | reliable | auto (reliable when a bag is played)"
     ),
@@ -108,26 +114,67 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def node_ros_args(args: dict[str, str]) -> list[str]:
-    """``--ros-args`` of occle_node for the launch arguments (parameter file, overrides, remaps)."""
-    params_file = args["params_file"] or _share("config", "occle.yaml")
-    out = ["--ros-args"]
-    if params_file:
-        out += ["--params-file", params_file]
-    sim = str(_truthy(args["use_sim_time"], "use_sim_time")).lower()
-    out += ["-p", f"device:={args['device']}", "-p", f"use_sim_time:={sim}"]
+#: the datasets with a preset file config/preset_<name>.yaml
+DATASETS = ("kitti", "nuscenes")
+
+
+def preset_file(dataset: str) -> str:
+    """The preset parameter file of ``dataset`` ("" for none); ValueError for an unknown name."""
+    if dataset in ("", "none"):
+        return ""
+    if dataset not in DATASETS:
+        raise ValueError(f"launch argument dataset must be one of {', '.join(DATASETS)} or none, got {dataset!r}")
+    return _share("config", f"preset_{dataset}.yaml")
+
+
+def node_parameters(args: dict[str, str]) -> list[tuple[str, object]]:
+    """The node's parameter sources for the launch arguments, in order (a later one wins): ``("file", path)`` or
+    ``("value", (name, value))`` with ``value`` typed (str, bool or list of str)."""
+    out: list[tuple[str, object]] = []
+    if preset := preset_file(args["dataset"]):
+        out.append(("file", preset))
+    out.append(("value", ("use_sim_time", _truthy(args["use_sim_time"], "use_sim_time"))))  # before the user's file
+    if args["params_file"]:
+        out.append(("file", args["params_file"]))
     qos = args["input_qos"]
     if qos == "auto":
         qos = "reliable" if args["bag"] else "sensor_data"
     if qos not in ("sensor_data", "reliable"):
         raise ValueError(f"launch argument input_qos must be auto, sensor_data or reliable, got {qos!r}")
-    out += ["-p", f"input_qos:={qos}"]
-    if args["checkpoint"]:
-        out += ["-p", f"checkpoint:={args['checkpoint']}"]
+    values: list[tuple[str, object]] = [("input_qos", qos)]
+    for name in ("device", "checkpoint"):
+        if args[name]:
+            values.append((name, args[name]))
     if args["calib_file"]:
-        out += ["-p", "extrinsics.source:=calib_file", "-p", f"extrinsics.calib_file:={args['calib_file']}"]
-    for key in ("image", "camera_info", "points"):
-        out += ["-r", f"{key}:={args[key + '_topic']}"]
+        values += [("extrinsics.source", "calib_file"), ("extrinsics.calib_file", args["calib_file"])]
+    if args["image_topic"]:
+        values.append(("cameras.image_topics", [args["image_topic"]]))
+    if args["camera_info_topic"]:
+        values.append(("cameras.info_topics", [args["camera_info_topic"]]))
+    if args["points_topic"]:
+        values.append(("lidar_topic", args["points_topic"]))
+    return out + [("value", v) for v in values]
+
+
+def _cli_value(value: object) -> str:
+    """``-p name:=VALUE`` text rcl parses back to ``value``: strings double-quoted (YAML), so ``1e3`` or ``true``
+    stay strings; booleans as true / false; string lists as a YAML flow sequence of quoted strings."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def node_ros_args(args: dict[str, str]) -> list[str]:
+    """``--ros-args`` of occle_node for the launch arguments (:func:`node_parameters`, in order)."""
+    out = ["--ros-args"]
+    for kind, item in node_parameters(args):
+        if kind == "file":
+            out += ["--params-file", str(item)]
+        else:
+            name, value = item
+            out += ["-p", f"{name}:={_cli_value(value)}"]
     return out
 
 
@@ -139,9 +186,29 @@ def player_args(args: dict[str, str]) -> list[str]:
     if _truthy(args["clock"], "clock"):
         out.append("--clock")
     if float(args["wait_subscribers"]) > 0:  # until the node's inputs are matched (its model is loaded by then)
-        topics = [args[f"{key}_topic"] for key in ("image", "camera_info", "points")]
-        out += ["--wait-subscribers", args["wait_subscribers"], "--wait-topics", *topics]
+        out += ["--wait-subscribers", args["wait_subscribers"], "--wait-topics", *input_topics(args)]
     return out
+
+
+def input_topics(args: dict[str, str]) -> list[str]:
+    """The node's input topics (every camera's image and camera_info, then the LiDAR) as its parameter sources
+    resolve them, in :func:`node_parameters`' order (a later source wins)."""
+    import yaml
+
+    from occle_ros.params import flatten
+
+    values: dict[str, object] = {}
+    for kind, item in node_parameters(args):
+        if kind == "file":
+            with open(item) as f:
+                doc = yaml.safe_load(f) or {}
+            for section in doc.values():  # "/**" or the node's name
+                values.update(flatten((section or {}).get("ros__parameters", {})))
+        else:
+            values[item[0]] = item[1]
+    topics = [*values.get("cameras.image_topics", []), *values.get("cameras.info_topics", [])]
+    return [*topics, values["lidar_topic"]] if "lidar_topic" in values else topics
+
 
 
 def rviz_config(args: dict[str, str]) -> str:
@@ -153,6 +220,7 @@ def plan(args: dict[str, str], python: str = sys.executable) -> list[ProcessSpec
     """The processes for the launch arguments (node first). Validates flags and numbers (ValueError)."""
     for flag in ("loop", "clock", "use_sim_time", "rviz", "exit_after_bag"):
         _truthy(args[flag], flag)
+    preset_file(args["dataset"])
     for num in ("rate", "wait_subscribers"):
         try:
             float(args[num])

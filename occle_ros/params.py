@@ -5,17 +5,22 @@ YAML file cannot say (description, range, choices, whether the value may change 
 of each parameter is the type of its default (rclpy's static typing: ``ros2 param set max_points 1.5`` is
 refused); an integer given for a floating-point parameter in a parameters file or ``-p`` is read as a float.
 
+Cameras are parallel string arrays (``cameras.names``, ``cameras.image_topics``, ``cameras.info_topics``,
+``cameras.transports``, ``cameras.frames``): the shape ``ros2 param`` and YAML handle without per-name parameters
+(which would have to be declared before their names are known).
+
 Start-up only parameters are declared ``read_only``: ``ros2 param set`` refuses them instead of accepting a value
-the node would never use. :data:`RUNTIME` parameters (``marker_alpha``, ``publish_classes``, ``max_range``,
-``max_points``) are validated by :func:`runtime_update` (called from the node's
-``add_on_set_parameters_callback``; a bad value is refused with the reason) and take effect on the next frame.
+the node would never use. :data:`RUNTIME` parameters (``publish_classes``, ``publish_region``, ``max_range``,
+``max_points``, ``marker_alpha``, ``markers.max_voxels``, ``markers.period``, ``bev.z_min``, ``bev.z_max``) are
+validated by :func:`runtime_update` (called from the node's ``add_on_set_parameters_callback``; a bad value is
+refused with the reason) and take effect on the next frame.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -53,27 +58,55 @@ SPECS: dict[str, Spec] = {
     "checkpoint": Spec("model checkpoint; empty = the shipped models/occle_tiny_synthetic.pt"),
     "device": Spec("auto (cuda when available, else cpu) | cpu | cuda | cuda:N"),
     "torch_threads": Spec("torch intra-op threads (process-wide); 0 = torch's default", (0, 1024)),
+    "cameras.names": Spec("camera names, front first (the checkpoint's camera set, e.g. CAM_FRONT ... or image_2)"),
+    "cameras.image_topics": Spec("image topic of each camera (same order as cameras.names)"),
+    "cameras.info_topics": Spec("camera_info topic of each camera (same order as cameras.names)"),
+    "cameras.transports": Spec("raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage) per camera"),
+    "cameras.frames": Spec("TF frame of each camera; '' = the image's header.frame_id"),
+    "lidar_topic": Spec("LiDAR topic (sensor_msgs/PointCloud2)"),
+    "lidar_frame": Spec("TF frame of the LiDAR; '' = the cloud's header.frame_id"),
+    "grid_frame": Spec("frame of the grid and of every output; '' = the LiDAR frame (grid 'lidar') or base_link"),
+    "warn_distortion": Spec("warn once per camera when camera_info D != 0 on a topic not named *rect*"),
     "publish_classes": Spec("class names to publish; ['all'] = every class but the empty one", runtime=True),
+    "publish_region": Spec(
+        "voxels published: all | observed (camera frustum or LiDAR rays + region.margin) | frustum",
+        choices=("all", "observed", "frustum"),
+        runtime=True,
+    ),
+    "region.margin": Spec("metres behind a LiDAR return still observed (publish_region observed)", (0.0, 100.0)),
+    "region.azimuth_resolution": Spec("azimuth bin (deg) of the LiDAR range image", (0.01, 45.0)),
+    "region.elevation_resolution": Spec("elevation bin (deg) of the LiDAR range image", (0.01, 45.0)),
     "max_range": Spec(
         "points farther than this from the LiDAR (m) are dropped; 0 = keep all", (0.0, 1e4), runtime=True
     ),
     "max_points": Spec("larger clouds are randomly subsampled to this many points", (1, 100_000_000), runtime=True),
     "intensity_scale": Spec("multiplier of the cloud's intensity field", (0.0, 1e6)),
-    "marker_alpha": Spec("alpha of the CUBE_LIST markers", (0.0, 1.0), runtime=True),
-    "output_frame": Spec("frame of the published markers / voxels; empty = the input cloud's frame"),
     "input_qos": Spec("QoS of the inputs", choices=("sensor_data", "reliable")),
-    "publish_markers": Spec("publish occupancy/markers (MarkerArray)"),
     "publish_voxels": Spec("publish occupancy/voxels (PointCloud2)"),
-    "sync.slop": Spec("largest stamp difference (s) of one image / camera_info / cloud set", (0.0, 10.0)),
+    "publish_markers": Spec("publish occupancy/markers (MarkerArray; costly for large grids)"),
+    "marker_alpha": Spec("alpha of the CUBE_LIST markers", (0.0, 1.0), runtime=True),
+    "markers.max_voxels": Spec(
+        "at most this many voxels as markers (the rest dropped, logged once)", (0, 10_000_000), runtime=True
+    ),
+    "markers.period": Spec("markers are published at most once per this many seconds", (0.0, 3600.0), runtime=True),
+    "publish_bev": Spec("publish occupancy/bev (OccupancyGrid) and occupancy/bev_semantic (Image rgb8)"),
+    "bev.z_min": Spec("lower edge (m, grid frame) of the height band of the BEV", (-1e3, 1e3), runtime=True),
+    "bev.z_max": Spec("upper edge (m, grid frame) of the height band of the BEV", (-1e3, 1e3), runtime=True),
+    "sync.slop": Spec("largest stamp difference (s) of one set of images, camera_infos and cloud", (0.0, 10.0)),
     "sync.queue_size": Spec("messages kept per input while waiting for a match", (1, 10_000)),
     "sync.reset_threshold": Spec("a stamp this much (s) older than the newest clears the queues", (1e-3, 1e6)),
-    "extrinsics.source": Spec("where T_cam_lidar comes from", choices=("xyz_quaternion", "matrix", "calib_file", "tf")),
-    "extrinsics.xyz": Spec("translation (m) of T_cam_lidar (source xyz_quaternion)"),
-    "extrinsics.quaternion": Spec("rotation w, x, y, z of T_cam_lidar (source xyz_quaternion)"),
-    "extrinsics.matrix": Spec("row-major 4x4 T_cam_lidar (source matrix)"),
+    "extrinsics.source": Spec(
+        "where the camera / LiDAR poses come from", choices=("xyz_quaternion", "matrix", "calib_file", "tf")
+    ),  # fmt: skip
+    "extrinsics.xyz": Spec("translation (m) of T_cam_lidar, 3 per camera (source xyz_quaternion)"),
+    "extrinsics.quaternion": Spec("rotation w, x, y, z of T_cam_lidar, 4 per camera (source xyz_quaternion)"),
+    "extrinsics.matrix": Spec("row-major 4x4 T_cam_lidar, 16 per camera (source matrix)"),
+    "extrinsics.grid_from_lidar": Spec("row-major 4x4 T_grid<-lidar (grid 'ego' without TF); all 0 = not given"),
     "extrinsics.calib_file": Spec("KITTI calib.txt whose Tr is T_cam_lidar (source calib_file; tf fallback)"),
     "extrinsics.tf_timeout": Spec("seconds to wait for the first TF lookup of a frame pair (source tf)", (0.0, 60.0)),
     "diagnostics_period": Spec("period (s) of /diagnostics", (0.01, 3600.0)),
+    "diagnostics.stale_after": Spec("WARN when no complete input set arrived for this many seconds", (0.01, 3600.0)),
+    "diagnostics.min_rate": Spec("per-input frequency below this (Hz) is a WARN; 0 = no lower bound", (0.0, 1e4)),
     "log_throttle": Spec("bad input is logged at most once per this many seconds per reason", (0.0, 3600.0)),
 }
 RUNTIME = tuple(name for name, spec in SPECS.items() if spec.runtime)
@@ -85,20 +118,47 @@ class RuntimeParams:
 
     marker_alpha: float
     publish_classes: tuple[str, ...]  # ("all",) or class names
+    publish_region: str  # all | observed | frustum
     max_range: float  # m; 0 = no limit
     max_points: int
+    marker_cap: int  # markers.max_voxels
+    marker_period: float  # s
+    bev_band: tuple[float, float]  # (z_min, z_max) m in the grid frame
+
+
+@dataclass(frozen=True)
+class CameraParams:
+    """One camera input: its name, topics, transport and optional TF frame override."""
+
+    name: str
+    image_topic: str
+    info_topic: str
+    transport: str  # raw | compressed
+    frame: str  # "" = the image's header.frame_id
 
 
 @dataclass(frozen=True)
 class ExtrinsicsParams:
-    """The ``extrinsics.*`` parameters (see :mod:`occle_ros.extrinsics`)."""
+    """The ``extrinsics.*`` parameters and frame overrides (see :mod:`occle_ros.extrinsics`)."""
 
     source: str
-    xyz: tuple[float, ...]
-    quaternion: tuple[float, ...]  # w, x, y, z
-    matrix: tuple[float, ...]  # 16, row-major
+    xyz: tuple[float, ...]  # 3 per camera
+    quaternion: tuple[float, ...]  # w, x, y, z; 4 per camera
+    matrix: tuple[float, ...]  # 16 per camera, row-major
+    grid_from_lidar: tuple[float, ...]  # 16 or empty
     calib_file: str
     tf_timeout: float
+    grid_frame: str  # "" = from the checkpoint's grid frame
+    lidar_frame: str  # "" = the cloud's frame_id
+
+
+@dataclass(frozen=True)
+class RegionParams:
+    """How the observed region is computed (:mod:`occle_ros.region`)."""
+
+    margin: float  # m behind a return
+    azimuth_deg: float
+    elevation_deg: float
 
 
 @dataclass(frozen=True)
@@ -108,16 +168,22 @@ class StartupParams:
     checkpoint: str
     device: str
     torch_threads: int
+    cameras: tuple[CameraParams, ...]
+    lidar_topic: str
+    warn_distortion: bool
     intensity_scale: float
-    output_frame: str
     input_qos: str
     publish_markers: bool
     publish_voxels: bool
+    publish_bev: bool
     slop_ns: int
     queue_size: int
     reset_threshold_ns: int
     extrinsics: ExtrinsicsParams
+    region: RegionParams
     diagnostics_period: float
+    stale_after: float
+    min_rate: float
     log_throttle: float
 
 
@@ -135,7 +201,7 @@ def default_values() -> dict[str, Any]:
     params = section.get("ros__parameters")
     if not isinstance(params, dict):
         raise StartupError(f"{path} has no '/**: ros__parameters:' mapping")
-    values = _flatten(params)
+    values = flatten(params)
     if set(values) != set(SPECS):
         raise StartupError(
             f"{path} and occle_ros/params.py disagree: only in the file {sorted(set(values) - set(SPECS))}, "
@@ -144,11 +210,12 @@ def default_values() -> dict[str, Any]:
     return values
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested ``ros__parameters`` mappings -> dotted parameter names (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -213,11 +280,14 @@ def declare(node: Node) -> tuple[StartupParams, RuntimeParams]:
         checkpoint=values["checkpoint"],
         device=values["device"],
         torch_threads=values["torch_threads"],
+        cameras=camera_params(values),
+        lidar_topic=values["lidar_topic"],
+        warn_distortion=values["warn_distortion"],
         intensity_scale=values["intensity_scale"],
-        output_frame=values["output_frame"],
         input_qos=values["input_qos"],
         publish_markers=values["publish_markers"],
         publish_voxels=values["publish_voxels"],
+        publish_bev=values["publish_bev"],
         slop_ns=round(values["sync.slop"] * 1e9),
         queue_size=values["sync.queue_size"],
         reset_threshold_ns=round(values["sync.reset_threshold"] * 1e9),
@@ -226,19 +296,86 @@ def declare(node: Node) -> tuple[StartupParams, RuntimeParams]:
             xyz=tuple(values["extrinsics.xyz"]),
             quaternion=tuple(values["extrinsics.quaternion"]),
             matrix=tuple(values["extrinsics.matrix"]),
+            grid_from_lidar=tuple(values["extrinsics.grid_from_lidar"]),
             calib_file=values["extrinsics.calib_file"],
             tf_timeout=values["extrinsics.tf_timeout"],
+            grid_frame=values["grid_frame"],
+            lidar_frame=values["lidar_frame"],
+        ),
+        region=RegionParams(
+            values["region.margin"], values["region.azimuth_resolution"], values["region.elevation_resolution"]
         ),
         diagnostics_period=values["diagnostics_period"],
+        stale_after=values["diagnostics.stale_after"],
+        min_rate=values["diagnostics.min_rate"],
         log_throttle=values["log_throttle"],
     )
-    runtime = RuntimeParams(
+    try:
+        runtime = _runtime(values)
+    except ValueError as exc:
+        raise StartupError(f"parameter {exc}") from exc
+    return startup, runtime
+
+
+def camera_params(values: Mapping[str, Any]) -> tuple[CameraParams, ...]:
+    """The ``cameras.*`` parallel lists as one entry per camera; raises StartupError when their lengths differ,
+    a name repeats, or a transport is unknown."""
+    names = list(values["cameras.names"])
+    lists = {key: list(values[f"cameras.{key}"]) for key in ("image_topics", "info_topics", "transports", "frames")}
+    if not names or "" in names or len(set(names)) != len(names):
+        raise StartupError(f"parameter cameras.names must be distinct non-empty names, got {names}")
+    if lists["frames"] in ([], [""]):
+        lists["frames"] = [""] * len(names)  # no overrides
+    for key, items in lists.items():
+        if len(items) != len(names):
+            raise StartupError(
+                f"parameter cameras.{key} must have one entry per camera ({len(names)}: {names}), got {items}"
+            )
+    for t in lists["transports"]:
+        if t not in ("raw", "compressed"):
+            raise StartupError(f"parameter cameras.transports entries must be raw or compressed, got {t!r}")
+    return tuple(
+        CameraParams(n, i, c, t, f)
+        for n, i, c, t, f in zip(names, *(lists[k] for k in ("image_topics", "info_topics", "transports", "frames")))
+    )
+
+
+def match_cameras(cams: Sequence[CameraParams], wanted: Sequence[str]) -> tuple[CameraParams, ...]:
+    """``cams`` in the checkpoint's camera order ``wanted`` (empty: any one camera): the same names are reordered
+    to it; other names must be as many (used in the given order). Raises StartupError for a different count."""
+    cams = tuple(cams)
+    if not wanted:
+        if len(cams) != 1:
+            raise StartupError(f"the checkpoint takes one camera; cameras.names has {len(cams)}")
+        return cams
+    by_name = {c.name: c for c in cams}
+    if set(by_name) == set(wanted):
+        return tuple(by_name[n] for n in wanted)
+    if len(cams) != len(wanted):
+        raise StartupError(
+            f"the checkpoint takes {len(wanted)} cameras {list(wanted)}; cameras.names has {len(cams)}: {list(by_name)}"
+        )
+    return cams
+
+
+def _runtime(values: Mapping[str, Any]) -> RuntimeParams:
+    """The runtime snapshot of ``values`` (flat parameter names); ValueError names the parameter."""
+    band = (float(values["bev.z_min"]), float(values["bev.z_max"]))
+    if not band[0] < band[1]:
+        raise ValueError(f"bev.z_min must be below bev.z_max, got {band[0]} and {band[1]}")
+    if values["publish_region"] not in SPECS["publish_region"].choices:
+        raise ValueError(f"publish_region must be one of {list(SPECS['publish_region'].choices)}, "
+                         f"got {values['publish_region']!r}")  # fmt: skip
+    return RuntimeParams(
         marker_alpha=values["marker_alpha"],
         publish_classes=_classes(values["publish_classes"]),
+        publish_region=values["publish_region"],
         max_range=values["max_range"],
         max_points=values["max_points"],
+        marker_cap=values["markers.max_voxels"],
+        marker_period=values["markers.period"],
+        bev_band=band,
     )
-    return startup, runtime
 
 
 def _classes(value: Sequence[str]) -> tuple[str, ...]:
@@ -247,14 +384,19 @@ def _classes(value: Sequence[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+#: RuntimeParams field -> parameter name, for the fields whose parameter has another name
+_RUNTIME_NAMES = {"marker_cap": "markers.max_voxels", "marker_period": "markers.period"}
+
+
 def runtime_update(current: RuntimeParams, changes: Sequence[Parameter]) -> RuntimeParams:
     """``current`` with ``changes`` applied (names other than :data:`RUNTIME` are left to rclpy: read-only ones are
     refused before this is called). Types and ranges were checked by rclpy from the descriptors; raises
-    ValueError for a value they cannot express (an empty class list)."""
-    update: dict[str, Any] = {}
+    ValueError for a value they cannot express (an empty class list, an unknown region, an empty BEV band)."""
+    values: dict[str, Any] = {
+        _RUNTIME_NAMES.get(f, f): getattr(current, f) for f in current.__dataclass_fields__ if f != "bev_band"
+    }
+    values["bev.z_min"], values["bev.z_max"] = current.bev_band
     for p in changes:
-        if p.name == "publish_classes":
-            update["publish_classes"] = _classes(p.value)
-        elif p.name in RUNTIME:
-            update[p.name] = p.value
-    return replace(current, **update)
+        if p.name in RUNTIME:
+            values[p.name] = p.value
+    return _runtime(values)

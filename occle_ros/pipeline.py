@@ -4,9 +4,10 @@
 ``occle_bench.bench_pipeline`` times each of them, so the benchmark measures the node's own code:
 
     read_raw (serialized Image / PointCloud2 -> messages, pixels and points not copied)
-    -> cloud_points -> limit_points (max_range, max_points) -> image_rgb -> frame_calib
+    -> cloud_points -> limit_points (max_range, max_points) -> to_grid (T_grid<-lidar)
+    -> image_rgb (per camera: raw or JPEG / PNG) -> frame_calib (per camera)
     -> predict (the predictor: preprocessing + network + class decision)
-    -> occupied_voxels -> serialize_occupancy_markers / occupancy_to_pointcloud2 (``occle_ros.msgs``) -> publish
+    -> occle_ros.outputs (publish region, voxel cloud, markers, bird's-eye views) -> publish
 
 Every step raises :class:`FrameRejectedError` for bad input, with the diagnostics counter key as its reason.
 """
@@ -14,23 +15,26 @@ Every step raises :class:`FrameRejectedError` for bad input, with the diagnostic
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from occle_core.geometry import Calib, VoxelGrid
 from occle_core.labels import ClassTable
 from occle_ros.msgs import cdr
 from occle_ros.msgs.base import ConversionError
 from occle_ros.msgs.camera_info import camera_info_projection
+from occle_ros.msgs.compressed import compressed_to_rgb
 from occle_ros.msgs.image import image_to_rgb
 from occle_ros.msgs.pointcloud import pointcloud2_to_xyzi
 
 
 class Stream(enum.Enum):
-    """The node's inputs; the value is the stream's index in the synchroniser."""
+    """The kinds of the node's inputs (the value orders one camera's messages: image, camera_info, then the
+    cloud; the node's synchroniser index of camera i's image / camera_info is 2i / 2i + 1, of the cloud 2N)."""
 
     IMAGE = 0
     CAMERA_INFO = 1
@@ -50,14 +54,21 @@ class FrameRejectedError(Exception):
 
 
 class OccupancyPredictor(Protocol):
-    """What the node needs of a predictor (:class:`occle_core.predictor.Predictor` is one)."""
+    """What the node needs of a predictor (:class:`occle_core.predictor.Predictor` is one).
+
+    ``grid_frame`` ("lidar" | "ego") and ``camera_names`` (the checkpoint's camera set, front first) are read with
+    defaults "lidar" and None (any single camera) for predictors that predate the multi-camera API.
+    """
 
     grid: VoxelGrid
     classes: ClassTable
+    grid_frame: str
+    camera_names: Sequence[str]
 
-    def predict(self, image: np.ndarray, points: np.ndarray, calib: Calib) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, (N, 4) float32 x y z intensity, calib -> (X, Y, Z) uint8 labels of ``grid``.
-        Raises ValueError for input it refuses."""
+    def predict(self, image: Any, points: np.ndarray, calib: Calib | None = None) -> np.ndarray:
+        """``predict(image (H, W, 3) uint8, points, calib)`` for one camera, ``predict(views, points)`` with
+        ``views`` a list of ``(image, Calib)`` for several; points (N, 4) float32 x y z intensity in the grid frame
+        -> (X, Y, Z) uint8 labels of ``grid``. Raises ValueError for input it refuses."""
         ...
 
 
@@ -107,20 +118,34 @@ def limit_points(points: np.ndarray, max_range: float, max_points: int, seed: in
     return points[np.sort(rng.choice(points.shape[0], max_points, replace=False))], True
 
 
-def image_rgb(image: Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of ``image``."""
+def to_grid(points: np.ndarray, T_grid_lidar: np.ndarray) -> np.ndarray:
+    """(N, 4) LiDAR-frame points -> the same in the grid frame (returned as is when T is the identity)."""
+    if np.array_equal(T_grid_lidar, np.eye(4)):
+        return points
+    out = np.empty(points.shape, np.float32)
+    out[:, :3] = points[:, :3] @ T_grid_lidar[:3, :3].T.astype(np.float32) + T_grid_lidar[:3, 3].astype(np.float32)
+    out[:, 3:] = points[:, 3:]
+    return out
+
+
+def image_rgb(image: Image | CompressedImage) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a raw ``Image`` or a JPEG / PNG ``CompressedImage``."""
     try:
-        return image_to_rgb(image)
+        return compressed_to_rgb(image) if hasattr(image, "format") else image_to_rgb(image)
     except ConversionError as exc:
         raise FrameRejectedError("image_invalid", str(exc)) from exc
 
 
-def frame_calib(info: CameraInfo, image_hw: tuple[int, int], T_cam_lidar: np.ndarray) -> Calib:
-    """The camera model of an (H, W) image: ``info``'s projection and the (4, 4) LiDAR -> camera transform."""
+def frame_calib(info: CameraInfo, image_hw: tuple[int, int], T_cam_grid: np.ndarray, optical: bool = False) -> Calib:
+    """The camera model of an (H, W) image: ``info``'s projection and the (4, 4) grid -> camera transform.
+    ``optical``: T comes from TF (the camera's own optical frame): P's translation column is dropped, since TF
+    already holds the offset it encodes (a rectified stereo baseline)."""
     try:
         P = camera_info_projection(info)
     except ConversionError as exc:
         raise FrameRejectedError("camera_info_invalid", str(exc)) from exc
+    if optical:
+        P = np.concatenate([P[:, :3], np.zeros((3, 1))], axis=1)
     h, w = image_hw
     if (info.height, info.width) != (0, 0) and (info.height, info.width) != (h, w):
         raise FrameRejectedError(
@@ -128,14 +153,24 @@ def frame_calib(info: CameraInfo, image_hw: tuple[int, int], T_cam_lidar: np.nda
             f"image is {w}x{h} but camera_info is {info.width}x{info.height} (expected the same size)",
         )
     try:
-        return Calib(P, T_cam_lidar, (h, w))
+        return Calib(P, T_cam_grid, (h, w))
     except ValueError as exc:
         raise FrameRejectedError("calib_invalid", str(exc)) from exc
 
 
-def predict(predictor: OccupancyPredictor, rgb: np.ndarray, points: np.ndarray, calib: Calib) -> np.ndarray:
-    """(X, Y, Z) uint8 labels of one frame."""
+def distortion_warning(info: CameraInfo, topic: str) -> str | None:
+    """A warning when ``info`` has a non-zero D on an image ``topic`` whose name does not say it is rectified."""
+    if "rect" in topic.lower() or not np.any(np.asarray(info.d, np.float64)):
+        return None
+    return (f"camera_info of {topic} has distortion D={list(np.round(info.d, 4))} but the topic does not look "
+            f"rectified: the node assumes rectified images (set warn_distortion false if they are)")  # fmt: skip
+
+
+def predict(predictor: OccupancyPredictor, views: list[tuple[np.ndarray, Calib]], points: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) uint8 labels of one frame: the single-camera call for one view, the multi-camera one otherwise."""
     try:
-        return predictor.predict(rgb, points, calib)
+        if len(views) == 1:
+            return predictor.predict(views[0][0], points, views[0][1])
+        return predictor.predict(views, points)
     except ValueError as exc:
         raise FrameRejectedError("predictor_rejected", str(exc)) from exc

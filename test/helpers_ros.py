@@ -70,9 +70,13 @@ def frame_messages(
 
 
 def node_params(checkpoint: str | Path, **extra: object) -> list[Parameter]:
-    """OccleNode parameter overrides: ``checkpoint`` on the CPU, extrinsics T_AXES, fast diagnostics, + ``extra``."""
+    """OccleNode parameter overrides: ``checkpoint`` on the CPU, extrinsics T_AXES, fast diagnostics, every voxel
+    published as cloud and markers (no rate limit), + ``extra``."""
     values = {
         "checkpoint": str(checkpoint),
+        "publish_region": "all",
+        "publish_markers": True,
+        "markers.period": 0.0,
         "device": "cpu",
         "extrinsics.source": "matrix",
         "extrinsics.matrix": T_AXES.reshape(-1).tolist(),

@@ -307,7 +307,7 @@ def test_missing_camera_info_warns_throttled(ros_module_context, checkpoint, pre
         for i in range(10):
             _send(n, STAMP + i * 100_000_000, streams=(0, 2))
         warnings = [t for lvl, t in n.log.lines if "camera_info" in t]
-        assert warnings == ["no camera_info received yet; waiting (frames need P)"]
+        assert warnings == ["no camera_info received yet on ['camera_info']; waiting (frames need P)"]
         s = n.statistics()
         assert s["received_image"] == 10 and s["received_points"] == 10 and s["sync_matched"] == 0
 
@@ -382,7 +382,7 @@ STARTUP_ROWS = [
     ("sync_slop_negative", _ok, ["sync.slop:=-1.0"], r"parameter sync.slop must be in \[0.0, 10.0\], got -1.0"),
     ("max_points_zero", _ok, ["max_points:=0"], r"parameter max_points must be in \[1, 100000000\], got 0"),
     ("extrinsics_matrix_wrong_length", _ok, ["extrinsics.source:=matrix", "extrinsics.matrix:=[1.0,2.0,3.0]"],
-     r"extrinsics.matrix must be 16 finite row-major values, got 3"),
+     r"extrinsics.matrix must have 16 values per camera \(1 cameras: 16\), got 3"),
     ("extrinsics_calib_file_missing", _ok, ["extrinsics.source:=calib_file", "extrinsics.calib_file:=/no/calib.txt"],
      r"parameter extrinsics.calib_file: calibration file not found: /no/calib\.txt"),
     ("unknown_parameter", _ok, ["marker_alfa:=0.3"], r"unknown parameter\(s\) \['marker_alfa'\]"),

@@ -1,15 +1,14 @@
 """``occle-demo --bag``: presets, the camera <- LiDAR chain from a bag's /tf_static, and a one-frame KITTI ROS 1 bag
-through today's single-camera occle_node over real DDS (1/1 frames: nothing lost to discovery)."""
+through occle_node over real DDS (1/1 frames: nothing lost to discovery). The nuScenes case: test_ros_e2e_bags.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from helpers_bags import DRIVE, raw_drive
 
 from occle_core.data import kitti
-from occle_core.geometry import read_kitti_calib
-from occle_core.resources import config_path
 from occle_ros import demo, demo_bag, kitti2bag
 
 pytestmark = pytest.mark.ros
@@ -44,19 +43,23 @@ def test_bag_facts_give_the_calibrated_extrinsics(tmp_path):
     bag = tmp_path / "k.bag"
     assert kitti2bag.main(["--format", "ros1-kitti2bag", "--raw", str(tmp_path / "raw"), "--drive", DRIVE,
                            "--out", str(bag), "--quiet"]) == 0  # fmt: skip
-    assert demo_bag.detect_preset({"/a", *vars(demo_bag.PRESETS["kitti"]).values()}) == "kitti"
+    assert demo_bag.detect_preset({"/a", *demo_bag.load_preset("kitti").topics}) == "kitti"
+    assert demo_bag.detect_preset({"/a", *demo_bag.load_preset("nuscenes").topics}) == "nuscenes"
     with pytest.raises(ValueError, match="no preset fits"):
         demo_bag.detect_preset({"/a"})
-    preset = demo_bag.PRESETS["kitti"]
+    preset = demo_bag.load_preset("kitti")
     facts = demo_bag.read_bag_facts(bag, preset)
     assert len(facts.cloud_stamps) == 2 and facts.cloud_stamps[1] - facts.cloud_stamps[0] == 100_000_000
-    np.testing.assert_array_equal(facts.image, images[0])
+    (cam,) = facts.cameras
+    np.testing.assert_array_equal(cam.image, images[0])
     np.testing.assert_array_equal(facts.points, scans[0])
+    assert (cam.frame, facts.lidar_frame) == ("camera_color_left", "velo_link")
     calib = kitti.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80))
-    np.testing.assert_array_equal(facts.P, calib.P)
+    np.testing.assert_array_equal(cam.P, calib.P)
     # kitti2bag's camera_color_left frame is the rectified cam2 frame; with P_rect_02 the node needs rectified cam0
-    T = demo_bag.reference_camera(demo_bag.chain(facts.static, preset.camera_frame, preset.lidar_frame), facts.P)
+    (T,), T_grid = demo_bag.bag_extrinsics(facts, "lidar")
     np.testing.assert_allclose(T, calib.T_cam_lidar, atol=1e-9)
+    np.testing.assert_array_equal(T_grid, np.eye(4))
 
 
 def test_demo_plays_a_one_frame_kitti_bag_through_the_node(tmp_path, checkpoint, capsys):
@@ -70,24 +73,12 @@ def test_demo_plays_a_one_frame_kitti_bag_through_the_node(tmp_path, checkpoint,
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("occle-demo: frames 1/1 received (0 dropped, 0 rejected), mean latency "), line
     assert (out / "bev_000000.png").is_file() and "no ground truth" in line
-    written = read_kitti_calib(out / "calib_from_bag.txt", (24, 80))  # what the node was given
-    np.testing.assert_allclose(
-        written.T_cam_lidar, kitti.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80)).T_cam_lidar, atol=1e-9
+    written = yaml.safe_load((out / "extrinsics_from_bag.yaml").read_text())["/**"]["ros__parameters"]
+    assert written["extrinsics"]["source"] == "matrix" and "grid_from_lidar" not in written["extrinsics"]
+    np.testing.assert_allclose(  # what the node was given
+        np.reshape(written["extrinsics"]["matrix"], (4, 4)),
+        kitti.read_raw_calib(tmp_path / "raw" / DRIVE[:10], (24, 80)).T_cam_lidar,
+        atol=1e-9,
     )
-
-
-def test_demo_nuscenes_preset_names_what_is_missing(tmp_path, checkpoint, capsys):
-    try:
-        config_path("preset_nuscenes.yaml")
-        pytest.skip("config/preset_nuscenes.yaml is installed: the nuScenes end-to-end is the node's own test")
-    except FileNotFoundError:
-        pass
-    from occle_core.synth.released import write_nuscenes_replica
-    from occle_ros.nuscenes2bag import write_scene_bag
-
-    replica = write_nuscenes_replica(tmp_path / "data", samples_per_scene=1, image_size=(18, 32), occ3d=False)
-    write_scene_bag(replica.root, "v1.0-mini", "scene-0061", tmp_path / "bag", progress=False)
-    argv = ["--bag", str(tmp_path / "bag"), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint)]
-    assert demo.main([*argv, "--device", "cpu"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("occle-demo: error: preset nuscenes:") and "preset_nuscenes.yaml" in err
+    received = np.load(out / "received.npz")
+    assert sorted(received.files) == ["bev_000000", "labels_000000"] and received["bev_000000"].shape == (64, 64)

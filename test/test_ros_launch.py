@@ -16,31 +16,62 @@ REPO = Path(__file__).resolve().parent.parent
 def test_parse_and_plan_default_arguments():
     args = launcher.parse_launch_args([])
     specs = launcher.plan(args, python="py")
-    assert [s.name for s in specs] == ["occle_node", "rviz2"]  # no bag by default, rviz on
+    assert [s.name for s in specs] == ["occle_node"]  # no bag, no rviz by default
     node = specs[0].cmd
     assert node[:3] == ["py", "-m", "occle_ros.node"] and "--ros-args" in node
     params_file = node[node.index("--params-file") + 1]
-    assert Path(params_file) == REPO / "config" / "occle.yaml"
-    assert "image:=/kitti/camera_color_left/image_raw" in node
-    assert "input_qos:=sensor_data" in node  # live sensors: best effort
+    assert Path(params_file) == REPO / "config" / "preset_kitti.yaml"  # dataset:=kitti
+    assert 'input_qos:="sensor_data"' in node  # live sensors: best effort
+    assert not any(t.startswith(("device:=", "checkpoint:=")) for t in node)  # left to the parameter files
+    specs = launcher.plan(launcher.parse_launch_args(["rviz:=true"]), python="py")
     assert specs[1].optional and specs[1].cmd[:2] == ["rviz2", "-d"]
     assert Path(specs[1].cmd[2]) == REPO / "rviz" / "occle.rviz"
 
 
-def test_plan_with_bag_and_overrides():
+def test_plan_with_bag_and_overrides(tmp_path):
+    user = tmp_path / "p.yaml"
+    user.write_text("/**:\n  ros__parameters:\n    device: cpu\n")
     args = launcher.parse_launch_args(
-        ["bag:=/data/x.bag", "rviz:=false", "rate:=0.5", "loop:=true", "clock:=true", "device:=cuda",
-         "checkpoint:=/m.pt", "calib_file:=/c.txt", "points_topic:=/lidar", "params_file:=/p.yaml"]
+        ["bag:=/data/x.bag", "rate:=0.5", "loop:=true", "clock:=true", "device:=cuda", "use_sim_time:=true",
+         "checkpoint:=/m.pt", "calib_file:=/c.txt", "points_topic:=/lidar", f"params_file:={user}"]
     )  # fmt: skip
     specs = launcher.plan(args, python="py")
     assert [s.name for s in specs] == ["occle_node", "occle-play"]
     node, play = specs[0].cmd, specs[1].cmd
-    for token in ("/p.yaml", "device:=cuda", "checkpoint:=/m.pt", "extrinsics.source:=calib_file",
-                  "extrinsics.calib_file:=/c.txt", "points:=/lidar", "input_qos:=reliable"):  # fmt: skip
+    for token in (str(user), 'device:="cuda"', 'checkpoint:="/m.pt"', 'extrinsics.source:="calib_file"',
+                  'extrinsics.calib_file:="/c.txt"', 'lidar_topic:="/lidar"', 'input_qos:="reliable"'):  # fmt: skip
         assert token in node
+    # the preset first, use_sim_time before the user's file (a value there wins), explicit arguments last
+    order = [node.index(t) for t in (str(REPO / "config" / "preset_kitti.yaml"), "use_sim_time:=true", str(user),
+                                     'device:="cuda"')]  # fmt: skip
+    assert order == sorted(order)
     waits = ["--wait-subscribers", "30", "--wait-topics", "/kitti/camera_color_left/image_raw",
-             "/kitti/camera_color_left/camera_info", "/lidar"]  # fmt: skip  # the node's inputs
+             "/kitti/camera_color_left/camera_info", "/lidar"]  # fmt: skip  # the node's inputs, preset + overrides
     assert play[3:] == ["/data/x.bag", "--rate", "0.5", "--loop", "--clock", *waits]
+
+
+@pytest.mark.ros
+def test_node_arguments_parse_back_as_typed_by_rcl(tmp_path):
+    """rcl reads the launcher's arguments: a checkpoint named 1e3 stays a string, topics a string list, the
+    nuScenes preset gives six compressed cameras, and use_sim_time from the user's file wins."""
+    from rclpy.node import Node
+
+    user = tmp_path / "mine.yaml"
+    user.write_text("/**:\n  ros__parameters:\n    use_sim_time: true\n")
+    args = launcher.parse_launch_args(["dataset:=nuscenes", f"params_file:={user}", "checkpoint:=1e3",
+                                       "image_topic:=/cam/image"])  # fmt: skip
+    ros_args = launcher.node_ros_args(args)
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(args=["occle_node", *ros_args], context=ctx)
+    try:
+        values = {k: p.value for k, p in Node("occle_node", context=ctx)._parameter_overrides.items()}
+    finally:
+        rclpy.shutdown(context=ctx)
+    assert values["checkpoint"] == "1e3" and values["cameras.image_topics"] == ["/cam/image"]
+    assert values["cameras.transports"] == ["compressed"] * 6 and values["lidar_topic"] == "/LIDAR_TOP"
+    assert values["use_sim_time"] is True and values["grid_frame"] == "base_link"
 
 
 @pytest.mark.parametrize(
@@ -51,6 +82,7 @@ def test_plan_with_bag_and_overrides():
         (["rviz:=maybe"], "rviz must be true or false"),
         (["rate:=fast"], "rate must be a number"),
         (["input_qos:=fast"], "input_qos must be auto, sensor_data or reliable"),
+        (["dataset:=waymo"], "dataset must be one of kitti, nuscenes or none"),
     ],
 )
 def test_bad_launch_arguments(argv, pattern, capsys):

@@ -36,7 +36,17 @@ def node(ros_context, checkpoint, predictor):
 def test_yaml_and_specs_name_the_same_parameters():
     values = params.default_values()  # raises when config/occle.yaml and SPECS disagree
     assert set(values) == set(params.SPECS)
-    assert set(params.RUNTIME) == {"marker_alpha", "publish_classes", "max_range", "max_points"}
+    assert set(params.RUNTIME) == {
+        "marker_alpha",
+        "publish_classes",
+        "publish_region",
+        "max_range",
+        "max_points",
+        "markers.max_voxels",
+        "markers.period",
+        "bev.z_min",
+        "bev.z_max",
+    }
 
 
 def test_descriptors_types_ranges_and_read_only(node):
@@ -94,24 +104,31 @@ def test_extrinsics_from_parameters():
 
 def _ext(**kw) -> params.ExtrinsicsParams:
     base = {"source": "tf", "xyz": (0.0, 0.0, 0.0), "quaternion": (1.0, 0.0, 0.0, 0.0), "matrix": (),
-            "calib_file": "", "tf_timeout": 0.05}  # fmt: skip
+            "grid_from_lidar": (0.0,) * 16, "calib_file": "", "tf_timeout": 0.05, "grid_frame": "",
+            "lidar_frame": ""}  # fmt: skip
     return params.ExtrinsicsParams(**{**base, **kw})
 
 
-def test_tf_without_tf2_ros_falls_back_to_the_calibration_file_with_a_warning(tmp_path, ros_context):
-    try:
-        import tf2_ros  # noqa: F401
-
-        pytest.skip("tf2_ros is importable here: the TF path is used")
-    except ImportError:
-        pass
+def test_parameter_sources_give_poses_in_the_grid_frame(tmp_path):
     seq = write_sequence(tmp_path, frames=1)
-    warnings: list[str] = []
-    source = extrinsics.resolve(_ext(calib_file=str(seq / "calib.txt")), None, warnings.append)
-    assert "tf2_ros not importable" in source.description and "tf2_ros is not importable" in warnings[0]
-    np.testing.assert_allclose(source.transform("cam", "velo"), SEQ_T_AXES)
-    with pytest.raises(params.StartupError, match="tf2_ros is not importable here; set extrinsics.calib_file"):
-        extrinsics.resolve(_ext(), None, warnings.append)
+    source = extrinsics.resolve(_ext(source="calib_file", calib_file=str(seq / "calib.txt")), 1, "lidar", None, print)
+    poses = source.poses(["cam"], "velo", "velo")
+    np.testing.assert_allclose(poses.T_cam_grid[0], SEQ_T_AXES)  # a LiDAR grid: T_grid<-lidar is the identity
+    assert not poses.optical_frames and np.array_equal(poses.T_grid_lidar, np.eye(4))
+    with pytest.raises(params.StartupError, match="grid is in the ego frame: give extrinsics.grid_from_lidar"):
+        extrinsics.resolve(_ext(source="matrix", matrix=tuple(T_AXES.ravel())), 1, "ego", None, print)
+    lift = np.eye(4)
+    lift[2, 3] = 1.8  # LiDAR 1.8 m above base_link
+    two = tuple(T_AXES.ravel()) * 2
+    source = extrinsics.resolve(_ext(source="matrix", matrix=two, grid_from_lidar=tuple(lift.ravel())), 2, "ego",
+                                None, print)  # fmt: skip
+    poses = source.poses(["a", "b"], "velo", "base_link")
+    np.testing.assert_allclose(poses.T_grid_lidar, lift)
+    np.testing.assert_allclose(poses.T_cam_grid[1] @ lift, T_AXES, atol=1e-12)  # T_cam<-grid T_grid<-lidar
+    with pytest.raises(params.StartupError, match="16 values per camera \\(2 cameras: 32\\), got 16"):
+        extrinsics.resolve(_ext(source="matrix", matrix=tuple(T_AXES.ravel())), 2, "lidar", None, print)
+    with pytest.raises(params.StartupError, match="one camera's Tr; 2 cameras need tf or matrix"):
+        extrinsics.resolve(_ext(calib_file=str(seq / "calib.txt")), 2, "lidar", None, print)
 
 
 class StubBuffer:
@@ -135,19 +152,40 @@ class StubBuffer:
         return self.tf
 
 
-def test_tf_lookup_is_cached_and_only_the_first_one_waits():
+def test_tf_lookup_is_cached_only_the_first_one_waits_and_invalidate_refreshes():
     buffer = StubBuffer(T_AXES, fail_first=2)
     warnings: list[str] = []
-    fallback = extrinsics.FixedExtrinsics(np.eye(4) * 2, "calib_file x")
-    tf = extrinsics.TfExtrinsics(buffer, 0.05, fallback, warnings.append)
-    assert tf.transform("cam", "velo")[0, 0] == 2  # not yet in TF: the fallback, with a warning
-    assert tf.transform("cam", "velo")[0, 0] == 2
+    fallback = extrinsics.FixedPoses([np.eye(4) * 2], np.eye(4), "calib_file x")
+    tf = extrinsics.TfPoses(buffer, 0.05, "tf", fallback, warnings.append)
+    assert tf.poses(["cam"], "velo", "velo").T_cam_grid[0][0, 0] == 2  # not yet in TF: the fallback, warned
+    assert tf.poses(["cam"], "velo", "velo").T_cam_grid[0][0, 0] == 2
     for _ in range(5):
-        np.testing.assert_allclose(tf.transform("cam", "velo"), T_AXES, atol=1e-12)
+        poses = tf.poses(["cam"], "velo", "velo")
+        np.testing.assert_allclose(poses.T_cam_grid[0], T_AXES, atol=1e-12)
+        assert poses.optical_frames
     assert buffer.calls == [0.05, 0.0, 0.0] and len(warnings) == 2  # cached after the first success
-    no_fallback = extrinsics.TfExtrinsics(StubBuffer(T_AXES, fail_first=1), 0.05)
+    tf.invalidate()  # /tf_static changed
+    tf.poses(["cam"], "velo", "velo")
+    assert buffer.calls == [0.05, 0.0, 0.0, 0.0]
+    no_fallback = extrinsics.TfPoses(StubBuffer(T_AXES, fail_first=1), 0.05, "tf")
     with pytest.raises(LookupError, match="no transform cam <- velo"):
-        no_fallback.transform("cam", "velo")
+        no_fallback.poses(["cam"], "velo", "velo")
+
+
+def test_tf_without_tf2_ros_falls_back_to_the_calibration_file_with_a_warning(tmp_path):
+    try:
+        import tf2_ros  # noqa: F401
+
+        pytest.skip("tf2_ros is importable here: the TF path is used")
+    except ImportError:
+        pass
+    seq = write_sequence(tmp_path, frames=1)
+    warnings: list[str] = []
+    source = extrinsics.resolve(_ext(calib_file=str(seq / "calib.txt")), 1, "lidar", None, warnings.append)
+    assert "tf2_ros not importable" in source.description and "tf2_ros is not importable" in warnings[0]
+    np.testing.assert_allclose(source.poses(["cam"], "velo", "velo").T_cam_grid[0], SEQ_T_AXES)
+    with pytest.raises(params.StartupError, match="tf2_ros is not importable here; set extrinsics.calib_file"):
+        extrinsics.resolve(_ext(), 1, "lidar", None, warnings.append)
 
 
 def test_arrivals_are_kept_for_the_rate_window_only():

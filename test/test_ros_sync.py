@@ -166,3 +166,40 @@ def test_mailbox_keeps_only_the_newest_item_and_wakes_on_close():
     box.close()  # wakes the waiting take long before its timeout
     waiter.join(timeout=30.0)
     assert not waiter.is_alive() and got == [None] and box.closed
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    queues=st.lists(st.lists(st.integers(0, 60), min_size=1, max_size=4, unique=True), min_size=2, max_size=5),
+    slop=st.integers(0, 30),
+)
+def test_best_set_has_the_smallest_spread_of_all_sets(queues, slop):
+    """The candidate-edge search finds a set as tight as the brute-force product over the streams."""
+    import itertools
+
+    sync = ApproximateTimeSync(len(queues), slop_ns=slop)
+    sync._queues = [[(t, t) for t in sorted(q)] for q in queues]
+    heads = [min(q) for q in queues]
+    pivot = max(range(len(queues)), key=lambda s: heads[s])
+    T = heads[pivot]
+    choices = [[T] if s == pivot else [t for t in sorted(q) if abs(t - T) <= slop] for s, q in enumerate(queues)]
+    spreads = [max(c) - min(c) for c in itertools.product(*choices) if max(c) - min(c) <= slop]
+    best = sync._best_set(T, pivot)
+    if not spreads:
+        assert best is None
+        return
+    stamps = [sync._queues[s][i][0] for s, i in enumerate(best)]
+    assert stamps[pivot] == T and max(stamps) - min(stamps) == min(spreads)
+
+
+def test_thirteen_streams_match_and_count_drops_per_stream():
+    """Six cameras (image + camera_info) and a LiDAR: one set per stamp; a lone message is dropped on its stream."""
+    sync = ApproximateTimeSync(13, slop_ns=20 * MS)
+    sync.add(4, 0, "lone")  # camera 2's image, never completed
+    out = []
+    for frame in range(1, 4):
+        for s in range(13):
+            out += sync.add(s, (frame * 100 + s) * MS, (s, frame))  # stamps spread 12 ms within a set
+    assert [m[0][1] for m in out] == [1, 2, 3] and all(len(m) == 13 for m in out)
+    dropped = sync.dropped_per_stream()
+    assert dropped[4] == 1 and sum(dropped) == 1 == sync.dropped

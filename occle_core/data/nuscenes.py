@@ -55,8 +55,18 @@ FIELDS = {
     "scene": ("token", "log_token", "nbr_samples", "first_sample_token", "last_sample_token", "name"),
     "sample": ("token", "timestamp", "prev", "next", "scene_token"),
     "sample_data": (
-        "token", "sample_token", "ego_pose_token", "calibrated_sensor_token", "timestamp", "fileformat",
-        "is_key_frame", "height", "width", "filename", "prev", "next",
+        "token",
+        "sample_token",
+        "ego_pose_token",
+        "calibrated_sensor_token",
+        "timestamp",
+        "fileformat",
+        "is_key_frame",
+        "height",
+        "width",
+        "filename",
+        "prev",
+        "next",
     ),  # fmt: skip
     "calibrated_sensor": ("token", "sensor_token", "translation", "rotation", "camera_intrinsic"),
     "ego_pose": ("token", "timestamp", "rotation", "translation"),
@@ -368,7 +378,9 @@ class NuScenesTables:
             pose=self.sensor_to_global(lidar)[1],
             timestamp_us=int(lidar["timestamp"]),
             extras={
-                "scene": scene["name"], "sample_token": sample_token, "location": location,
+                "scene": scene["name"],
+                "sample_token": sample_token,
+                "location": location,
                 "camera_timestamps_us": stamps,
             },  # fmt: skip
         )

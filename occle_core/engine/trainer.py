@@ -93,7 +93,7 @@ class Trainer:
         ckpt: dict | None = None
         if resume and ckpt_path.is_file():
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-            saved = OccleConfig.from_dict(ckpt["config"])
+            saved = OccleConfig.from_saved(ckpt["config"])
             changed = saved.resume_changes(cfg)
             if changed:
                 raise ValueError(

@@ -86,31 +86,42 @@ class FPN(nn.Module):
         return self.out(x)
 
 
+class SemanticHead2D(nn.Sequential):
+    """2D semantic head: 3x3 conv-bn-relu, 1x1 to K; :meth:`logits` upsamples it (bilinear) to the image size."""
+
+    def __init__(self, feat_dim: int, num_classes: int) -> None:
+        super().__init__(conv_bn_relu(feat_dim, feat_dim, 3), nn.Conv2d(feat_dim, num_classes, 1))
+
+    def logits(self, feat: Tensor, image_hw: tuple[int, int]) -> Tensor:
+        """(B, F, h, w) features -> (B, K, H, W) logits at ``image_hw``."""
+        return F.interpolate(self(feat), size=image_hw, mode="bilinear", align_corners=False)
+
+
 class ImageEncoder(nn.Module):
     """Backbone + FPN + 2D semantic head.
 
     Args:
         channels: backbone stage widths (``cfg.model.image_channels``).
         feat_dim: FPN / lifted feature channels.
-        num_classes: K of the 2D semantic head.
+        num_classes: K of the 2D semantic head; None: no head (the geometric branch's own encoder when the
+            semantic branch has its own 2D UNet, ``model.shared_encoders: false``).
         pretrained: optional local file holding a state dict of :class:`Backbone` (``""``: random init).
     """
 
     stride = 4  # of the FPN output relative to the input image
 
-    def __init__(self, channels: list[int], feat_dim: int, num_classes: int, pretrained: str = "") -> None:
+    def __init__(self, channels: list[int], feat_dim: int, num_classes: int | None, pretrained: str = "") -> None:
         super().__init__()
         self.backbone = Backbone(channels)
         self.fpn = FPN(channels, feat_dim)
-        self.head = nn.Sequential(conv_bn_relu(feat_dim, feat_dim, 3), nn.Conv2d(feat_dim, num_classes, 1))
+        self.head = SemanticHead2D(feat_dim, num_classes) if num_classes else None
         if pretrained:
             load_backbone_weights(self.backbone, pretrained)
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 3, H, W) normalised image -> (features (B, F, H/4, W/4), logits (B, K, H, W))."""
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, 3, H, W) normalised image -> (features (B, F, H/4, W/4), logits (B, K, H, W) or None without head)."""
         feat = self.fpn(self.backbone(image))
-        logits = F.interpolate(self.head(feat), size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return feat, logits
+        return feat, None if self.head is None else self.head.logits(feat, image.shape[-2:])
 
 
 def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:

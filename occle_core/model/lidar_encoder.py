@@ -139,7 +139,7 @@ def voxelize_points(points: Tensor, grid: VoxelGrid, stride: int, batch_size: in
 
 
 @contextmanager
-def _single_thread_on_cpu(device: torch.device) -> Iterator[None]:
+def single_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """Run spconv's CPU kernels with one intra-op thread: spconv 2.3.8's CPU convolutions race with more than one
     (non-deterministic, wrong sums; checked against a float64 dense reference), so they run single-threaded."""
     threads = torch.get_num_threads()
@@ -233,7 +233,6 @@ class SparseConv3d(nn.Module):
             import spconv.pytorch as spc
 
             cls = spc.SubMConv3d if self.subm else spc.SparseConv3d
-            kw = {"indice_key": self.indice_key} if self.subm else {}
             mod = cls(
                 self.in_channels,
                 self.out_channels,
@@ -241,14 +240,9 @@ class SparseConv3d(nn.Module):
                 stride=self.stride,
                 padding=self.padding,
                 bias=True,
-                **kw,
+                indice_key=self.indice_key,  # a strided conv's key lets a SparseInverseConv3d undo it
             )
-            if tuple(mod.weight.shape) != tuple(self.weight.shape):
-                raise RuntimeError(
-                    f"installed spconv stores conv weights as {tuple(mod.weight.shape)}, expected the "
-                    f"(out, k, k, k, in) layout {tuple(self.weight.shape)} of spconv 2.x"
-                )
-            self.__dict__["_spconv"] = mod
+            self.__dict__["_spconv"] = check_spconv_layout(mod, self.weight)
         mod.weight = self.weight
         mod.bias = self.bias
         return mod
@@ -258,10 +252,21 @@ class SparseConv3d(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, {kind}"
 
 
-class SparseBlock(nn.Module):
-    """SparseConv3d -> SparseBatchNorm -> ReLU."""
+def check_spconv_layout(mod: nn.Module, weight: Tensor) -> nn.Module:
+    """``mod`` (an spconv layer) when it stores its weight in the (out, k, k, k, in) layout of ``weight``."""
+    if tuple(mod.weight.shape) != tuple(weight.shape):
+        raise RuntimeError(
+            f"installed spconv stores conv weights as {tuple(mod.weight.shape)}, expected the "
+            f"(out, k, k, k, in) layout {tuple(weight.shape)} of spconv 2.x"
+        )
+    return mod
 
-    def __init__(self, conv: SparseConv3d) -> None:
+
+class SparseBlock(nn.Module):
+    """A sparse convolution (:class:`SparseConv3d` or any layer with ``forward_dense`` and ``spconv_module``)
+    -> SparseBatchNorm -> ReLU."""
+
+    def __init__(self, conv: nn.Module) -> None:
         super().__init__()
         self.conv = conv
         self.bn = SparseBatchNorm(conv.out_channels)
@@ -275,24 +280,21 @@ class SparseBlock(nn.Module):
         return y.replace_feature(F.relu(self.bn(y.features)))
 
 
-class LidarEncoder(nn.Module):
-    """Sparse 3D encoder of the LiDAR scan, densified into a feature grid.
+class SparseLevels(nn.Module):
+    """The encoder levels of a sparse 3D network on the voxelised scan, with the backend choice.
 
     Levels ``l = 0..L-1`` have ``channels[l]`` channels at ``stride * 2**l`` of the output grid: level 0 is two
-    submanifold convolutions, every further level a strided sparse convolution and a submanifold one. The
-    levels are densified, mapped to ``out_channels`` (1x1) and summed at level 0's resolution.
+    submanifold convolutions (indice key ``subm0``), every further level a strided sparse convolution (key
+    ``down{l}``) and a submanifold one (key ``subm{l}``).
 
     Args:
         grid: the output voxel grid.
         channels: channels per level, e.g. ``[8, 16, 32]``.
-        out_channels: channels of the output grid.
         stride: feature stride relative to the output grid (2: a 256x256x32 grid gives 128x128x16 features).
         backend: ``auto`` | ``spconv`` | ``dense``.
     """
 
-    def __init__(
-        self, grid: VoxelGrid, channels: list[int], out_channels: int, stride: int = 2, backend: str = "auto"
-    ) -> None:
+    def __init__(self, grid: VoxelGrid, channels: list[int], stride: int = 2, backend: str = "auto") -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"model.lidar_backend must be one of {BACKENDS}, got {backend!r}")
@@ -305,17 +307,58 @@ class LidarEncoder(nn.Module):
         prev = self.in_channels
         for level, ch in enumerate(channels):
             key = f"subm{level}"
-            first = SparseConv3d(prev, ch, 3, 1, True, key) if level == 0 else SparseConv3d(prev, ch, 3, 2, False)
+            first = (
+                SparseConv3d(prev, ch, 3, 1, True, key)
+                if level == 0
+                else SparseConv3d(prev, ch, 3, 2, False, f"down{level}")
+            )
             self.levels.append(nn.Sequential(SparseBlock(first), SparseBlock(SparseConv3d(ch, ch, 3, 1, True, key))))
             prev = ch
-        self.lateral = nn.ModuleList(PointwiseConv3d(ch, out_channels) for ch in channels)
-        self.out_norm = nn.BatchNorm3d(out_channels)
 
     def resolve_backend(self, device: torch.device) -> str:
         """The backend that runs on ``device``: ``auto`` -> spconv on CUDA when importable, else dense."""
         if self.backend == "auto":
             return "spconv" if device.type == "cuda" and spconv_available() else "dense"
         return self.backend
+
+    def sparse_input(self, vox: VoxelFeatures):
+        """The voxels as an ``spconv.SparseConvTensor``; refuses training on CPU (the CPU wheel has no backward)."""
+        import spconv.pytorch as spc
+
+        if self.training and torch.is_grad_enabled() and vox.feats.device.type != "cuda":
+            raise RuntimeError(
+                "the spconv backend cannot train on CPU (the CPU wheel has no backward); "
+                "set model.lidar_backend to 'dense' or 'auto'"
+            )
+        return spc.SparseConvTensor(vox.feats, vox.coords.int(), list(vox.spatial_shape), vox.batch_size)
+
+
+def densify(x) -> tuple[Tensor, Tensor]:
+    """An ``spconv.SparseConvTensor`` -> dense grid (B, C, ...) (channels-last memory), zero at inactive sites, and
+    its mask (B, 1, ...) float."""
+    dense = to_cl(x.dense())
+    idx = x.indices.long()
+    mask = dense.new_zeros(dense.shape[0], 1, *dense.shape[2:])
+    mask[idx[:, 0], 0, idx[:, 1], idx[:, 2], idx[:, 3]] = 1.0
+    return dense, mask
+
+
+class LidarEncoder(SparseLevels):
+    """Sparse 3D encoder of the LiDAR scan, densified into a feature grid: the :class:`SparseLevels` densified,
+    mapped to ``out_channels`` (1x1) and summed at level 0's resolution (no decoder; the semantic branch's
+    encoder-decoder is :class:`~occle_core.model.sparse_unet3d.SparseUNet3D`).
+
+    Args:
+        grid, channels, stride, backend: as :class:`SparseLevels`.
+        out_channels: channels of the output grid.
+    """
+
+    def __init__(
+        self, grid: VoxelGrid, channels: list[int], out_channels: int, stride: int = 2, backend: str = "auto"
+    ) -> None:
+        super().__init__(grid, channels, stride, backend)
+        self.lateral = nn.ModuleList(PointwiseConv3d(ch, out_channels) for ch in channels)
+        self.out_norm = nn.BatchNorm3d(out_channels)
 
     def encode_levels(self, vox: VoxelFeatures, backend: str) -> list[tuple[Tensor, Tensor]]:
         """Per level the dense features (B, C_l, ...) zero at inactive sites and the mask (B, 1, ...)."""
@@ -330,24 +373,13 @@ class LidarEncoder(nn.Module):
         return out
 
     def _levels_spconv(self, vox: VoxelFeatures) -> list[tuple[Tensor, Tensor]]:
-        import spconv.pytorch as spc
-
-        if self.training and torch.is_grad_enabled() and vox.feats.device.type != "cuda":
-            raise RuntimeError(
-                "the spconv backend cannot train on CPU (the CPU wheel has no backward); "
-                "set model.lidar_backend to 'dense' or 'auto'"
-            )
-        x = spc.SparseConvTensor(vox.feats, vox.coords.int(), list(vox.spatial_shape), vox.batch_size)
+        x = self.sparse_input(vox)
         out = []
-        with _single_thread_on_cpu(vox.feats.device):
+        with single_thread_on_cpu(vox.feats.device):
             for level in self.levels:
                 for block in level:
                     x = block.forward_spconv(x)
-                dense = to_cl(x.dense())  # (B, C, ...)
-                idx = x.indices.long()
-                mask = dense.new_zeros(dense.shape[0], 1, *dense.shape[2:])
-                mask[idx[:, 0], 0, idx[:, 1], idx[:, 2], idx[:, 3]] = 1.0
-                out.append((dense, mask))
+                out.append(densify(x))  # (B, C, ...), (B, 1, ...)
         return out
 
     def forward(self, points: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:

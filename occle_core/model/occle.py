@@ -7,6 +7,9 @@ frame stacked frame-major as in :class:`~occle_core.data.batch.Batch`; N = 1 is 
 - Image encoder (one, shared by the cameras): images (B*N, 3, H, W) -> FPN features (B*N, F, H/4, W/4) and 2D
   logits ``sem2d`` (B*N, K, H, W); the features are lifted along camera rays into the feature grid
   (B, F, X/s, Y/s, Z/s), a masked mean over the cameras that see each voxel (:func:`lift_cameras`).
+- ``model.shared_encoders`` true: both branches read these two encoders. False (the published layout): they are
+  the geometric branch's; the semantic branch runs its own 2D UNet (features lifted the same way, and ``sem2d``)
+  and its own sparse 3D UNet on the voxelised scan.
 - Semantic branch: LiDAR + lifted image features -> semantic grid -> ``sem3d`` (B, K, X, Y, Z).
 - Geometric branch: tri-plane cross-plane attention -> geometry grid -> occupancy logit ``geo`` (B, 1, X, Y, Z).
 - Fusion: both grids average-pooled to the token grid (grid / ``token_stride``), mixed by the Dual Mamba
@@ -19,7 +22,8 @@ The ``logits`` and ``geo`` heads predict the output grid from the feature grid b
 ``out * s**3`` channels followed by a depth-to-space rearrangement (a transposed convolution with kernel =
 stride = ``s``): every output voxel gets its own prediction at the cost of one small matrix product, and the
 LiDAR encoder's space-to-depth occupancy input carries the output-resolution detail. The auxiliary ``sem3d``
-head predicts at the feature resolution and is upsampled (nearest): its pseudo-label supervision is coarse.
+head (``model.sem3d_head``) is either such a head too (``full``) or predicts at the feature resolution and is
+upsampled (nearest, ``coarse``; the shipped tiny checkpoint's).
 
 Inference that only needs class ids (the node, ``occle-predict``) calls :meth:`OccLE.predict_labels`: the
 trunk, then the logits head fused with the class decision block by block, so the (B, K, X, Y, Z) float logits
@@ -44,9 +48,15 @@ from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3
 from occle_core.model.lidar_encoder import LidarEncoder
 from occle_core.model.projection import LayoutCache, composite, gather_voxels
 from occle_core.model.semantic_branch import SemanticBranch, lift_cameras
+from occle_core.model.sparse_unet3d import SparseUNet3D
+from occle_core.model.unet2d import UNet2D
 
 LAYOUT_CACHE_SIZE = 16  # ray layouts kept: 6 cameras of a rig at two image sizes (training, evaluation) fit
 PARAMETER_GROUPS = ("image_encoder", "lidar_encoder", "semantic_branch", "geometric_branch", "fusion", "heads")
+SEM3D_HEADS = ("coarse", "full")
+# the semantic branch's own encoders (model.shared_encoders: false): modules of the network, called by it, whose
+# parameters and FLOPs count in the semantic_branch group
+SEMANTIC_ENCODERS = ("semantic_image_unet", "semantic_lidar_unet")
 
 
 @dataclass
@@ -83,7 +93,11 @@ class OccLE(nn.Module):
 
     Switches: ``use_image`` False gives the LiDAR-only model (no image encoder, no ``sem2d``);
     ``use_semantic_branch`` False drops the semantic branch (the fusion reads the LiDAR grid instead, no
-    ``sem3d``); ``use_dual_mamba`` False replaces the Dual Mamba by a conv fusion (ablation).
+    ``sem3d``); ``use_dual_mamba`` False replaces the Dual Mamba by a conv fusion (ablation);
+    ``shared_encoders`` False gives the semantic branch its own 2D UNet and sparse 3D UNet
+    (``semantic_image_unet``, ``semantic_lidar_unet``; their parameters are in the ``semantic_branch`` group;
+    ``image_encoder`` / ``lidar_encoder`` are then the geometric branch's, the image encoder without a 2D head);
+    ``sem3d_head`` ``full`` predicts ``sem3d`` per output voxel.
     """
 
     def __init__(self, cfg: OccleConfig) -> None:
@@ -98,12 +112,21 @@ class OccLE(nn.Module):
             raise ValueError(f"model.token_stride {m.token_stride} must be a multiple of feature_stride {s}")
         if m.proj_stride < 1:
             raise ValueError(f"model.proj_stride must be >= 1, got {m.proj_stride}")
+        if m.sem3d_head not in SEM3D_HEADS:
+            raise ValueError(f"model.sem3d_head must be one of {SEM3D_HEADS}, got {m.sem3d_head!r}")
+        if not isinstance(m.shared_encoders, bool):
+            raise ValueError(f"model.shared_encoders must be true or false, got {m.shared_encoders!r}")
         self.num_classes, self.feature_stride, self.proj_stride = K, s, m.proj_stride
         self.token_pool = m.token_stride // s
         self.feature_shape = tuple(n // s for n in self.grid.shape)
         self.empty_index = self.classes.empty_index
 
-        self.image_encoder = ImageEncoder(m.image_channels, Fd, K, m.pretrained_image) if m.use_image else None
+        own = m.use_semantic_branch and not m.shared_encoders  # the semantic branch has encoders of its own
+        own_image = own and m.use_image
+        self.semantic_image_unet = UNet2D(m.image_channels, Fd, K, m.pretrained_image) if own_image else None
+        self.semantic_lidar_unet = SparseUNet3D(self.grid, m.lidar_channels, Fd, s, m.lidar_backend) if own else None
+        head2d = None if own_image else K  # the 2D head (sem2d) sits on the image network the semantic branch reads
+        self.image_encoder = ImageEncoder(m.image_channels, Fd, head2d, m.pretrained_image) if m.use_image else None
         self.lidar_encoder = LidarEncoder(self.grid, m.lidar_channels, Fd, s, m.lidar_backend)
         self.semantic_branch = SemanticBranch(Fd, K, m.use_image) if m.use_semantic_branch else None
         self.geometric_branch = GeometricBranch(Fd, m.use_image)
@@ -118,7 +141,8 @@ class OccLE(nn.Module):
         )
         heads: dict[str, nn.Module] = {"logits": UpsampleHead(Fd, K, s), "geo": UpsampleHead(Fd, 1, s)}
         if self.semantic_branch is not None:
-            heads["sem3d"] = PointwiseConv3d(Fd, K)  # at the feature resolution, upsampled (nearest)
+            # full: one prediction per output voxel; coarse: at the feature resolution, upsampled (nearest)
+            heads["sem3d"] = UpsampleHead(Fd, K, s) if m.sem3d_head == "full" else PointwiseConv3d(Fd, K)
         self.heads = nn.ModuleDict(heads)
 
         # (Xs*Ys*Zs, 3) centres of the feature voxels: lifting and projection targets, built once, not saved
@@ -127,13 +151,17 @@ class OccLE(nn.Module):
         self._layouts = LayoutCache(LAYOUT_CACHE_SIZE)  # one entry per camera calibration
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters per branch: image_encoder, lidar_encoder, semantic_branch, geometric_branch, fusion, heads
-        (absent branches are left out)."""
+        """Parameters per branch: image_encoder, lidar_encoder, semantic_branch (with its own encoders, if any),
+        geometric_branch, fusion, heads (absent branches are left out)."""
         groups = {}
         for name in PARAMETER_GROUPS:
             module = getattr(self, name)
             if module is not None:
                 groups[name] = list(module.parameters())
+        for name in SEMANTIC_ENCODERS:
+            module = getattr(self, name)
+            if module is not None:
+                groups["semantic_branch"] += list(module.parameters())
         return groups
 
     def _tokens(self, x: Tensor) -> Tensor:
@@ -177,26 +205,43 @@ class OccLE(nn.Module):
             return maps[0], weights[0]
         return torch.stack(maps, 1).flatten(0, 1), torch.stack(weights, 1).flatten(0, 1)
 
+    def _lift(self, feat2d: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(B*N, F, H/4, W/4) features of every camera -> (B, F, Xs, Ys, Zs) masked mean over the cameras and the
+        validity (B, 1, Xs, Ys, Zs) (:func:`lift_cameras`)."""
+        hw = tuple(batch.image.shape[-2:])
+        return lift_cameras(
+            feat2d, self.feature_centers, batch.lidar_to_image, batch.num_cameras, hw, self.feature_shape
+        )
+
+    def _sem3d(self, sem_feat: Tensor) -> Tensor:
+        """(B, F, Xs, Ys, Zs) semantic grid -> (B, K, X, Y, Z) ``sem3d`` logits (see ``model.sem3d_head``)."""
+        head = self.heads["sem3d"]
+        if isinstance(head, UpsampleHead):
+            return head(sem_feat)  # one prediction per output voxel
+        sem3d = head(sem_feat).contiguous()  # (B, K, Xs, Ys, Zs)
+        s = self.feature_stride
+        return F.interpolate(sem3d, scale_factor=s, mode="nearest") if s > 1 else sem3d
+
     def _trunk(self, batch: Batch, inference: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Encoders, branches and fusion: ``(fused, geo_feat, sem2d, sem3d)``, the grids at the feature resolution
         (B, F, Xs, Ys, Zs); ``sem3d`` only when not ``inference``."""
         B = batch.batch_size
-        H, W = batch.image.shape[-2:]
-        s = self.feature_stride
         lidar, _ = self.lidar_encoder(batch.points, B)  # (B, F, Xs, Ys, Zs)
         sem2d = img_vox = valid = None
         if self.image_encoder is not None:
-            feat2d, sem2d = self.image_encoder(batch.image)  # (B*N, F, H/4, W/4), (B*N, K, H, W): one encoder
-            img_vox, valid = lift_cameras(
-                feat2d, self.feature_centers, batch.lidar_to_image, batch.num_cameras, (H, W), self.feature_shape
-            )  # (B, F, Xs, Ys, Zs) masked mean over the cameras, (B, 1, Xs, Ys, Zs)
+            feat2d, sem2d = self.image_encoder(batch.image)  # (B*N, F, H/4, W/4), (B*N, K, H, W) or None
+            img_vox, valid = self._lift(feat2d, batch)  # (B, F, Xs, Ys, Zs), (B, 1, Xs, Ys, Zs)
         sem3d = None
         if self.semantic_branch is not None:
-            sem_feat = self.semantic_branch(lidar, img_vox, valid)  # (B, F, Xs, Ys, Zs)
+            sem_lidar, sem_img = lidar, img_vox  # shared encoders
+            if self.semantic_lidar_unet is not None:  # the branch's own sparse 3D UNet
+                sem_lidar, _ = self.semantic_lidar_unet(batch.points, B)
+            if self.semantic_image_unet is not None:  # the branch's own 2D UNet, the source of sem2d
+                feat2d, sem2d = self.semantic_image_unet(batch.image)
+                sem_img, _ = self._lift(feat2d, batch)  # validity depends on the cameras only: same as above
+            sem_feat = self.semantic_branch(sem_lidar, sem_img, valid)  # (B, F, Xs, Ys, Zs)
             if not inference:
-                sem3d = self.heads["sem3d"](sem_feat).contiguous()  # (B, K, Xs, Ys, Zs)
-                if s > 1:
-                    sem3d = F.interpolate(sem3d, scale_factor=s, mode="nearest")  # (B, K, X, Y, Z)
+                sem3d = self._sem3d(sem_feat)  # (B, K, X, Y, Z)
         else:
             sem_feat = lidar
         geo_feat = self.geometric_branch(lidar, img_vox, valid)  # (B, F, Xs, Ys, Zs)
@@ -265,7 +310,8 @@ def model_summary(cfg: OccleConfig, batch: Batch | None = None, num_points: int 
         # top-most counted modules below the model (children of ModuleDicts such as fusion / heads included)
         ancestors = (".".join(parts[:i]) for i in range(2, len(parts)))
         if len(parts) >= 2 and parts[0] == "OccLE" and not any(a in counts for a in ancestors):
-            by_module[parts[1]] = by_module.get(parts[1], 0) + flops
+            group = "semantic_branch" if parts[1] in SEMANTIC_ENCODERS else parts[1]
+            by_module[group] = by_module.get(group, 0) + flops
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "params_by_group": {k: sum(p.numel() for p in v) for k, v in model.parameter_groups().items()},

@@ -7,6 +7,12 @@ behind the camera or outside the image get zeros and a 0 in the validity channel
 mean; validity 1 where at least one camera sees it), so one lifted grid covers every camera. The lifted features and
 the LiDAR features are fused by 3D convolutions into the semantic feature grid, and a 3D semantic head
 predicts class logits (supervised by the lifted 3D pseudo labels).
+
+Which encoders feed it is ``model.shared_encoders``: true, the network's one image encoder and one LiDAR encoder
+(shared with the geometric branch); false (the published layout), encoders of its own: a 2D UNet
+(:class:`~occle_core.model.unet2d.UNet2D`, also the source of ``sem2d``) and a sparse 3D UNet
+(:class:`~occle_core.model.sparse_unet3d.SparseUNet3D`), held by the network as ``semantic_image_unet`` /
+``semantic_lidar_unet`` and counted in the ``semantic_branch`` parameter group.
 """
 
 from __future__ import annotations

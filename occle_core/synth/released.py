@@ -37,14 +37,16 @@ KEY_INTERVAL_US = 500_000  # key frames at 2 Hz
 START_US = 1531883530449377
 # LIDAR_TOP as mounted on the nuScenes cars: 0.94 m ahead of the rear axle, 1.84 m up, x right / y forward / z up
 LIDAR_MOUNT = ((0.943713, 0.0, 1.84023), -np.pi / 2)
-# per camera: mount position (m, ego frame), yaw (rad), focal length at 1600 px width, trigger offset from the LiDAR
+# per camera: mount position (m, ego frame), yaw (rad), focal length at 1600 px width, trigger offset (us) from the
+# LiDAR stamp. As on the real cars, a camera fires when the LIDAR_TOP sweep passes its centre and the LiDAR is
+# stamped at the end of its 50 ms sweep: the six key-frame images are ~8 ms apart, 0-45 ms before the LiDAR
 CAMERA_RIG = {
-    "CAM_FRONT": ((1.70079, 0.01594, 1.51095), 0.0, 1266.4, 12_500),
-    "CAM_FRONT_RIGHT": ((1.55085, -0.49340, 1.49575), np.radians(-55.0), 1260.8, 20_000),
-    "CAM_FRONT_LEFT": ((1.52387, 0.49463, 1.50932), np.radians(55.0), 1272.6, 4_000),
-    "CAM_BACK": ((0.02832, 0.00345, 1.57910), np.pi, 809.2, 45_000),
-    "CAM_BACK_LEFT": ((1.03569, 0.48430, 1.59097), np.radians(110.0), 1256.7, -45_000),
-    "CAM_BACK_RIGHT": ((1.01485, -0.48056, 1.56239), np.radians(-110.0), 1259.5, 37_500),
+    "CAM_FRONT": ((1.70079, 0.01594, 1.51095), 0.0, 1266.4, -37_500),
+    "CAM_FRONT_RIGHT": ((1.55085, -0.49340, 1.49575), np.radians(-55.0), 1260.8, -29_500),
+    "CAM_FRONT_LEFT": ((1.52387, 0.49463, 1.50932), np.radians(55.0), 1272.6, -45_000),
+    "CAM_BACK": ((0.02832, 0.00345, 1.57910), np.pi, 809.2, -12_500),
+    "CAM_BACK_LEFT": ((1.03569, 0.48430, 1.59097), np.radians(110.0), 1256.7, -4_500),
+    "CAM_BACK_RIGHT": ((1.01485, -0.48056, 1.56239), np.radians(-110.0), 1259.5, -21_000),
 }
 # camera axes (x right, y down, z forward) expressed in the ego frame (x forward, y left, z up) at zero yaw
 CAM_AXES = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])

@@ -33,10 +33,22 @@ IMAGE_ENCODINGS: dict[str, _Encoding] = {
 }
 
 
+#: What to do with common camera encodings the node does not decode (prefix -> hint).
+_HINTS = {
+    "bayer_": "debayer first (image_proc's debayer node publishes image_color) or set the driver to rgb8",
+    "yuv422": "convert to rgb8 first (image_proc, or the driver's rgb8 pixel format)",
+    "uyvy": "convert to rgb8 first (image_proc, or the driver's rgb8 pixel format)",
+    "yuyv": "convert to rgb8 first (image_proc, or the driver's rgb8 pixel format)",
+}
+
+
 def _encoding(name: str) -> _Encoding:
     enc = IMAGE_ENCODINGS.get(name)
     if enc is None:
-        raise ConversionError(f"Image.encoding {name!r} is not supported (expected one of {sorted(IMAGE_ENCODINGS)})")
+        hint = next((f"; hint: {h}" for prefix, h in _HINTS.items() if name.lower().startswith(prefix)), "")
+        raise ConversionError(
+            f"Image.encoding {name!r} is not supported (expected one of {sorted(IMAGE_ENCODINGS)}){hint}"
+        )
     return enc
 
 

@@ -72,24 +72,30 @@ def occupied_voxels(labels: np.ndarray, grid: VoxelGrid, lut: np.ndarray, empty_
     cand = np.flatnonzero(flat != empty_index)  # (M',) most voxels are free: compare first, look up after
     keep = lut[flat[cand]]
     idx = cand if keep.all() else cand[keep]  # (M,) C-order flat indices
-    lab = flat[idx]
+    return grouped_voxels(idx, flat[idx], grid)
+
+
+def grouped_voxels(idx: np.ndarray, lab: np.ndarray, grid: VoxelGrid) -> OccupiedVoxels:
+    """:class:`OccupiedVoxels` of the voxels at C-order flat indices ``idx`` ((M,), ascending) with labels ``lab``."""
     order = np.argsort(lab, kind="stable")
     idx, lab = idx[order], lab[order]
-    _, Y, Z = grid.shape
-    i, j, k = _unravel(idx, Y, Z)
-    axes = [(np.arange(n) + 0.5) * grid.voxel_size + o for n, o in zip(grid.shape, grid.origin)]
     centers = np.empty((idx.shape[0], 3), np.float64)  # (M, 3)
-    centers[:, 0] = axes[0][i]
-    centers[:, 1] = axes[1][j]
-    centers[:, 2] = axes[2][k]
+    for axis, (values, column) in enumerate(zip(_axes(grid, np.float64), unravel(idx, grid))):
+        centers[:, axis] = values[column]
     counts = np.bincount(lab, minlength=256)
     class_ids = np.flatnonzero(counts).astype(np.uint8)
     bounds = np.concatenate([[0], np.cumsum(counts[class_ids])]).astype(np.int64)
     return OccupiedVoxels(centers, lab, class_ids, bounds)
 
 
-def _unravel(idx: np.ndarray, Y: int, Z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(M,) C-order flat indices of an (X, Y, Z) grid -> i, j, k (bit shifts when Y and Z are powers of two)."""
+def _axes(grid: VoxelGrid, dtype: type) -> list[np.ndarray]:
+    """Voxel-centre coordinates along x, y, z ((X,), (Y,), (Z,))."""
+    return [((np.arange(n) + 0.5) * grid.voxel_size + o).astype(dtype) for n, o in zip(grid.shape, grid.origin)]
+
+
+def unravel(idx: np.ndarray, grid: VoxelGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M,) C-order flat indices of the (X, Y, Z) grid -> i, j, k (bit shifts when Y and Z are powers of two)."""
+    _, Y, Z = grid.shape
     if Y & (Y - 1) == 0 and Z & (Z - 1) == 0:
         zb, yb = Z.bit_length() - 1, Y.bit_length() - 1
         return idx >> (zb + yb), (idx >> zb) & (Y - 1), idx & (Z - 1)
@@ -131,10 +137,27 @@ def occupancy_to_pointcloud2(
         voxels = occupied_voxels(labels, grid, publish_mask(classes, publish), classes.empty_index)
     arr = np.empty(voxels.labels.shape[0], VOXEL_CLOUD_DTYPE)  # (M,)
     arr["x"], arr["y"], arr["z"] = voxels.centers[:, 0], voxels.centers[:, 1], voxels.centers[:, 2]
+    return _cloud_message(arr, voxels.labels, classes, frame_id, stamp)
+
+
+def voxel_cloud(idx: np.ndarray, lab: np.ndarray, grid: VoxelGrid, classes: ClassTable, frame_id: str,
+                stamp: Time | int | None = None) -> PointCloud2:  # fmt: skip
+    """The voxel ``PointCloud2`` of :func:`occupancy_to_pointcloud2` straight from C-order flat indices ``idx``
+    and labels ``lab`` ((M,) each), in grid order (no grouping by class: the node's path when no markers are
+    built from the same voxels)."""
+    arr = np.empty(idx.shape[0], VOXEL_CLOUD_DTYPE)  # (M,)
+    for name, values, column in zip("xyz", _axes(grid, np.float32), unravel(idx, grid)):
+        arr[name] = values[column]
+    return _cloud_message(arr, lab, classes, frame_id, stamp)
+
+
+def _cloud_message(arr: np.ndarray, lab: np.ndarray, classes: ClassTable, frame_id: str,
+                   stamp: Time | int | None) -> PointCloud2:  # fmt: skip
+    """``arr`` (VOXEL_CLOUD_DTYPE, x y z filled) with colours and labels of ``lab``, as a ``PointCloud2``."""
     lut = np.zeros((256, 3), np.uint8)
     lut[: classes.num_classes] = classes.colors
-    arr["rgb"] = pack_rgb(lut[voxels.labels])
-    arr["label"] = voxels.labels
+    arr["rgb"] = pack_rgb(lut)[lab]  # pack the 256 colours once, then one gather
+    arr["label"] = lab
     msg = PointCloud2()
     msg.header = Header(frame_id=frame_id, stamp=to_time(stamp))
     msg.height, msg.width = 1, int(arr.shape[0])
