@@ -14,7 +14,8 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test lint bench synth-data synth-data-realistic pseudo-noise pseudo-deeplab checkpoint results pilot clean
+.PHONY: install demo test lint bench synth-data synth-data-realistic pseudo-noise pseudo-deeplab checkpoint synth-occ3d \
+	checkpoint-occ3d results pilot clean
 
 install: $(STAMP)
 
@@ -72,6 +73,21 @@ DEEPLAB ?= ../shared/models/deeplab_cityscapes/deeplab_mobilenet_edgetpu_slim_ci
 pseudo-deeplab: synth-data-realistic
 	$(BIN)/occle-pseudo --segmenter deeplab-cityscapes --model $(DEEPLAB) --dataset semantic_kitti \
 		--data $(SYNTH_REALISTIC) --label-dir pseudo_2d_deeplab
+
+# Synthetic scenes seen by a nuScenes rig (six cameras, LIDAR_TOP) in the nuScenes v1.0 layout with Occ3D-nuScenes
+# beside it: 5 scenes (seeds 100-104, official names: 4 train, 1 val) x 8 key frames, 112 x 200 images.
+SYNTH_OCC3D := data/synthetic_occ3d
+synth-occ3d: install
+	OMP_NUM_THREADS=1 $(BIN)/occle-synth --layout nuscenes --out $(SYNTH_OCC3D) --scenes 5 --frames 8 \
+		--image-scale 0.125 --seed 100 --quiet
+
+# A small Occ3D-style checkpoint: tiny OccLE, six cameras, ego frame, 10% labels
+# (config/train_occ3d_synthetic_tiny.yaml).
+CHECKPOINT_OCC3D_STEPS ?= 300
+checkpoint-occ3d: synth-occ3d
+	$(BIN)/occle-train --config config/train_occ3d_synthetic_tiny.yaml --data $(SYNTH_OCC3D) \
+		--out runs/occ3d_synthetic --steps $(CHECKPOINT_OCC3D_STEPS) --no-progress
+	cp runs/occ3d_synthetic/model.pt models/occle_tiny_occ3d_synthetic.pt
 
 # Retrain the shipped checkpoint (OccLE, tiny, 10% labels, seed 0) from scratch.
 CHECKPOINT_STEPS ?= 2000

@@ -18,4 +18,8 @@ Modules, each one idea (import from them directly; this package imports nothing)
 - :mod:`.pseudo_noise`: 2D pseudo labels by a noise model of a foundation segmenter.
 - :mod:`.sequence`: per-frame scans, images, pseudo labels and accumulated voxel ground truth.
 - :mod:`.writer`: the SemanticKITTI layout on disk; :mod:`.cli`: the ``occle-synth`` command.
+- :mod:`.released`: the nuScenes v1.0 layout with Occ3D-nuScenes beside it (given or generated content);
+  :mod:`.kitti_layouts`: KITTI raw and object replicas.
+- :mod:`.surround`: the world seen by a nuScenes rig (six cameras, LIDAR_TOP) with ego-frame Occ3D ground truth;
+  :mod:`.visibility`: the camera visibility mask (Occ3D's ``mask_camera``).
 """

@@ -9,14 +9,18 @@ token>/labels.npz`` with an ``annotations.json``. The rig follows the real one: 
 to the right and y forward, six cameras around the roof with their own yaw, tilt and intrinsics, each sensor sampled
 at its own time while the vehicle drives on a curve, so that every camera has its own ego pose.
 
-Key-frame points are given in the ego frame (or generated) and written in the sensor frame; sweeps observe a static
-set of world points, so motion compensation maps every sweep onto the same world.
+:func:`write_nuscenes` writes given content (:class:`SceneContent`: per scene a trajectory and lazily produced
+:class:`KeyFrame` s with points, six images, sweeps, Occ3D occupancy and 2D pseudo labels); the synthetic world comes
+this way (:mod:`occle_core.synth.surround`). :func:`write_nuscenes_replica` writes generated content: key-frame
+points given in the ego frame (or generated) and written in the sensor frame; sweeps that observe a static set of
+world points, so motion compensation maps every sweep onto the same world.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +79,48 @@ class Replica:
     images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     occupancy: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     world: np.ndarray | None = None
+
+
+@dataclass
+class KeyFrame:
+    """The content of one key frame for :func:`write_nuscenes`.
+
+    Attributes:
+        points: (N, 4|5) float32 LIDAR_TOP points in the key frame's ego frame (x, y, z, intensity[, ring]).
+        images: channel -> (H, W, 3) uint8 image, one per camera of :data:`CAMERAS`.
+        occupancy: (semantics, mask_lidar, mask_camera), (200, 200, 16) each, or None (no Occ3D file).
+        sweeps: (timestamp us, (M, 4|5) points in the ego frame at that time) of the LiDAR sweeps since the
+            previous key frame, in time order.
+        pseudo: channel -> (H, W) uint8 Occ3D-class 2D pseudo labels (255 = none), or None.
+    """
+
+    points: np.ndarray
+    images: dict[str, np.ndarray]
+    occupancy: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    sweeps: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    pseudo: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class SceneContent:
+    """One scene for :func:`write_nuscenes`: key frames every :data:`KEY_INTERVAL_US` from ``t0``.
+
+    Attributes:
+        name: the scene name (the official ``scene-NNNN`` names decide Occ3D's train / val split).
+        n_samples: number of key frames; frames: the key frames, produced lazily in time order.
+        pose_at: timestamp (us) -> (4, 4) T_global<-ego of the vehicle.
+        t0: timestamp of the first key frame (us).
+        lidar_mount: (4, 4) T_ego<-LIDAR_TOP (sensor x right, y forward), the real mount by default.
+        description: the scene record's description.
+    """
+
+    name: str
+    n_samples: int
+    frames: Iterable[KeyFrame]
+    pose_at: Callable[[int], np.ndarray]
+    t0: int = START_US
+    lidar_mount: np.ndarray = field(default_factory=lambda: lidar_extrinsic())
+    description: str = ""
 
 
 def _transform(translation: Sequence[float], R: np.ndarray) -> np.ndarray:
@@ -162,19 +208,21 @@ class _TreeWriter:
         self.calib: dict[str, dict] = {}  # channel -> calibrated_sensor record of the current scene
         self.last: dict[str, dict | None] = {}  # channel -> previous sample_data (the prev / next chains)
         self.scene_index, self.logfile = 0, ""
+        self.pose_at: Callable[[int], np.ndarray] = ego_pose_at
+        self.lidar_mount = lidar_extrinsic()
 
     def token(self) -> str:
         return self.rng.bytes(16).hex()
 
-    def start_scene(self, scene_index: int) -> dict:
+    def start_scene(self, scene_index: int, content: SceneContent) -> dict:
         """A new log with its own calibrated_sensor records (as every nuScenes scene has); returns the log."""
-        self.scene_index = scene_index
+        self.scene_index, self.pose_at, self.lidar_mount = scene_index, content.pose_at, content.lidar_mount
         self.logfile = f"n015-2018-07-{18 + scene_index:02d}-11-07-57+0800"
         log = {"token": self.token(), "logfile": self.logfile, "vehicle": "n015",
                "date_captured": self.logfile[5:15], "location": "singapore-onenorth"}  # fmt: skip
         self.tables["log"].append(log)
         for ch, sensor in self.sensors.items():
-            T = lidar_extrinsic() if ch == LIDAR else camera_extrinsic(ch)
+            T = self.lidar_mount if ch == LIDAR else camera_extrinsic(ch)
             K = [] if ch == LIDAR else camera_intrinsic(ch, self.image_size).tolist()
             self.calib[ch] = _record_pose(self.token(), T, sensor_token=sensor["token"], camera_intrinsic=K)
             self.tables["calibrated_sensor"].append(self.calib[ch])
@@ -183,7 +231,7 @@ class _TreeWriter:
 
     def add_data(self, ch: str, t_us: int, sample_token: str, is_key: bool, filename: str) -> dict:
         """The ego_pose and sample_data records of one sensor reading (linked into its channel's chain)."""
-        pose = _record_pose(self.token(), ego_pose_at(t_us, self.scene_index), timestamp=t_us)
+        pose = _record_pose(self.token(), self.pose_at(t_us), timestamp=t_us)
         self.tables["ego_pose"].append(pose)
         h, w = (0, 0) if ch == LIDAR else self.image_size
         prev = self.last[ch]
@@ -202,7 +250,7 @@ class _TreeWriter:
     def lidar(self, folder: str, t_us: int, sample_token: str, ego_points: np.ndarray) -> dict:
         """Write (N, 5) ego-frame points as a LIDAR_TOP ``.pcd.bin`` in the sensor frame; returns its record."""
         filename = f"{folder}/{LIDAR}/{self.logfile}__{LIDAR}__{t_us}.pcd.bin"
-        inv = np.linalg.inv(lidar_extrinsic())
+        inv = np.linalg.inv(self.lidar_mount)
         sensor = np.empty((len(ego_points), 5), np.float32)
         sensor[:, :3] = ego_points[:, :3].astype(np.float64) @ inv[:3, :3].T + inv[:3, 3]
         sensor[:, 3:] = ego_points[:, 3:5]
@@ -240,6 +288,121 @@ class _TreeWriter:
             _write_json(self.root / version / f"{name}.json", records)
 
 
+def _checked_frame(frame: int, key: KeyFrame, image_size: tuple[int, int]) -> KeyFrame:
+    """``key`` with (N, 5) float32 points and uint8 occupancy; ValueError naming the frame and field otherwise."""
+    points = np.asarray(key.points, np.float32)
+    if points.ndim != 2 or points.shape[1] not in (4, 5):
+        raise ValueError(f"points[{frame}]: expected an (N, 4) or (N, 5) array, got {points.shape}")
+    points = np.c_[points, np.zeros((len(points), 5 - points.shape[1]), np.float32)]
+    for ch in CAMERAS:
+        img = np.asarray(key.images.get(ch, np.zeros(0)))
+        if img.shape != (*image_size, 3) or img.dtype != np.uint8:
+            raise ValueError(f"images[{frame}][{ch!r}]: expected {(*image_size, 3)} uint8, got {img.shape}")
+    occ = key.occupancy
+    if occ is not None:
+        occ = tuple(np.asarray(a) for a in occ)
+        if len(occ) != 3 or any(a.shape != OCC3D_SHAPE for a in occ):
+            raise ValueError(f"occupancy[{frame}]: expected three {OCC3D_SHAPE} arrays")
+        occ = tuple(a.astype(np.uint8) for a in occ)
+    for ch, lab in (key.pseudo or {}).items():
+        if lab.shape != image_size or lab.dtype != np.uint8:
+            raise ValueError(f"pseudo[{frame}][{ch!r}]: expected {image_size} uint8, got {lab.shape} {lab.dtype}")
+    return KeyFrame(points, key.images, occ, key.sweeps, key.pseudo)
+
+
+def write_nuscenes(
+    root: str | Path,
+    version: str,
+    scenes: Iterable[SceneContent],
+    image_size: tuple[int, int],
+    occ3d: bool = True,
+    seed: int = 0,
+    keep: bool = True,
+) -> Replica:
+    """Write ``scenes`` as a nuScenes v1.0 tree (tables, ``samples/``, ``sweeps/``, ``maps/``) under ``root``,
+    with Occ3D-nuScenes beside it (``gts/``, ``annotations.json``) and ``pseudo_2d/<scene>/<token>/<CHANNEL>.png``.
+
+    Args:
+        version: the table folder (``v1.0-mini``, ``v1.0-trainval``, ``v1.0-test``).
+        image_size: (H, W) of every camera image.
+        occ3d: write ``gts/`` and ``annotations.json`` (key frames without occupancy get no ``labels.npz``).
+        seed: the seed of the tokens.
+        keep: keep the points, images and occupancy in the returned :class:`Replica` (tests); False keeps tokens.
+
+    Raises:
+        ValueError: a key frame's array of the wrong shape (naming the frame, counted over all scenes, and field),
+            or a scene whose number of frames differs from its ``n_samples``.
+    """
+    from occle_core.data.label_png import write_label_png
+    from occle_core.data.nuscenes import scene_splits
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    out = Replica(root, version)
+    writer = _TreeWriter(root, rng, image_size)
+    infos: dict[str, dict] = {}
+    names: list[str] = []
+    frame = 0
+    for si, content in enumerate(scenes):
+        scene_name, n = content.name, content.n_samples
+        names.append(scene_name)
+        log = writer.start_scene(si, content)
+        tokens = [writer.token() for _ in range(n)]
+        scene = {"token": writer.token(), "log_token": log["token"], "nbr_samples": n,
+                 "first_sample_token": tokens[0], "last_sample_token": tokens[-1], "name": scene_name,
+                 "description": content.description}  # fmt: skip
+        writer.tables["scene"].append(scene)
+        infos[scene_name] = {}
+        k = -1
+        for k, key in enumerate(content.frames):
+            if k >= n:
+                raise ValueError(f"scene {scene_name!r}: more key frames than its n_samples ({n})")
+            key = _checked_frame(frame, key, image_size)
+            sample_token, t_key = tokens[k], content.t0 + k * KEY_INTERVAL_US
+            prev, nxt = tokens[k - 1] if k else "", tokens[k + 1] if k + 1 < n else ""
+            writer.tables["sample"].append(
+                {"token": sample_token, "timestamp": t_key, "prev": prev, "next": nxt, "scene_token": scene["token"]}
+            )
+            # the sweeps since the previous key frame, tied to this sample as nuScenes ties them
+            for t_sweep, sweep in key.sweeps:
+                sweep = np.asarray(sweep, np.float32)
+                sweep = np.c_[sweep, np.zeros((len(sweep), 5 - sweep.shape[1]), np.float32)]
+                writer.lidar("sweeps", t_sweep, sample_token, sweep)
+            writer.lidar("samples", t_key, sample_token, key.points)
+            lidar_pose = writer.tables["ego_pose"][-1]  # the key frame's, written with it
+            out.samples.append(sample_token)
+            out.scene_of[sample_token] = scene_name
+            cams = {ch: writer.camera(ch, t_key, sample_token, np.asarray(key.images[ch])) for ch in CAMERAS}
+            for ch, lab in (key.pseudo or {}).items():
+                write_label_png(root / "pseudo_2d" / scene_name / sample_token / f"{ch}.png", lab)
+            if keep:
+                out.points[sample_token] = key.points
+                out.images[sample_token] = {ch: np.asarray(key.images[ch]) for ch in CAMERAS}
+                if key.occupancy is not None:
+                    out.occupancy[sample_token] = key.occupancy
+            gt_path = f"gts/{scene_name}/{sample_token}/labels.npz"
+            if occ3d and key.occupancy is not None:
+                (root / gt_path).parent.mkdir(parents=True, exist_ok=True)
+                sem, mask_lidar, mask_camera = key.occupancy
+                np.savez_compressed(root / gt_path, semantics=sem, mask_lidar=mask_lidar, mask_camera=mask_camera)
+            infos[scene_name][sample_token] = {
+                "timestamp": t_key, "camera_sensor": cams, "ego_pose": lidar_pose, "gt_path": gt_path,
+                "prev": prev or "EOF", "next": nxt or "EOF",
+            }  # fmt: skip
+            frame += 1
+        if k + 1 != n:
+            raise ValueError(f"scene {scene_name!r}: {k + 1} key frames, expected its n_samples ({n})")
+    writer.finish(version)
+    if occ3d:
+        splits = scene_splits()
+        train = splits["mini_train" if version == "v1.0-mini" else "train"]
+        val = splits["mini_val" if version == "v1.0-mini" else "val"]
+        doc = {"train_split": [s for s in names if s in train], "val_split": [s for s in names if s in val],
+               "scene_infos": infos}  # fmt: skip
+        _write_json(root / "annotations.json", doc)
+    return out
+
+
 def write_nuscenes_replica(
     root: str | Path,
     version: str = "v1.0-mini",
@@ -253,7 +416,9 @@ def write_nuscenes_replica(
     occ3d: bool = True,
     seed: int = 0,
 ) -> Replica:
-    """Write a tiny nuScenes v1.0 tree (and Occ3D-nuScenes beside it) under ``root``.
+    """Write a tiny nuScenes v1.0 tree (and Occ3D-nuScenes beside it) of generated content under ``root``.
+
+    The vehicle drives :func:`ego_pose_at`; sweeps observe a static set of world points (``Replica.world``).
 
     Args:
         version: the table folder (``v1.0-mini``, ``v1.0-trainval``, ``v1.0-test``).
@@ -270,75 +435,37 @@ def write_nuscenes_replica(
     Raises:
         ValueError: a given array of the wrong shape, or sequences whose length is not one per key frame.
     """
-    from occle_core.data.nuscenes import scene_splits
-
-    root = Path(root)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 1])
     n_frames = len(scenes) * samples_per_scene
     for name, given in (("points", points), ("images", images), ("occupancy", occupancy)):
         if given is not None and len(given) != n_frames:
             raise ValueError(f"{name}: expected one entry per key frame ({n_frames}), got {len(given)}")
     world = np.c_[rng.uniform(-60, 60, (400, 2)) + (620.0, 1610.0), rng.uniform(0, 3, 400)]
-    out = Replica(root, version, world=world)
-    writer = _TreeWriter(root, rng, image_size)
-    infos: dict[str, dict] = {}
-    for si, scene_name in enumerate(scenes):
-        log = writer.start_scene(si)
-        tokens = [writer.token() for _ in range(samples_per_scene)]
-        scene = {"token": writer.token(), "log_token": log["token"], "nbr_samples": samples_per_scene,
-                 "first_sample_token": tokens[0], "last_sample_token": tokens[-1], "name": scene_name,
-                 "description": "replica: gentle left curve, static walls"}  # fmt: skip
-        writer.tables["scene"].append(scene)
-        infos[scene_name] = {}
-        t0 = START_US + si * 100 * KEY_INTERVAL_US
-        for k, sample_token in enumerate(tokens):
-            frame = si * samples_per_scene + k
-            t_key = t0 + k * KEY_INTERVAL_US
-            prev, nxt = tokens[k - 1] if k else "", tokens[k + 1] if k + 1 < samples_per_scene else ""
-            writer.tables["sample"].append(
-                {"token": sample_token, "timestamp": t_key, "prev": prev, "next": nxt, "scene_token": scene["token"]}
-            )
-            # the sweeps since the previous key frame, tied to this sample as nuScenes ties them
+
+    def frames(si: int, t0: int) -> Iterable[KeyFrame]:
+        for k in range(samples_per_scene):
+            frame, t_key = si * samples_per_scene + k, t0 + k * KEY_INTERVAL_US
+            sweeps = []
             for j in range(1, sweeps_between + 1 if k else 1):
                 t_sweep = t_key - KEY_INTERVAL_US + j * KEY_INTERVAL_US // (sweeps_between + 1)
                 ego = np.linalg.inv(ego_pose_at(t_sweep, si)) @ np.c_[world, np.ones(len(world))].T  # (4, M)
                 extra = np.c_[rng.integers(0, 256, len(world)), np.full(len(world), j)]
-                writer.lidar("sweeps", t_sweep, sample_token, np.c_[ego[:3].T, extra].astype(np.float32))
-            key_points = _generated_points(rng, 600) if points is None else np.asarray(points[frame], np.float32)
-            if key_points.ndim != 2 or key_points.shape[1] not in (4, 5):
-                raise ValueError(f"points[{frame}]: expected an (N, 4) or (N, 5) array, got {key_points.shape}")
-            key_points = np.c_[key_points, np.zeros((len(key_points), 5 - key_points.shape[1]), np.float32)]
-            writer.lidar("samples", t_key, sample_token, key_points)
-            lidar_pose = writer.tables["ego_pose"][-1]  # the key frame's, written with it
-            out.samples.append(sample_token)
-            out.scene_of[sample_token] = scene_name
-            out.points[sample_token] = key_points
-            out.images[sample_token], cams = {}, {}
-            for ci, ch in enumerate(CAMERAS):
-                img = _generated_image(rng, image_size, ci) if images is None else np.asarray(images[frame][ch])
-                if img.shape != (*image_size, 3) or img.dtype != np.uint8:
-                    raise ValueError(f"images[{frame}][{ch!r}]: expected {(*image_size, 3)} uint8, got {img.shape}")
-                cams[ch] = writer.camera(ch, t_key, sample_token, img)
-                out.images[sample_token][ch] = img
-            occ = _generated_occupancy(rng) if occupancy is None else tuple(np.asarray(a) for a in occupancy[frame])
-            if len(occ) != 3 or any(a.shape != OCC3D_SHAPE for a in occ):
-                raise ValueError(f"occupancy[{frame}]: expected three {OCC3D_SHAPE} arrays")
-            out.occupancy[sample_token] = tuple(a.astype(np.uint8) for a in occ)
-            gt_path = f"gts/{scene_name}/{sample_token}/labels.npz"
-            if occ3d:
-                (root / gt_path).parent.mkdir(parents=True, exist_ok=True)
-                sem, mask_lidar, mask_camera = out.occupancy[sample_token]
-                np.savez_compressed(root / gt_path, semantics=sem, mask_lidar=mask_lidar, mask_camera=mask_camera)
-            infos[scene_name][sample_token] = {
-                "timestamp": t_key, "camera_sensor": cams, "ego_pose": lidar_pose, "gt_path": gt_path,
-                "prev": prev or "EOF", "next": nxt or "EOF",
-            }  # fmt: skip
-    writer.finish(version)
-    if occ3d:
-        splits = scene_splits()
-        train = splits["mini_train" if version == "v1.0-mini" else "train"]
-        val = splits["mini_val" if version == "v1.0-mini" else "val"]
-        doc = {"train_split": [s for s in scenes if s in train], "val_split": [s for s in scenes if s in val],
-               "scene_infos": infos}  # fmt: skip
-        _write_json(root / "annotations.json", doc)
+                sweeps.append((t_sweep, np.c_[ego[:3].T, extra].astype(np.float32)))
+            pts = _generated_points(rng, 600) if points is None else points[frame]
+            imgs = (
+                {ch: _generated_image(rng, image_size, ci) for ci, ch in enumerate(CAMERAS)}
+                if images is None
+                else images[frame]
+            )
+            occ = _generated_occupancy(rng) if occupancy is None else occupancy[frame]
+            yield KeyFrame(pts, imgs, occ, sweeps)
+
+    contents = []
+    for si, name in enumerate(scenes):
+        t0 = START_US + si * 100 * KEY_INTERVAL_US
+        pose_at = functools.partial(ego_pose_at, scene_index=si)
+        contents.append(SceneContent(name, samples_per_scene, frames(si, t0), pose_at, t0,
+                                     description="replica: gentle left curve, static walls"))  # fmt: skip
+    out = write_nuscenes(root, version, contents, image_size, occ3d, seed)
+    out.world = world
     return out

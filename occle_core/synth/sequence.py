@@ -43,7 +43,7 @@ class Scan:
     world: np.ndarray  # (N, 3) float32 points in the scene frame
 
 
-_GRID_RAYS: dict[tuple, dict[str, np.ndarray]] = {}  # SyntheticSequence._ray_index of a grid, own scan
+_GRID_RAYS: dict[tuple, dict[str, np.ndarray]] = {}  # SyntheticSequence._ray_index of a grid (fixed to the LiDAR)
 
 
 class SyntheticSequence:
@@ -114,8 +114,6 @@ class SyntheticSequence:
         lo, hi = self.scene.prims.aabb()
         self._corners = box_corners(lo, hi)  # (P, 8, 3) world
         self._prim_ids = np.arange(len(self.scene.prims))
-        self._centers = grid.centers()  # (X, Y, Z, 3) float32
-        self._grid_rays: dict[str, np.ndarray] | None = None  # rays near each voxel of the grid, own scan
 
     def _check_frame(self, frame: int) -> None:
         if not 0 <= frame < len(self.sensor_poses):
@@ -182,10 +180,11 @@ class SyntheticSequence:
         :mod:`.pseudo_noise`)."""
         return pseudo_labels(self.seed, frame, cam, self.image_scale, noise)
 
-    def render(self, frame: int) -> CameraFrame:
-        """Ray-cast camera image of ``frame`` with its truth labels, depth and object ids."""
+    def render(self, frame: int, camera: CameraModel | None = None) -> CameraFrame:
+        """Ray-cast image of ``frame`` seen by ``camera`` (default: the sequence's image_2; any camera whose
+        calibration maps this LiDAR frame), with its truth labels, depth and object ids."""
         self._check_frame(frame)
-        cam = self.camera
+        cam = self.camera if camera is None else camera
         T = self.sensor_poses[frame]
         R = T[:3, :3].astype(np.float32)
         origin = T[:3, :3] @ cam.center + T[:3, 3]
@@ -202,8 +201,9 @@ class SyntheticSequence:
         obj = np.where(hits.prim >= 0, self.scene.prims.obj[np.maximum(hits.prim, 0)], 0).astype(np.int32)
         return CameraFrame(image, truth, hits.t, obj)
 
-    def _ray_index(self, centers: np.ndarray) -> dict[str, np.ndarray]:
-        """Which rays of a scan pass near voxel ``centers`` (V, 3), given in that scan's LiDAR frame.
+    def _ray_index(self, centers: np.ndarray, voxel_size: float) -> dict[str, np.ndarray]:
+        """Which rays of a scan pass near voxel ``centers`` (V, 3) of size ``voxel_size``, given in that scan's
+        LiDAR frame.
 
         Independent of what the scan measured, so the grid's own index (the grid is fixed in the LiDAR frame)
         is computed once. A ray "passes within half a voxel" when its beam elevation and column azimuth are
@@ -214,10 +214,11 @@ class SyntheticSequence:
             idx: (2, V) int32 flat range-image index of the beams below / above the centre.
             near: (2, V) bool, that ray passes within half a voxel of the centre.
             nearest: (V,) int32 flat index of the nearest ray; fov: (V,) bool, the centre is inside the
-            vertical field of view (nearest beam within half a beam spacing); r: (V,) float32 range.
+            vertical field of view (nearest beam within half a beam spacing); r: (V,) float32 range;
+            half: half the voxel size.
         """
         lid = self.lidar
-        vs = np.float32(self.grid.voxel_size)
+        vs = np.float32(voxel_size)
         x, y, z = (np.ascontiguousarray(centers[:, k], np.float32) for k in range(3))
         rh = np.sqrt(x * x + y * y)
         r = np.sqrt(rh * rh + z * z)
@@ -240,29 +241,39 @@ class SyntheticSequence:
         best = gaps[1] < gaps[0]
         half_gap = max(np.deg2rad(0.5), 0.5 * float(np.max(-np.diff(lid.elevations))))  # 0.5 deg up to 64 beams
         fov = np.minimum(gaps[0], gaps[1]) <= np.float32(half_gap) * slope
-        return {"idx": idx, "near": near, "nearest": np.where(best, idx[1], idx[0]), "fov": fov, "r": r}
+        nearest = np.where(best, idx[1], idx[0])
+        return {"idx": idx, "near": near, "nearest": nearest, "fov": fov, "r": r, "half": np.float32(0.5 * vs)}
 
     def _seen(self, depth: np.ndarray, ray: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(traversed-or-hit, behind-the-return) per centre of ``ray`` (see :meth:`_ray_index`) for a scan's
         range image ``depth`` (64, A), inf where no return."""
-        half = np.float32(0.5 * self.grid.voxel_size)
+        half = ray["half"]
         d = depth.reshape(-1)
         r = ray["r"]
         seen = (ray["near"][0] & (d[ray["idx"][0]] >= r - half)) | (ray["near"][1] & (d[ray["idx"][1]] >= r - half))
         behind = ray["fov"] & (r > d[ray["nearest"]] + np.float32(1.74) * half)
         return seen, behind
 
-    def voxels(self, frame: int) -> dict[str, np.ndarray]:
-        """SemanticKITTI voxel files of ``frame``: ``label`` (uint16 raw), ``invalid``, ``occluded``, ``bin``."""
-        grid = self.grid
+    def voxels(
+        self, frame: int, grid: VoxelGrid | None = None, T_sensor_grid: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Voxel ground truth of ``frame`` in ``grid`` (default: the sequence's), a grid fixed to the LiDAR by
+        ``T_sensor_grid`` (4, 4; grid frame -> LiDAR frame; default identity, the SemanticKITTI convention).
+
+        Returns:
+            ``label`` (X, Y, Z) uint16 majority raw label (0 = none), ``invalid`` (never observed by the window),
+            ``occluded`` (behind the current scan's returns), ``bin`` (hit by the current scan), bool each.
+        """
+        grid = self.grid if grid is None else grid
+        T_sg = np.eye(4) if T_sensor_grid is None else np.asarray(T_sensor_grid, np.float64)
         poses = self.sensor_poses
-        T_i_inv = np.linalg.inv(poses[frame])
+        T_gi = np.linalg.inv(poses[frame] @ T_sg)  # scene -> grid frame of the current frame
         window = range(frame, min(frame + self.window * self.stride, len(poses)), self.stride)
         votes = range(frame, min(frame + self.accumulate * self.stride, len(poses)), self.stride)
         pts, raws = [], []
         for j in votes:
             sc = self.scan(j)
-            T = T_i_inv @ poses[j]  # scan j LiDAR -> frame LiDAR
+            T = T_gi @ poses[j]  # scan j LiDAR -> grid frame
             local = sc.points[:, :3] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
             _, inside = grid.point_indices(local)
             pts.append(local[inside])
@@ -270,31 +281,30 @@ class SyntheticSequence:
         voted = voxelize_labels(grid, np.concatenate(pts), np.concatenate(raws), num_classes=100)  # 255 = none
         label = np.where(voted == IGNORE_INDEX, 0, voted).astype(np.uint16)
         hit_any = (voted != IGNORE_INDEX).reshape(-1)
-        centers = self._centers.reshape(-1, 3)
+        centers_grid = grid.centers()  # (X, Y, Z, 3) grid frame
+        centers = centers_grid.reshape(-1, 3) @ T_sg[:3, :3].T.astype(np.float32) + T_sg[:3, 3].astype(np.float32)
         # voxels no ray of the window can reach: under the ground, or above the top beam of every scan
         X, Y, Z = grid.shape
-        col = self._centers[:, :, 0, :]  # (X, Y, 3) column centres
+        col = centers_grid[:, :, 0, :]  # (X, Y, 3) column centres
         col_pts = np.concatenate([col[..., :2].reshape(-1, 2), np.zeros((X * Y, 1), np.float32)], axis=1)
-        world = col_pts @ poses[frame][:3, :3].T + poses[frame][:3, 3]  # (X*Y, 3)
-        # ground height in the frame along its z axis, ~vertical up to the mounting pitch
-        ground_z = (self.scene.ground.height(world[:, 0], world[:, 1]) - world[:, 2]) / np.cos(
-            np.deg2rad(self.lidar.pitch)
-        )
+        T_wg = poses[frame] @ T_sg
+        world = col_pts @ T_wg[:3, :3].T + T_wg[:3, 3]  # (X*Y, 3)
+        # ground height in the grid along its z axis, which the LiDAR's mounting pitch tilts from the vertical
+        cos_tilt = (pitch_transform(self.lidar.pitch) @ T_sg)[2, 2]
+        ground_z = (self.scene.ground.height(world[:, 0], world[:, 1]) - world[:, 2]) / cos_tilt
         top = np.tan(self.lidar.elevations[0] + np.deg2rad(1.5 + abs(self.lidar.pitch)))
         h_max = np.full(X * Y, -np.inf)
         for j in window:
-            s_j = (T_i_inv @ poses[j])[:3, 3]  # scan j's sensor in the frame
+            s_j = (T_gi @ poses[j])[:3, 3]  # scan j's sensor in the grid frame
             h_max = np.maximum(h_max, s_j[2] + top * np.hypot(col_pts[:, 0] - s_j[0], col_pts[:, 1] - s_j[1]))
-        zc = self._centers[0, 0, :, 2]  # (Z,)
+        zc = centers_grid[0, 0, :, 2]  # (Z,)
         reachable = (zc[None, :] >= (ground_z - 0.15)[:, None]) & (zc[None, :] <= (h_max + 0.3)[:, None])
         reachable = reachable.reshape(-1)  # (X*Y*Z,), C order (x, y, z)
-        if self._grid_rays is None:
-            key = (grid, self.lidar.azimuth_steps, self.lidar.elevations.tobytes())
-            if key not in _GRID_RAYS:
-                _GRID_RAYS.clear()  # keep one grid's index (~40 MB)
-                _GRID_RAYS[key] = self._ray_index(centers)
-            self._grid_rays = _GRID_RAYS[key]
-        seen, behind = self._seen(self.scan(frame).depth, self._grid_rays)
+        key = (grid, T_sg.tobytes(), self.lidar.azimuth_steps, self.lidar.elevations.tobytes())
+        if key not in _GRID_RAYS:
+            _GRID_RAYS.clear()  # keep one grid's index (~40 MB)
+            _GRID_RAYS[key] = self._ray_index(centers, grid.voxel_size)
+        seen, behind = self._seen(self.scan(frame).depth, _GRID_RAYS[key])
         observed = hit_any | (seen & reachable)
         for j in window[1:]:
             cand = np.flatnonzero(reachable & ~observed)
@@ -302,9 +312,10 @@ class SyntheticSequence:
                 break
             T = np.linalg.inv(poses[j]) @ poses[frame]  # frame LiDAR -> scan j LiDAR
             cj = centers[cand] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
-            seen_j, _ = self._seen(self.scan(j).depth, self._ray_index(cj))
+            seen_j, _ = self._seen(self.scan(j).depth, self._ray_index(cj, grid.voxel_size))
             observed[cand[seen_j]] = True
-        ijk, _ = grid.point_indices(self.cloud(frame)[0])
+        T_gs = np.linalg.inv(T_sg).astype(np.float32)  # LiDAR -> grid frame
+        ijk, _ = grid.point_indices(self.cloud(frame)[0][:, :3] @ T_gs[:3, :3].T + T_gs[:3, 3])
         occ_bin = np.zeros(grid.num_voxels, bool)
         occ_bin[grid.flat_index(ijk)] = True
         return {
