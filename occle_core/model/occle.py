@@ -61,7 +61,7 @@ SEMANTIC_ENCODERS = ("semantic_image_unet", "semantic_lidar_unet")
 
 @dataclass
 class OccleOutput:
-    """Network outputs (see ``notes/INTERFACES.md``).
+    """Network outputs (shapes as in docs/architecture.md).
 
     Attributes:
         logits: (B, K, X, Y, Z) final semantic occupancy logits (K includes the empty class).
