@@ -17,7 +17,6 @@ processes hits both alike; the 1-minute load average is recorded.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -31,24 +30,11 @@ VARIANTS = ("tiny", "tiny_decoupled")
 
 
 def _batch(cfg, num_points: int):
-    """A synthetic batch of ``cfg``'s shape with random voxel labels (10% labelled), pseudo labels and LiDAR
-    free / occupied masks."""
-    from occle_core.model.occle import synthetic_batch
+    """A synthetic batch of ``cfg``'s shape with every training target (see ``synthetic_targets``)."""
+    from occle_core.model.occle import synthetic_batch, synthetic_targets
 
     batch = synthetic_batch(cfg, num_points)
-    g = torch.Generator().manual_seed(1)
-    K = cfg.data.classes().num_classes
-    shape = (batch.batch_size, *cfg.data.voxel_grid().shape)
-    labels = torch.randint(0, K, shape, generator=g)
-    return dataclasses.replace(
-        batch,
-        voxel_labels=labels,
-        label_mask=torch.rand(shape, generator=g) < 0.1,
-        pseudo2d=torch.randint(0, K, (batch.image.shape[0], *batch.image.shape[-2:]), generator=g),
-        pseudo3d=torch.randint(0, K, shape, generator=g),
-        occupied=labels > 0,
-        free=labels == 0,
-    )
+    return synthetic_targets(batch, cfg.data.classes().num_classes, cfg.data.voxel_grid().shape, seed=1)
 
 
 def saved_for_backward_mb(fn) -> float:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers_model import SMALL_MODEL
 
 from occle_core.checkpoint import CheckpointError, checkpoint_rig, make_checkpoint, save_checkpoint
 from occle_core.config import OccleConfig, load_config
@@ -24,14 +25,6 @@ from occle_core.predictor import Predictor
 from occle_core.resources import config_path
 
 GRID = {"origin": [-6.4, -6.4, -2.0], "voxel_size": 0.4, "shape": [32, 32, 8]}  # around the cameras
-SMALL_MODEL = {
-    "image_channels": [8, 16],
-    "feat_dim": 8,
-    "lidar_channels": [4, 8],
-    "mamba_dim": 8,
-    "mamba_state": 4,
-    "token_stride": 4,
-}
 
 
 def _cfg(cameras: list[str] | None, **data) -> OccleConfig:

@@ -6,7 +6,6 @@ reaching all four encoders, ``sem3d_head`` shapes, presets and saved configs, th
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from occle_core.config import LossConfig, OccleConfig
 from occle_core.losses import compute_losses
 from occle_core.model.image_encoder import ImageEncoder
 from occle_core.model.lidar_encoder import LidarEncoder, spconv_available, voxelize_points
-from occle_core.model.occle import OccLE, synthetic_batch
+from occle_core.model.occle import OccLE, synthetic_batch, synthetic_targets
 from occle_core.model.sparse_unet3d import SparseInverseConv3d, SparseUNet3D
 from occle_core.model.unet2d import UNet2D
 
@@ -40,18 +39,7 @@ def _cfg(size: str = "tiny_decoupled", **model) -> OccleConfig:
 
 def _with_targets(batch, K: int, seed: int = 0):
     """The batch with random labels, pseudo labels and LiDAR free / occupied masks (every loss term active)."""
-    g = torch.Generator().manual_seed(seed)
-    shape = (batch.batch_size, *SMALL_GRID["shape"])
-    labels = torch.randint(0, K, shape, generator=g)
-    return dataclasses.replace(
-        batch,
-        voxel_labels=labels,
-        label_mask=torch.rand(shape, generator=g) < 0.1,
-        pseudo2d=torch.randint(0, K, (batch.image.shape[0], *batch.image.shape[-2:]), generator=g),
-        pseudo3d=torch.randint(0, K, shape, generator=g),
-        occupied=labels > 0,
-        free=labels == 0,
-    )
+    return synthetic_targets(batch, K, tuple(SMALL_GRID["shape"]), seed)
 
 
 def test_presets_and_saved_configs():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers_model import SMALL_MODEL
 from helpers_numeric import assert_labels_are_argmax, head_rounding_bound
 
 from occle_core.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
@@ -16,15 +17,6 @@ from occle_core.predictor import Predictor, default_checkpoint, main, parse_fram
 
 GRID = {"origin": [0.0, -6.4, -2.0], "voxel_size": 0.4, "shape": [32, 32, 8]}
 H, W = 60, 180
-
-SMALL_MODEL = {
-    "image_channels": [8, 16],
-    "feat_dim": 8,
-    "lidar_channels": [4, 8],
-    "mamba_dim": 8,
-    "mamba_state": 4,
-    "token_stride": 4,
-}
 
 
 def _cfg(**model) -> OccleConfig:

@@ -32,6 +32,7 @@ are never built (and the ``geo`` head, a training output, is skipped).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -341,6 +342,24 @@ def synthetic_batch(
     image = torch.randn(batch_size * num_cameras, 3, H, W, generator=g)
     frame_ids = [f"synthetic/{i}" for i in range(batch_size)]
     return Batch(image=image, points=points, lidar_to_image=l2i, frame_ids=frame_ids, num_cameras=num_cameras)
+
+
+def synthetic_targets(batch: Batch, num_classes: int, grid_shape: tuple[int, int, int], seed: int = 0) -> Batch:
+    """``batch`` with random training targets that switch every loss term on: voxel labels (B, X, Y, Z) with a 10 %
+    label mask, 2D pseudo labels (B*N, H, W), 3D pseudo labels, and LiDAR occupied / free masks consistent with the
+    labels. For timings and gradient checks, not for training."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch.batch_size, *grid_shape)
+    labels = torch.randint(0, num_classes, shape, generator=g)
+    return dataclasses.replace(
+        batch,
+        voxel_labels=labels,
+        label_mask=torch.rand(shape, generator=g) < 0.1,
+        pseudo2d=torch.randint(0, num_classes, (batch.image.shape[0], *batch.image.shape[-2:]), generator=g),
+        pseudo3d=torch.randint(0, num_classes, shape, generator=g),
+        occupied=labels > 0,
+        free=labels == 0,
+    )
 
 
 _CAM_FROM_LIDAR = np.array([[0, -1.0, 0], [0, 0, -1.0], [1.0, 0, 0]])  # LiDAR (x fwd, y left, z up) -> camera
