@@ -20,6 +20,10 @@ Supervision sources and where they act:
   stable choice for long runs.
 - ``projection``: NLL of the scatter-accumulated maps (``proj / proj_weight``) against the 2D pseudo labels
   downsampled (majority) to the projection stride, only where ``proj_weight > eps``.
+- ``unobserved_prior``: every term above ignores never-observed space (no LiDAR ray reaches it, no valid label),
+  so nothing stops the network from filling it. This light prior pulls the occupied probability of the final
+  logits there toward the scene's own statistics: the share of the frame's LiDAR-observed voxels that hold
+  returns (soft-target BCE, see :func:`unobserved_prior_loss`).
 """
 
 from __future__ import annotations
@@ -329,6 +333,44 @@ def projection_loss(proj: Tensor, proj_weight: Tensor, pseudo2d: Tensor, stride:
     return -torch.log(p_true.clamp(min=1e-6, max=1.0)).mean()
 
 
+def unobserved_prior_loss(
+    logits: Tensor,
+    occupied: Tensor,
+    free: Tensor,
+    voxel_labels: Tensor | None = None,
+    empty_index: int = 0,
+) -> Tensor:
+    """Soft-target BCE of the occupied probability in never-observed voxels toward the frame's observed share.
+
+    For frame b, ``prior_b = |occupied_b| / |occupied_b or free_b|`` (the LiDAR-observed voxels holding returns);
+    a voxel is unobserved when no ray hits or crosses it and it has no valid label (``voxel_labels == 255``, or no
+    labels at all). With ``p = 1 - softmax(logits)[empty]`` the loss averages, over the unobserved voxels of the
+    batch, ``-(prior_b log p + (1 - prior_b) log(1 - p))`` (computed in log space from the logits).
+
+    Args:
+        logits: (B, K, X, Y, Z) final logits; occupied / free: (B, X, Y, Z) bool LiDAR masks.
+        voxel_labels: (B, X, Y, Z) int64 (255 = none) or None.
+
+    Returns:
+        scalar; 0 when no voxel is unobserved or a frame has no observed voxel (its prior is undefined).
+    """
+    observed = occupied | free  # (B, X, Y, Z)
+    b = logits.shape[0]
+    n_obs = observed.reshape(b, -1).sum(1)  # (B,)
+    prior = occupied.reshape(b, -1).sum(1).float() / n_obs.clamp(min=1).float()  # (B,)
+    unobserved = ~observed & (n_obs > 0).view(b, 1, 1, 1)
+    if voxel_labels is not None:
+        unobserved &= voxel_labels == IGNORE_INDEX
+    if not bool(unobserved.any()):
+        return _zero(logits)
+    logp = torch.log_softmax(_select(logits, unobserved).float(), dim=1)  # (N, K)
+    log_empty = logp[:, empty_index]
+    others = torch.cat([logp[:, :empty_index], logp[:, empty_index + 1 :]], dim=1)
+    log_occ = torch.logsumexp(others, dim=1)  # (N,) log(1 - p_empty)
+    target = prior[unobserved.reshape(b, -1).nonzero(as_tuple=True)[0]]  # (N,) the voxel's frame prior
+    return -(target * log_occ + (1.0 - target) * log_empty).mean()
+
+
 def compute_losses(
     out: OccleOutput,
     batch: Batch,
@@ -385,4 +427,7 @@ def compute_losses(
         add("teacher", cfg.teacher, value)
     if cfg.projection > 0 and out.proj is not None and out.proj_weight is not None and batch.pseudo2d is not None:
         add("projection", cfg.projection, projection_loss(out.proj, out.proj_weight, batch.pseudo2d, out.proj_stride))
+    if cfg.unobserved_prior > 0 and batch.occupied is not None and batch.free is not None:
+        prior = unobserved_prior_loss(out.logits, batch.occupied, batch.free, labels, empty_index)
+        add("unobserved_prior", cfg.unobserved_prior, prior)
     return total, terms

@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 
 from occle_core.consistency import (
+    ConsistencyFrame,
     ConsistencyReport,
     consistency_report,
     fit_ground_plane,
     frame_consistency,
+    kitti_vehicle_boxes,
     points_in_boxes,
     pool,
-    read_kitti_object_boxes,
 )
+from occle_core.data.kitti import read_object_labels
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import class_table
 
@@ -133,16 +135,13 @@ def test_kitti_label_boxes_to_lidar(tmp_path):
         "DontCare -1 -1 -10 0 0 0 0 -1 -1 -1 -1000 -1000 -1000 -10\n"
         "Van 0.00 0 0 0 0 0 0 2.00 1.80 5.00 -2.00 1.70 20.00 0.0\n"
     )
-    boxes = read_kitti_object_boxes(path, T)
+    boxes = kitti_vehicle_boxes(read_object_labels(path), T)
     # the car faces forward (ry = -pi/2 -> yaw 0); bottom centre 1.7 m below the camera -> centre 0.95 m below
     np.testing.assert_allclose(boxes[0], [10.0, -1.0, -0.95, 4.0, 1.6, 1.5, 0.0], atol=1e-6)
     # ry = 0: the van's length points along camera x (right) = LiDAR -y
     np.testing.assert_allclose(boxes[1], [20.0, 2.0, -0.7, 5.0, 1.8, 2.0, -np.pi / 2], atol=1e-6)
-    path.write_text("Car 0 0 0\n")
-    with pytest.raises(ValueError, match="000001.txt:1: expected 15 fields"):
-        read_kitti_object_boxes(path, T)
-    with pytest.raises(FileNotFoundError):
-        read_kitti_object_boxes(tmp_path / "none.txt", T)
+    assert boxes.shape == (2, 7)  # DontCare is not a vehicle
+    assert kitti_vehicle_boxes(read_object_labels(path), T, types=("Truck",)).shape == (0, 7)
 
 
 def test_pooled_table_and_json():
@@ -170,7 +169,7 @@ def test_consistency_report_runs_a_predictor():
         def predict(self, image, points, calib):
             return labels
 
-    rep = consistency_report(Fixed(), [("f", None, points, None, None)], origin=(0, 0.5, 0.5), plane=FLAT)
+    rep = consistency_report(Fixed(), [ConsistencyFrame("f", None, points, None, None, (0, 0.5, 0.5))], plane=FLAT)
     assert [f.frame_id for f in rep.frames] == ["f"] and rep.frames[0].hit_recall == 0.5
     with pytest.raises(ValueError, match="grid shape"):
         frame_consistency(points, labels[:-1], grid, SK, plane=FLAT)
