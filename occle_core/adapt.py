@@ -3,7 +3,8 @@
     occle-adapt --checkpoint C --dataset kitti_object --data ROOT --segmenter deeplab-cityscapes
         --segmenter-model deeplab.tflite --out DIR [--steps N] [--hold-out ID ...] [--resume]
 
-Supervision, all of it from the frames themselves: LiDAR free-space / hit geometry, the 2D pseudo labels of a
+Supervision, all of it from the frames themselves: LiDAR free-space / hit geometry (on the geometric branch and on
+the final logits, ``loss.free_space``), the 2D pseudo labels of a
 real segmenter (computed once and cached as ``DIR/pseudo_2d/<frame>.png``) through the 2D head, the lifted 3D
 pseudo labels and the scatter-accumulated projection, the confident teacher, and the unobserved-space prior. The
 voxel CE / Lovasz terms are off. Training is the engine's :class:`~occle_core.engine.trainer.Trainer` (tqdm,
@@ -162,7 +163,9 @@ class OccupancyGuard:
 
 def adaptation_config(base: OccleConfig, args: argparse.Namespace) -> OccleConfig:
     """The checkpoint's config with the voxel-label terms off and the adaptation's steps, rate and folders."""
-    loss = replace(base.loss, voxel_ce=0.0, lovasz=0.0, unobserved_prior=args.unobserved_prior)
+    loss = replace(
+        base.loss, voxel_ce=0.0, lovasz=0.0, free_space=args.free_space, unobserved_prior=args.unobserved_prior
+    )
     train = replace(
         base.train, steps=args.steps, lr=args.lr, out_dir=str(args.out), ckpt_every=args.guard_every,
         eval_every=0, log_every=1, warmup=0.0, schedule="cosine",
@@ -210,7 +213,7 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = ()) -> 
     """Adapt ``args.checkpoint`` as the arguments say; returns a summary (also written to ``DIR/adapt.json``).
 
     Args:
-        hooks: extra trainer step hooks (after the guard).
+        hooks: extra trainer step hooks, run before the guard (the guard checks the state a checkpoint then saves).
     """
     out = Path(args.out)
     ckpt = load_checkpoint(args.checkpoint)
@@ -227,7 +230,7 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = ()) -> 
     )
     trainer = Trainer(
         cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress,
-        train_set=AdaptFrames(reader, train_idx, pseudo_dir), step_hooks=[guard, *hooks],
+        train_set=AdaptFrames(reader, train_idx, pseudo_dir), step_hooks=[*hooks, guard],
     )  # fmt: skip
     report_idx = held_idx or train_idx
     if trainer.step == 0:
@@ -244,9 +247,9 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = ()) -> 
         stopped_by = "signal" if result["stopped"] else None
     except GuardStopError as exc:
         print(f"occle-adapt: {exc}; keeping the last good checkpoint", file=sys.stderr)
-        keep_last_good(out)
-        trainer.model.load_state_dict(load_checkpoint(out / MODEL_NAME)["model"])
-        stopped_by, result = "guard", {"step": trainer.step}
+        kept = load_checkpoint(keep_last_good(out))
+        trainer.model.load_state_dict(kept["model"])
+        stopped_by, result = "guard", {"step": int(kept["step"])}
     after = report_of(trainer, reader, report_idx)
     after.write_json(out / AFTER_JSON)
     summary = {
@@ -279,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine decay)")
     p.add_argument("--hold-out", nargs="+", help="frame ids kept out of adaptation and reported before / after")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--free-space", type=float, default=1.0, help="weight of loss.free_space (LiDAR on the logits)")
     p.add_argument("--unobserved-prior", type=float, default=0.5, help="weight of loss.unobserved_prior")
     p.add_argument("--guard-every", type=int, default=10, help="guard check (and checkpoint) period in steps")
     p.add_argument("--guard-warn", type=float, default=3.0, help="warn when the occupied-share ratio drifts beyond")

@@ -117,11 +117,15 @@ class LossConfig:
     geometry: float = 1.0
     teacher: float = 0.5
     projection: float = 0.5
+    free_space: float = 0.0  # LiDAR hits / crossed voxels on the final logits (label-free adaptation)
     unobserved_prior: float = 0.0  # never-observed voxels toward the observed occupied share (losses.py)
     teacher_threshold: float = 0.9
     class_weighted: bool = True
 
-    WEIGHTS = ("voxel_ce", "lovasz", "pseudo_2d", "pseudo_3d", "geometry", "teacher", "projection", "unobserved_prior")
+    WEIGHTS = (
+        "voxel_ce", "lovasz", "pseudo_2d", "pseudo_3d", "geometry", "teacher", "projection", "free_space",
+        "unobserved_prior",
+    )  # fmt: skip
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad ``loss`` value."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,10 @@ from occle_core.consistency import (
     pool,
 )
 from occle_core.data.kitti import read_object_labels
+from occle_core.evaluate import main as eval_main
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import class_table
+from occle_core.predictor import default_checkpoint
 
 SK = class_table("semantic_kitti")
 OCC = class_table("occ3d_nuscenes")
@@ -173,3 +176,41 @@ def test_consistency_report_runs_a_predictor():
     assert [f.frame_id for f in rep.frames] == ["f"] and rep.frames[0].hit_recall == 0.5
     with pytest.raises(ValueError, match="grid shape"):
         frame_consistency(points, labels[:-1], grid, SK, plane=FLAT)
+
+
+REAL_KITTI = Path(__file__).resolve().parents[1] / ".." / "shared" / "real" / "kitti" / "training"
+
+
+def test_consistency_cli_on_a_kitti_object_replica(tmp_path, capsys):
+    from helpers_adapt import tiny_checkpoint, write_object_replica
+
+    data = write_object_replica(tmp_path / "kitti")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    argv = ["--consistency", "--dataset", "kitti_object", "--checkpoint", str(ckpt), "--data", str(data)]
+    assert eval_main([*argv, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    doc = json.loads((tmp_path / "out" / "consistency.json").read_text())
+    assert [f["frame_id"] for f in doc["frames"]] == ["000000", "000001", "000002"]
+    labelled, unlabelled = doc["frames"][0], doc["frames"][1]
+    assert labelled["box_returns"] > 0 and labelled["vehicle_recall"] is not None  # the car's returns, from label_2
+    assert unlabelled["box_returns"] is None and unlabelled["vehicle_recall"] is None
+    assert doc["total"]["hit_voxels"] == sum(f["hit_voxels"] for f in doc["frames"]) > 0
+    table = capsys.readouterr().out
+    assert "| 000001 |" in table and "| all |" in table
+    # the same frames by the root above the split, two of them
+    assert eval_main([*argv[:-1], str(data.parent), "--frames", "2", "--device", "cpu"]) == 0
+    assert "(kitti_object, 2 frames)" in capsys.readouterr().out
+    assert eval_main([a for a in argv if a not in ("--dataset", "kitti_object")]) == 2
+    assert "--consistency needs --dataset" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not REAL_KITTI.is_dir(), reason="../shared/real/kitti (real KITTI object frames) is absent")
+def test_consistency_cli_on_the_real_kitti_frames(tmp_path):
+    argv = ["--consistency", "--dataset", "kitti_object", "--data", str(REAL_KITTI), "--out", str(tmp_path)]
+    assert eval_main(["--checkpoint", str(default_checkpoint()), *argv, "--device", "cpu"]) == 0
+    doc = json.loads((tmp_path / "consistency.json").read_text())
+    frames = {f["frame_id"]: f for f in doc["frames"]}
+    assert sorted(frames) == ["000000", "000001", "000002", "000003", "002155", "007347"]
+    assert frames["002155"]["box_returns"] > 100  # the annotated cars hold LiDAR returns
+    assert all(f["box_returns"] is None for k, f in frames.items() if k != "002155")
+    assert all(f["hit_voxels"] > 1000 and f["ground_returns"] > 1000 for f in frames.values())
+    assert 0.0 < doc["total"]["hit_recall"] <= 1.0
