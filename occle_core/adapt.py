@@ -171,7 +171,15 @@ def adaptation_config(base: OccleConfig, args: argparse.Namespace) -> OccleConfi
         eval_every=0, log_every=1, warmup=0.0, schedule="cosine",
     )  # fmt: skip
     data = replace(base.data, root=str(args.data), val_sequences=[])
-    return replace(base, data=data, loss=loss, train=train)
+    cfg = replace(base, data=data, loss=loss, train=train)
+    if not args.overrides:
+        return cfg
+    from occle_core.train import parse_overrides
+
+    doc = cfg.to_dict()
+    for section, values in parse_overrides(args.overrides).items():
+        doc.setdefault(section, {}).update(values)
+    return OccleConfig.from_dict(doc)
 
 
 def split_frames(reader: Dataset, hold_out: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -288,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guard-warn", type=float, default=3.0, help="warn when the occupied-share ratio drifts beyond")
     p.add_argument("--guard-stop", type=float, default=5.0, help="stop and keep the last good checkpoint beyond")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
