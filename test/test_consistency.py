@@ -214,3 +214,25 @@ def test_consistency_cli_on_the_real_kitti_frames(tmp_path):
     assert all(f["box_returns"] is None for k, f in frames.items() if k != "002155")
     assert all(f["hit_voxels"] > 1000 and f["ground_returns"] > 1000 for f in frames.values())
     assert 0.0 < doc["total"]["hit_recall"] <= 1.0
+
+
+def test_label_free_readers_nuscenes_lidar_origin_and_bad_selections(tmp_path, capsys):
+    from helpers_adapt import tiny_checkpoint
+
+    from occle_core.data.factory import build_label_free
+    from occle_core.synth.released import lidar_extrinsic, write_nuscenes_replica
+
+    write_nuscenes_replica(tmp_path / "nusc", samples_per_scene=2)
+    frames = build_label_free("nuscenes", tmp_path / "nusc")
+    s = frames[1]
+    assert len(frames) == 2 and [c.name for c in s.cameras] == ["CAM_FRONT"] and s.grid_frame == "ego"
+    np.testing.assert_allclose(s.extras["lidar_origin"], lidar_extrinsic()[:3, 3])  # the rays start at the mount
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    argv = ["--consistency", "--dataset", "nuscenes", "--checkpoint", str(ckpt), "--data", str(tmp_path / "nusc")]
+    assert eval_main([*argv, "--device", "cpu"]) == 0 and "(nuscenes, 2 frames)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="semantic_kitti needs the sequences"):
+        build_label_free("semantic_kitti", tmp_path)
+    with pytest.raises(ValueError, match="one split"):
+        build_label_free("kitti_object", tmp_path, ["training", "testing"])
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        build_label_free("waymo", tmp_path)
