@@ -11,10 +11,11 @@ voxel CE / Lovasz terms are off. Training is the engine's :class:`~occle_core.en
 TensorBoard under ``DIR/tb``, ``DIR/checkpoint.pt`` written atomically, ``--resume``), fed the label-free frames.
 
 Guard rail against collapse: every ``--guard-every`` steps (and before the first) the model predicts the
-adaptation frames and the predicted occupied share of the LiDAR-observed voxels is divided by the share the
-LiDAR found occupied (:mod:`occle_core.consistency`). A ratio beyond ``--guard-warn`` (or below its inverse)
-prints a warning; beyond ``--guard-stop`` the run stops, its drifted weights are dropped and ``DIR/model.pt`` is
-written from the last checkpoint, which passed the guard (checkpoints are written at guard steps only).
+adaptation frames (``--guard-frames`` of them, evenly spaced) and the predicted occupied share of the
+LiDAR-observed voxels is divided by the share the LiDAR found occupied (:mod:`occle_core.consistency`). A ratio
+beyond ``--guard-warn`` (or below its inverse) prints a warning; beyond ``--guard-stop`` the run stops, its drifted
+weights are dropped and ``DIR/model.pt`` is written from the last checkpoint, which passed the guard (checkpoints
+are written at guard steps only).
 
 Before and after: the label-free consistency table of the held-out frames (``--hold-out``; the adaptation frames
 themselves when none is held out) in ``DIR/consistency_before.json`` / ``consistency_after.json``. The segmenter
@@ -39,6 +40,7 @@ from occle_core.data.factory import LABEL_FREE_DATASETS, build_label_free
 from occle_core.data.label_png import read_label_png, write_label_png
 from occle_core.data.sample import Sample
 from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, Trainer
+from occle_core.evaluate import frame_indices
 
 PSEUDO_DIR = "pseudo_2d"
 GUARD_LOG = "guard_log.jsonl"
@@ -234,8 +236,9 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = ()) -> 
     computed = cache_pseudo_labels(
         reader, train_idx, segmenter_factory(args.segmenter, args.segmenter_model, cfg.data.dataset), pseudo_dir
     )
+    guard_idx = [train_idx[i] for i in frame_indices(len(train_idx), args.guard_frames)]
     guard = OccupancyGuard(
-        [reader[i] for i in train_idx], args.guard_every, args.guard_warn, args.guard_stop, out / GUARD_LOG
+        [reader[i] for i in guard_idx], args.guard_every, args.guard_warn, args.guard_stop, out / GUARD_LOG
     )
     trainer = Trainer(
         cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress,
@@ -297,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--free-space", type=float, default=2.0, help="weight of loss.free_space (LiDAR on the logits)")
     p.add_argument("--unobserved-prior", type=float, default=1.0, help="weight of loss.unobserved_prior")
     p.add_argument("--guard-every", type=int, default=10, help="guard check (and checkpoint) period in steps")
+    p.add_argument("--guard-frames", type=int, default=8, help="adaptation frames the guard predicts (evenly spaced)")
     p.add_argument("--guard-warn", type=float, default=3.0, help="warn when the occupied-share ratio drifts beyond")
     p.add_argument("--guard-stop", type=float, default=5.0, help="stop and keep the last good checkpoint beyond")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -309,8 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``occle-adapt``: 0 done, 3 stopped by the guard (last good checkpoint kept), 2 bad input (one line)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.steps < 1 or args.guard_every < 1:
-            raise ValueError("--steps and --guard-every must be >= 1")
+        if args.steps < 1 or args.guard_every < 1 or args.guard_frames < 1:
+            raise ValueError("--steps, --guard-every and --guard-frames must be >= 1")
         summary = run_adaptation(args)
     except (ValueError, FileNotFoundError, ImportError, CheckpointError) as exc:
         print(f"occle-adapt: error: {exc}", file=sys.stderr)
