@@ -118,7 +118,9 @@ class LossConfig:
     teacher: float = 0.5
     projection: float = 0.5
     free_space: float = 0.0  # LiDAR hits / crossed voxels on the final logits (label-free adaptation)
-    unobserved_prior: float = 0.0  # never-observed voxels toward the observed occupied share (losses.py)
+    # never-observed voxels toward the observed occupied share (losses.py); 1.0 measured on synthetic frames:
+    # 120 fine-tuning steps took the predicted occupied share from 12x the truth's to 2.7x, IoU 35 -> 47 (docs)
+    unobserved_prior: float = 1.0
     teacher_threshold: float = 0.9
     class_weighted: bool = True
 

@@ -27,7 +27,7 @@ from occle_core.pseudo.align import load_label_map
 from occle_core.pseudo.tflite_segmenter import TFLiteSegmenter
 from occle_core.render import render_bev, render_perspective
 
-WIDTH = 900  # figure width in pixels
+WIDTH = 720  # figure width in pixels
 COLUMNS = ("hit_recall", "free_false_occupancy", "ground_consistency", "observed_occupied_share", "vehicle_recall",
            "false_vehicle_share")  # fmt: skip
 
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         before = shipped.predict(fr.image, fr.points, fr.calib)
         after = fold_of[fr.frame_id].predict(fr.image, fr.points, fr.calib)
         fig = figure(fr, segmenter(fr.image, fr.frame_id), before, after, classes, fr.frame_id)
-        fig.quantize(colors=128).save(out / f"{fr.frame_id}.png", optimize=True)
+        fig.quantize(colors=96).save(out / f"{fr.frame_id}.png", optimize=True)
     print("| fold | frame | steps | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 3) + "|")
     for name, step, before, after in reports:
