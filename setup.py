@@ -62,6 +62,7 @@ setup(
             "occle-synth = occle_core.cli:synth_main",
             "occle-train = occle_core.cli:train_main",
             "occle-eval = occle_core.cli:eval_main",
+            "occle-adapt = occle_core.cli:adapt_main",
             "occle-predict = occle_core.cli:predict_main",
             "occle-pseudo = occle_core.cli:pseudo_main",
             "occle-inspect = occle_core.cli:inspect_main",

@@ -26,6 +26,13 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def adapt_main(argv: Sequence[str] | None = None) -> int:
+    """``occle-adapt``: label-free fine-tuning of a checkpoint on a user's own frames."""
+    from occle_core.adapt import main
+
+    return main(argv)
+
+
 def predict_main(argv: Sequence[str] | None = None) -> int:
     """``occle-predict``: run a checkpoint on frames of a sequence and write labels / PNGs."""
     from occle_core.predictor import main

@@ -26,12 +26,16 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from occle_core.data.kitti import KittiObjects
 from occle_core.geometry import Calib, VoxelGrid, free_space_mask
 from occle_core.labels import ClassTable
+
+if TYPE_CHECKING:
+    from occle_core.data.sample import Sample
 
 GROUND_CLASSES = {
     "semantic_kitti": ("road", "parking", "sidewalk", "other-ground", "terrain"),
@@ -121,39 +125,43 @@ def points_in_boxes(points: np.ndarray, boxes: np.ndarray, margin: float = 0.0) 
     return inside.any(axis=1)
 
 
-def read_kitti_object_boxes(
-    path: str | Path, T_cam_lidar: np.ndarray, types: Sequence[str] = KITTI_VEHICLE_TYPES
+def kitti_vehicle_boxes(
+    objects: KittiObjects, T_cam_lidar: np.ndarray, types: Sequence[str] = KITTI_VEHICLE_TYPES
 ) -> np.ndarray:
-    """Boxes of a KITTI object ``label_2/NNNNNN.txt`` as (M, 7) LiDAR-frame x, y, z (centre), l, w, h, yaw.
+    """Vehicle boxes of a KITTI object label file (read by :func:`occle_core.data.kitti.read_object_labels`) as
+    (M, 7) LiDAR-frame x, y, z (centre), l, w, h, yaw.
 
-    A label line is ``type trunc occ alpha x1 y1 x2 y2 h w l x y z ry`` in the rectified camera frame (x right,
-    y down, z forward; (x, y, z) the bottom centre; ``ry`` the heading about y). ``T_cam_lidar`` (4, 4) maps the
-    LiDAR frame to that camera frame (``R0_rect @ Tr_velo_to_cam``).
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        ValueError: naming the line that does not have 15 fields.
+    Label boxes live in the rectified camera frame (x right, y down, z forward; ``location`` the bottom centre;
+    ``rotation_y`` the heading about y). ``T_cam_lidar`` (4, 4) maps the LiDAR frame to that camera frame
+    (``R0_rect @ Tr_velo_to_cam``, :attr:`Calib.T_cam_lidar` of the KITTI readers).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"KITTI label file not found: {path}")
-    rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < 15:
-            raise ValueError(f"{path}:{line_no}: expected 15 fields (type ... ry), got {len(parts)}")
-        if parts[0] in types:
-            rows.append([float(v) for v in parts[8:15]])
-    cam = np.asarray(rows, np.float64).reshape(-1, 7)  # h w l x y z ry
-    h, w, length, ry = cam[:, 0], cam[:, 1], cam[:, 2], cam[:, 6]
-    centre = np.stack([cam[:, 3], cam[:, 4] - h / 2, cam[:, 5], np.ones(len(cam))], axis=1)  # (M, 4) camera
+    keep = np.flatnonzero(np.isin(np.asarray(objects.type, dtype=object), list(types)))
+    h, w, length = (objects.dimensions[keep, i] for i in range(3))
+    ry, loc = objects.rotation_y[keep], objects.location[keep]
+    centre = np.stack([loc[:, 0], loc[:, 1] - h / 2, loc[:, 2], np.ones(len(keep))], axis=1)  # (M, 4) camera
     inv = np.linalg.inv(np.asarray(T_cam_lidar, np.float64))
     centre_lidar = centre @ inv.T
     heading = np.stack([np.cos(ry), np.zeros_like(ry), -np.sin(ry)], axis=1) @ inv[:3, :3].T  # (M, 3)
     yaw = np.arctan2(heading[:, 1], heading[:, 0])
-    return np.stack([*centre_lidar[:, :3].T, length, w, h, yaw], axis=1)
+    return np.stack([*centre_lidar[:, :3].T, length, w, h, yaw], axis=1).reshape(-1, 7)
+
+
+@dataclass
+class ConsistencyFrame:
+    """One frame to check: front image, scan and calibration in the grid frame, optional vehicle boxes.
+
+    Attributes:
+        image: (H, W, 3) uint8; points: (N, >=4) float32 in the grid frame; calib: the front camera.
+        boxes: (M, 7) vehicle boxes (x, y, z centre, l, w, h, yaw) in the grid frame, or None (no annotation).
+        origin: (3,) LiDAR position in the grid frame (the rays' start).
+    """
+
+    frame_id: str
+    image: np.ndarray
+    points: np.ndarray
+    calib: Calib
+    boxes: np.ndarray | None = None
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass
@@ -347,6 +355,12 @@ class ConsistencyReport:
 
         return {"frames": [entry(f) for f in self.frames], "total": entry(self.total)}
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ConsistencyReport:
+        """The report of a :meth:`to_json` document (its per-frame counts)."""
+        names = [f.name for f in fields(FrameConsistency)]
+        return cls([FrameConsistency(**{n: entry[n] for n in names}) for entry in doc["frames"]])
+
     def write_json(self, path: str | Path) -> Path:
         """Write :meth:`to_json` to ``path`` (parent folders created)."""
         path = Path(path)
@@ -355,21 +369,29 @@ class ConsistencyReport:
         return path
 
 
-def consistency_report(
-    predictor: Any,
-    frames: Iterable[tuple[str, np.ndarray, np.ndarray, Calib, np.ndarray | None]],
-    **options: Any,
-) -> ConsistencyReport:
+def consistency_frame(sample: Sample) -> ConsistencyFrame:
+    """The :class:`ConsistencyFrame` of a reader's :class:`Sample`: its front camera and scan, vehicle boxes from a
+    KITTI object ``extras["objects"]`` (None when the frame has no label file), the sensor origin from
+    ``extras["lidar_origin"]`` (default: the grid origin, the LiDAR frame of the KITTI readers)."""
+    objects = sample.extras.get("objects")
+    boxes = None if objects is None else kitti_vehicle_boxes(objects, sample.calib.T_cam_lidar)
+    origin = tuple(sample.extras.get("lidar_origin", (0.0, 0.0, 0.0)))
+    return ConsistencyFrame(sample.frame_id, sample.image, sample.points, sample.calib, boxes, origin)
+
+
+def consistency_report(predictor: Any, frames: Iterable[ConsistencyFrame], **options: Any) -> ConsistencyReport:
     """Run ``predictor`` (an :class:`occle_core.predictor.Predictor`) on ``frames`` and check each prediction.
 
     Args:
-        frames: ``(frame_id, image (H, W, 3) uint8, points (N, 4) grid frame, calib, boxes (M, 7) or None)``.
-        options: keyword arguments of :func:`frame_consistency` (margins, tolerances, origin).
+        frames: the frames (each with its own sensor origin).
+        options: keyword arguments of :func:`frame_consistency` (margins, tolerances) other than ``origin``.
     """
     out = []
-    for frame_id, image, points, calib, boxes in frames:
-        labels = predictor.predict(image, points, calib)
+    for fr in frames:
+        labels = predictor.predict(fr.image, fr.points, fr.calib)
         out.append(
-            frame_consistency(points, labels, predictor.grid, predictor.classes, boxes, frame_id=frame_id, **options)
+            frame_consistency(
+                fr.points, labels, predictor.grid, predictor.classes, fr.boxes, fr.frame_id, fr.origin, **options
+            )
         )
     return ConsistencyReport(out)

@@ -6,6 +6,11 @@ the whole split (:class:`occle_core.metrics.SSCMetrics`), summed over ranks when
 
 ``occle-eval --checkpoint C --data D --split val [--out DIR] [--frames N]`` prints the table and writes
 ``DIR/metrics.json`` and ``DIR/frames/<frame>.png`` (prediction vs truth) for the first few frames.
+
+Frames without voxel truth (real KITTI object frames, KITTI raw drives, nuScenes, a robot's logs) are held to their
+own LiDAR scan (and boxes, where released) instead: ``occle-eval --consistency --dataset kitti_object
+--checkpoint C --data ROOT [--sequences ...] [--out DIR]`` prints the per-frame and pooled table of
+:mod:`occle_core.consistency` and writes ``DIR/consistency.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from occle_core.checkpoint import CheckpointError, load_model
 from occle_core.config import OccleConfig, load_config
 from occle_core.data.batch import Batch, collate_inputs, voxel_truth
-from occle_core.data.factory import build_dataset
+from occle_core.data.factory import LABEL_FREE_DATASETS, build_dataset, build_label_free
 from occle_core.data.sample import Sample
 from occle_core.device import resolve_device
 from occle_core.metrics import SSCMetrics
@@ -187,14 +192,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint file (model.pt or checkpoint.pt of a run)")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--split", default="val", choices=["train", "val"], help="which split of the config to score")
-    p.add_argument("--sequences", nargs="+", help="override the split's sequences (SemanticKITTI ids)")
+    p.add_argument(
+        "--sequences",
+        nargs="+",
+        help="override the split's sequences (SemanticKITTI ids); with --consistency: sequences, drives, split, scenes",
+    )
     p.add_argument("--config", help="expected config (its classes and grid must match the checkpoint's)")
     p.add_argument("--out", help="folder for metrics.json and frames/*.png")
     p.add_argument("--frames", type=int, default=0, help="evaluate N evenly spaced frames (0 = all)")
     p.add_argument("--render", type=int, default=3, help="PNGs of prediction vs truth for the first N frames")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--consistency", action="store_true", help="label-free checks against each frame's LiDAR scan (no voxel truth)"
+    )
+    p.add_argument(
+        "--dataset",
+        choices=LABEL_FREE_DATASETS,
+        help="reader for --consistency (sequences / drives / split / scenes from --sequences)",
+    )
     return p
+
+
+def consistency_main(args: argparse.Namespace) -> int:
+    """``occle-eval --consistency``: the label-free table of ``args.frames`` frames of ``args.dataset``."""
+    from occle_core.consistency import consistency_frame, consistency_report
+    from occle_core.predictor import Predictor
+
+    if not args.dataset:
+        raise ValueError("--consistency needs --dataset (one of " + ", ".join(LABEL_FREE_DATASETS) + ")")
+    reader = build_label_free(args.dataset, args.data, args.sequences)
+    predictor = Predictor(args.checkpoint, device=args.device)
+    frames = (consistency_frame(reader[i]) for i in frame_indices(len(reader), args.frames))
+    report = consistency_report(predictor, frames)
+    print(f"{args.checkpoint} on {args.data} ({args.dataset}, {len(report.frames)} frames): label-free consistency")
+    print(report.table())
+    if args.out:
+        path = report.write_json(Path(args.out) / "consistency.json")
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.frames < 0 or args.render < 0 or args.batch_size < 1:
             raise ValueError("--frames and --render must be >= 0 and --batch-size >= 1")
+        if args.consistency:
+            return consistency_main(args)
         device = resolve_device(args.device)
         expect = None
         if args.config:

@@ -22,6 +22,13 @@ Supervision sources and where they act:
 - ``projection``: NLL of the scatter-accumulated maps (``proj / proj_weight``, one per camera) against that
   camera's 2D pseudo labels downsampled (majority) to the projection stride, only where ``proj_weight > eps``;
   the mean runs over the selected pixels of every camera.
+- ``free_space``: the LiDAR hits / ray-crossed voxels on the final logits (occupied = "not the empty class"),
+  class-balanced; ``geometry`` supervises the geometric branch only, so without voxel labels (adaptation) this is
+  what holds the class decision to the scan.
+- ``unobserved_prior``: every term above ignores never-observed space (no LiDAR ray reaches it, no valid label),
+  so nothing stops the network from filling it. This light prior pulls the occupied probability of the final
+  logits there toward the scene's own statistics: the share of the frame's LiDAR-observed voxels that hold
+  returns (soft-target BCE, see :func:`unobserved_prior_loss`).
 """
 
 from __future__ import annotations
@@ -332,6 +339,58 @@ def projection_loss(proj: Tensor, proj_weight: Tensor, pseudo2d: Tensor, stride:
     return -torch.log(p_true.clamp(min=1e-6, max=1.0)).mean()
 
 
+def occupancy_logit(logits: Tensor, empty_index: int = 0) -> Tensor:
+    """(B, K, ...) class logits -> (B, ...) float32 logit of "not empty": ``sigmoid`` of it is ``1 - p_empty``."""
+    x = logits.float()
+    others = torch.cat([x[:, :empty_index], x[:, empty_index + 1 :]], dim=1)
+    return torch.logsumexp(others, dim=1) - x[:, empty_index]
+
+
+def free_space_loss(logits: Tensor, occupied: Tensor, free: Tensor, empty_index: int = 0) -> Tensor:
+    """LiDAR geometry on the final logits: hit voxels not empty, ray-crossed voxels empty (class-balanced BCE of
+    :func:`occupancy_logit`). Without voxel labels the only direct occupancy signal the class decision gets.
+
+    Args:
+        logits: (B, K, X, Y, Z); occupied / free: (B, X, Y, Z) bool LiDAR masks.
+    """
+    return balanced_bce(occupancy_logit(logits, empty_index), occupied, occupied | free)
+
+
+def unobserved_prior_loss(
+    logits: Tensor,
+    occupied: Tensor,
+    free: Tensor,
+    voxel_labels: Tensor | None = None,
+    empty_index: int = 0,
+) -> Tensor:
+    """Soft-target BCE of the occupied probability in never-observed voxels toward the frame's observed share.
+
+    For frame b, ``prior_b = |occupied_b| / |occupied_b or free_b|`` (the LiDAR-observed voxels holding returns);
+    a voxel is unobserved when no ray hits or crosses it and it has no valid label (``voxel_labels == 255``, or no
+    labels at all). With ``p = 1 - softmax(logits)[empty]`` the loss averages, over the unobserved voxels of the
+    batch, ``-(prior_b log p + (1 - prior_b) log(1 - p))`` (computed from :func:`occupancy_logit`).
+
+    Args:
+        logits: (B, K, X, Y, Z) final logits; occupied / free: (B, X, Y, Z) bool LiDAR masks.
+        voxel_labels: (B, X, Y, Z) int64 (255 = none) or None.
+
+    Returns:
+        scalar; 0 when no voxel is unobserved or a frame has no observed voxel (its prior is undefined).
+    """
+    observed = occupied | free  # (B, X, Y, Z)
+    b = logits.shape[0]
+    n_obs = observed.reshape(b, -1).sum(1)  # (B,)
+    prior = occupied.reshape(b, -1).sum(1).float() / n_obs.clamp(min=1).float()  # (B,)
+    unobserved = ~observed & (n_obs > 0).view(b, 1, 1, 1)
+    if voxel_labels is not None:
+        unobserved &= voxel_labels == IGNORE_INDEX
+    if not bool(unobserved.any()):
+        return _zero(logits)
+    z = occupancy_logit(_select(logits, unobserved)[..., None], empty_index)[:, 0]  # (N,)
+    target = prior[unobserved.reshape(b, -1).nonzero(as_tuple=True)[0]]  # (N,) the voxel's frame prior
+    return F.binary_cross_entropy_with_logits(z, target)
+
+
 def compute_losses(
     out: OccleOutput,
     batch: Batch,
@@ -388,4 +447,9 @@ def compute_losses(
         add("teacher", cfg.teacher, value)
     if cfg.projection > 0 and out.proj is not None and out.proj_weight is not None and batch.pseudo2d is not None:
         add("projection", cfg.projection, projection_loss(out.proj, out.proj_weight, batch.pseudo2d, out.proj_stride))
+    if cfg.free_space > 0 and batch.occupied is not None and batch.free is not None:
+        add("free_space", cfg.free_space, free_space_loss(out.logits, batch.occupied, batch.free, empty_index))
+    if cfg.unobserved_prior > 0 and batch.occupied is not None and batch.free is not None:
+        prior = unobserved_prior_loss(out.logits, batch.occupied, batch.free, labels, empty_index)
+        add("unobserved_prior", cfg.unobserved_prior, prior)
     return total, terms

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from occle_core.consistency import (
+    ConsistencyFrame,
     ConsistencyReport,
     consistency_report,
     fit_ground_plane,
     frame_consistency,
+    kitti_vehicle_boxes,
     points_in_boxes,
     pool,
-    read_kitti_object_boxes,
 )
+from occle_core.data.kitti import read_object_labels
+from occle_core.evaluate import main as eval_main
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import class_table
+from occle_core.predictor import default_checkpoint
 
 SK = class_table("semantic_kitti")
 OCC = class_table("occ3d_nuscenes")
@@ -133,16 +138,13 @@ def test_kitti_label_boxes_to_lidar(tmp_path):
         "DontCare -1 -1 -10 0 0 0 0 -1 -1 -1 -1000 -1000 -1000 -10\n"
         "Van 0.00 0 0 0 0 0 0 2.00 1.80 5.00 -2.00 1.70 20.00 0.0\n"
     )
-    boxes = read_kitti_object_boxes(path, T)
+    boxes = kitti_vehicle_boxes(read_object_labels(path), T)
     # the car faces forward (ry = -pi/2 -> yaw 0); bottom centre 1.7 m below the camera -> centre 0.95 m below
     np.testing.assert_allclose(boxes[0], [10.0, -1.0, -0.95, 4.0, 1.6, 1.5, 0.0], atol=1e-6)
     # ry = 0: the van's length points along camera x (right) = LiDAR -y
     np.testing.assert_allclose(boxes[1], [20.0, 2.0, -0.7, 5.0, 1.8, 2.0, -np.pi / 2], atol=1e-6)
-    path.write_text("Car 0 0 0\n")
-    with pytest.raises(ValueError, match="000001.txt:1: expected 15 fields"):
-        read_kitti_object_boxes(path, T)
-    with pytest.raises(FileNotFoundError):
-        read_kitti_object_boxes(tmp_path / "none.txt", T)
+    assert boxes.shape == (2, 7)  # DontCare is not a vehicle
+    assert kitti_vehicle_boxes(read_object_labels(path), T, types=("Truck",)).shape == (0, 7)
 
 
 def test_pooled_table_and_json():
@@ -170,7 +172,67 @@ def test_consistency_report_runs_a_predictor():
         def predict(self, image, points, calib):
             return labels
 
-    rep = consistency_report(Fixed(), [("f", None, points, None, None)], origin=(0, 0.5, 0.5), plane=FLAT)
+    rep = consistency_report(Fixed(), [ConsistencyFrame("f", None, points, None, None, (0, 0.5, 0.5))], plane=FLAT)
     assert [f.frame_id for f in rep.frames] == ["f"] and rep.frames[0].hit_recall == 0.5
     with pytest.raises(ValueError, match="grid shape"):
         frame_consistency(points, labels[:-1], grid, SK, plane=FLAT)
+
+
+REAL_KITTI = Path(__file__).resolve().parents[1] / ".." / "shared" / "real" / "kitti" / "training"
+
+
+def test_consistency_cli_on_a_kitti_object_replica(tmp_path, capsys):
+    from helpers_adapt import tiny_checkpoint, write_object_replica
+
+    data = write_object_replica(tmp_path / "kitti")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    argv = ["--consistency", "--dataset", "kitti_object", "--checkpoint", str(ckpt), "--data", str(data)]
+    assert eval_main([*argv, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    doc = json.loads((tmp_path / "out" / "consistency.json").read_text())
+    assert [f["frame_id"] for f in doc["frames"]] == ["000000", "000001", "000002"]
+    labelled, unlabelled = doc["frames"][0], doc["frames"][1]
+    assert labelled["box_returns"] > 0 and labelled["vehicle_recall"] is not None  # the car's returns, from label_2
+    assert unlabelled["box_returns"] is None and unlabelled["vehicle_recall"] is None
+    assert doc["total"]["hit_voxels"] == sum(f["hit_voxels"] for f in doc["frames"]) > 0
+    table = capsys.readouterr().out
+    assert "| 000001 |" in table and "| all |" in table
+    # the same frames by the root above the split, two of them
+    assert eval_main([*argv[:-1], str(data.parent), "--frames", "2", "--device", "cpu"]) == 0
+    assert "(kitti_object, 2 frames)" in capsys.readouterr().out
+    assert eval_main([a for a in argv if a not in ("--dataset", "kitti_object")]) == 2
+    assert "--consistency needs --dataset" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not REAL_KITTI.is_dir(), reason="../shared/real/kitti (real KITTI object frames) is absent")
+def test_consistency_cli_on_the_real_kitti_frames(tmp_path):
+    argv = ["--consistency", "--dataset", "kitti_object", "--data", str(REAL_KITTI), "--out", str(tmp_path)]
+    assert eval_main(["--checkpoint", str(default_checkpoint()), *argv, "--device", "cpu"]) == 0
+    doc = json.loads((tmp_path / "consistency.json").read_text())
+    frames = {f["frame_id"]: f for f in doc["frames"]}
+    assert sorted(frames) == ["000000", "000001", "000002", "000003", "002155", "007347"]
+    assert frames["002155"]["box_returns"] > 100  # the annotated cars hold LiDAR returns
+    assert all(f["box_returns"] is None for k, f in frames.items() if k != "002155")
+    assert all(f["hit_voxels"] > 1000 and f["ground_returns"] > 1000 for f in frames.values())
+    assert 0.0 < doc["total"]["hit_recall"] <= 1.0
+
+
+def test_label_free_readers_nuscenes_lidar_origin_and_bad_selections(tmp_path, capsys):
+    from helpers_adapt import tiny_checkpoint
+
+    from occle_core.data.factory import build_label_free
+    from occle_core.synth.released import lidar_extrinsic, write_nuscenes_replica
+
+    write_nuscenes_replica(tmp_path / "nusc", samples_per_scene=2)
+    frames = build_label_free("nuscenes", tmp_path / "nusc")
+    s = frames[1]
+    assert len(frames) == 2 and [c.name for c in s.cameras] == ["CAM_FRONT"] and s.grid_frame == "ego"
+    np.testing.assert_allclose(s.extras["lidar_origin"], lidar_extrinsic()[:3, 3])  # the rays start at the mount
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    argv = ["--consistency", "--dataset", "nuscenes", "--checkpoint", str(ckpt), "--data", str(tmp_path / "nusc")]
+    assert eval_main([*argv, "--device", "cpu"]) == 0 and "(nuscenes, 2 frames)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="semantic_kitti needs the sequences"):
+        build_label_free("semantic_kitti", tmp_path)
+    with pytest.raises(ValueError, match="one split"):
+        build_label_free("kitti_object", tmp_path, ["training", "testing"])
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        build_label_free("waymo", tmp_path)

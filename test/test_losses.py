@@ -259,13 +259,15 @@ def test_compute_losses_weights_and_switches():
     out, batch = _fake()
     cfg = LossConfig(teacher_threshold=0.0)  # every unlabelled voxel confident: the teacher term is non-zero
     total, terms = compute_losses(out, batch, cfg)
-    assert set(terms) == {"voxel_ce", "lovasz", "pseudo_2d", "pseudo_3d", "geometry", "teacher", "projection"}
+    assert set(terms) == {
+        "voxel_ce", "lovasz", "pseudo_2d", "pseudo_3d", "geometry", "teacher", "projection", "unobserved_prior",
+    }  # fmt: skip
     expect = sum(getattr(cfg, name) * float(v) for name, v in terms.items())
     assert float(total) == pytest.approx(expect, rel=1e-6)
     total.backward()
     assert out.sem3d.grad is not None and out.sem2d.grad is not None and out.geo.grad is not None
 
-    off = LossConfig(pseudo_2d=0.0, projection=0.0, lovasz=0.0, teacher=0.0)
+    off = LossConfig(pseudo_2d=0.0, projection=0.0, lovasz=0.0, teacher=0.0, unobserved_prior=0.0)
     total2, terms2 = compute_losses(out, batch, off)
     assert set(terms2) == {"voxel_ce", "pseudo_3d", "geometry"}
     # missing inputs skip their terms (no semantic branch, no image head)

@@ -125,3 +125,71 @@ class TrainFrames(Dataset):
             self.budget, s.voxel_labels, self.ratio, self.label_seed, s.frame_id, s.invalid, (index, len(self.base))
         )
         return s
+
+
+#: readers of frames without voxel truth (label-free evaluation and adaptation)
+LABEL_FREE_DATASETS = ("semantic_kitti", "kitti_raw", "kitti_object", "nuscenes")
+
+
+class LidarOriginFrames(Dataset):
+    """nuScenes key frames (front camera) with the LiDAR position in the ego grid frame as
+    ``extras["lidar_origin"]`` (the rays of the free-space checks start there, not at the ego origin)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> Sample:
+        from occle_core.data.nuscenes import LIDAR
+
+        s: Sample = self.base[index]
+        tables = self.base.tables
+        key = tables.key_record(s.extras["sample_token"], LIDAR)
+        s.extras["lidar_origin"] = tuple(float(v) for v in tables.sensor_to_global(key)[0][:3, 3])
+        return s
+
+
+def build_label_free(dataset: str, root: str | Path, selection: Sequence[str] | None = None) -> Dataset:
+    """A reader of ``dataset`` frames that needs no voxel truth (front camera, scan, calibration; boxes when
+    the release has them).
+
+    Args:
+        dataset: one of :data:`LABEL_FREE_DATASETS`.
+        root: ``semantic_kitti``: the folder holding ``sequences/``; ``kitti_raw``: the folder holding the date
+            folders; ``kitti_object``: the folder holding ``training`` / ``testing``, or one of those two;
+            ``nuscenes``: the data root.
+        selection: sequences (``semantic_kitti``, required), drives (``kitti_raw``), the split (``kitti_object``:
+            ``training`` / ``testing``) or scenes / an official split name (``nuscenes``); None = everything.
+
+    Raises:
+        ValueError: an unknown dataset or a selection the reader refuses; FileNotFoundError: missing folders.
+    """
+    root = Path(root)
+    if dataset == "semantic_kitti":
+        from occle_core.data.semantic_kitti import SemanticKittiDataset
+
+        if not selection:
+            raise ValueError("semantic_kitti needs the sequences to read (e.g. --sequences 08)")
+        return SemanticKittiDataset(root, list(selection), with_labels=False)
+    if dataset == "kitti_raw":
+        from occle_core.data.kitti import KittiRawDataset
+
+        return KittiRawDataset(root, list(selection) if selection else None)
+    if dataset == "kitti_object":
+        from occle_core.data.kitti import KittiObjectDataset
+
+        if root.name in ("training", "testing") and (root / "velodyne").is_dir():
+            root, selection = root.parent, [root.name]
+        if selection and len(selection) != 1:
+            raise ValueError(f"kitti_object reads one split ('training' or 'testing'), got {list(selection)}")
+        return KittiObjectDataset(root, selection[0] if selection else "training")
+    if dataset == "nuscenes":
+        from occle_core.data.nuscenes import NuScenesDataset
+
+        split = None if not selection else selection[0] if len(selection) == 1 else list(selection)
+        if isinstance(split, str) and split not in ("train", "val", "test", "mini_train", "mini_val"):
+            split = [split]  # one scene name
+        return LidarOriginFrames(NuScenesDataset(root, split=split, cameras=("CAM_FRONT",)))
+    raise ValueError(f"dataset must be one of {list(LABEL_FREE_DATASETS)}, got {dataset!r}")

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,10 @@ class Trainer:
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         progress: tqdm bar on rank 0.
         tensorboard: write TensorBoard events on rank 0.
+        train_set: the training frames (Samples, voxel labels optional: label-free adaptation); None builds the
+            labelled ``train`` split of ``cfg.data`` under the label budget.
+        step_hooks: called as ``hook(trainer, values)`` on every rank after each step (after its log line,
+            before its checkpoint); an exception from a hook ends :meth:`fit` without a checkpoint of that step.
 
     Raises:
         ValueError: bad config values (naming the field), an existing checkpoint without ``resume``.
@@ -85,6 +89,8 @@ class Trainer:
         device: str = "auto",
         progress: bool = True,
         tensorboard: bool = True,
+        train_set: Dataset | None = None,
+        step_hooks: Sequence[Callable[[Trainer, dict[str, float]], None]] = (),
     ) -> None:
         self.out_dir = Path(out_dir if out_dir is not None else cfg.train.out_dir)
         cfg = replace(cfg, train=replace(cfg.train, out_dir=str(self.out_dir)))
@@ -129,9 +135,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         d = cfg.data
-        self.train_set = TrainFrames(
-            build_dataset(cfg, "train"), d.label_ratio, d.label_seed, cfg.train.seed, d.label_budget
-        )
+        self.step_hooks = list(step_hooks)
+        self.train_set = train_set
+        if train_set is None:
+            self.train_set = TrainFrames(
+                build_dataset(cfg, "train"), d.label_ratio, d.label_seed, cfg.train.seed, d.label_budget
+            )
         self.sampler = DistributedSampler(
             self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.train.seed, drop_last=True
         )
@@ -424,6 +433,8 @@ class Trainer:
                 times.append(t1 - t_data)
                 if self.rank == 0:
                     self._log(writer, last, data_s=t0 - t_data, step_s=t1 - t_data)
+                for hook in self.step_hooks:
+                    hook(self, last)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", refresh=False)
                 end = self.step >= cfg.steps
