@@ -209,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "playback_rate": rate,
         "iou": scores["iou"],
         "miou": scores["miou"],
+        "miou_present": scores["miou_present"],
+        "classes_present": scores["classes_present"],
         "per_frame": per_frame,
         "renders": renders,
         "checkpoint": str(ckpt),
@@ -218,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
         f"occle-demo: {summary_line(len(received), n_frames, diag)}, IoU {100 * scores['iou']:.1f}, "
-        f"mIoU {100 * scores['miou']:.1f} vs truth; renders: {', '.join(renders)}; {summary['wall_s']:.0f} s"
+        f"mIoU {100 * scores['miou']:.1f} ({100 * scores['miou_present']:.1f} over the {scores['classes_present']} "
+        f"classes present) vs truth; renders: {', '.join(renders)}; {summary['wall_s']:.0f} s"
     )
     return 0
 
