@@ -112,6 +112,21 @@ def pose_matrix(record: dict, where: str = "record") -> np.ndarray:
     return T
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """The parsed JSON document at ``path``.
+
+    Raises:
+        FileNotFoundError: naming ``what`` and the path; ValueError: the file is not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def camera_intrinsic(calibrated_sensor: dict, channel: str, where: str) -> np.ndarray:
     """(3, 3) float64 ``camera_intrinsic`` of a camera's calibrated_sensor record.
 
@@ -148,12 +163,7 @@ def load_table(table_root: str | Path, name: str) -> list[dict]:
         ValueError: not a JSON list of objects, or a record lacks a field (file, record index and field named).
     """
     path = Path(table_root) / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"nuScenes table not found: {path}")
-    try:
-        records = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    records = read_json(path, "nuScenes table")
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     for i, rec in enumerate(records):

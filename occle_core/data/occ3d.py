@@ -26,7 +26,6 @@ split of the version (v1.0-mini: mini_train / mini_val); frames are ``<scene nam
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from occle_core.data.label_png import read_label_png
-from occle_core.data.nuscenes import CAMERAS, NuScenesTables, split_scenes
+from occle_core.data.nuscenes import CAMERAS, NuScenesTables, read_json, split_scenes
 from occle_core.data.sample import Sample
 from occle_core.geometry import OCC3D_GRID, VoxelGrid
 from occle_core.labels import IGNORE_INDEX
@@ -113,12 +112,7 @@ def read_annotations(path: str | Path) -> dict:
         FileNotFoundError / ValueError: naming the file and the key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Occ3D annotations file not found: {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    doc = read_json(path, "Occ3D annotations file")
     for key, kind in (("train_split", list), ("val_split", list), ("scene_infos", dict)):
         if not isinstance(doc, dict) or not isinstance(doc.get(key), kind):
             raise ValueError(f"{path}: key {key!r} must be a JSON {'list' if kind is list else 'object'}")
