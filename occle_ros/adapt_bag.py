@@ -28,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     # dest "data": the adapted checkpoint's data.root records the bag
     p.add_argument("--bag", dest="data", metavar="BAG", required=True, help="ROS 1 .bag file or ROS 2 bag folder")
     p.add_argument("--preset", choices=DATASETS, help="topics and frames of the bag (default: the one that fits)")
-    p.add_argument("--slop", type=float, default=0.05, help="seconds between a LiDAR message and each camera's image")
+    p.add_argument("--slop", type=float, help="seconds between a LiDAR message and each camera's image (default: the "
+                   "preset's sync.slop)")  # fmt: skip
+    p.add_argument("--intensity-scale", type=float, help="multiplier of the clouds' intensity (default: the preset's "
+                   "intensity_scale; the readers' range is 0..1: 0.00392 for nuScenes' 0..255)")  # fmt: skip
     return add_adapt_arguments(p)
 
 
@@ -40,13 +43,13 @@ def bag_frames(args: argparse.Namespace) -> BagFrames:
     from occle_ros.demo_bag import bag_topics, detect_preset, load_preset
     from occle_ros.params import match_cameras
 
-    if args.slop <= 0:
+    if args.slop is not None and args.slop <= 0:
         raise ValueError(f"--slop must be > 0 seconds, got {args.slop}")
     data = OccleConfig.from_dict(load_checkpoint(args.checkpoint)["config"]).data
     bag = bag_path(Path(args.data))
     preset = load_preset(args.preset or detect_preset(bag_topics(bag)))
     cameras = match_cameras(preset.cameras, data.camera_names())
-    return BagFrames(bag, preset, cameras, data.frame(), args.slop)
+    return BagFrames(bag, preset, cameras, data.frame(), args.slop, args.intensity_scale)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

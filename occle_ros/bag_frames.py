@@ -2,11 +2,12 @@
 
 One frame per LiDAR message of the preset's points topic (``frame_id`` = its index among the bag's clouds,
 ``000000``...): for every camera of the preset, the image whose header stamp is nearest the cloud's (within
-``slop`` seconds) and the camera_info nearest that image (within ``slop``); a cloud lacking one of them is skipped
-(:attr:`BagFrames.skipped`). Points are decoded and moved into the checkpoint's grid frame; each camera's
-``Calib`` is the frame's camera_info ``P`` as it is with the camera <- grid transform chained from the bag's
-``/tf_static``, taken to the reference camera of ``P`` (:func:`occle_ros.demo_bag.reference_camera`), which is
-what the node is handed by ``occle-demo --bag``. Decoding is the node's (:mod:`occle_ros.msgs`).
+``slop`` seconds, by default the preset's ``sync.slop``) and the camera_info nearest that image (within ``slop``);
+a cloud lacking one of them is skipped (:attr:`BagFrames.skipped`). Points are decoded and moved into the
+checkpoint's grid frame; each camera's ``Calib`` is the frame's camera_info ``P`` as it is with the camera <- grid
+transform chained from the bag's ``/tf_static``, taken to the reference camera of ``P``
+(:func:`occle_ros.demo_bag.reference_camera`), which is what the node is handed by ``occle-demo --bag``.
+Decoding is the node's (:mod:`occle_ros.msgs`), the intensity times the preset's ``intensity_scale``.
 
 The bag is read once to index the stamps (every message of the preset's topics is deserialised, images and clouds
 are decoded only when a frame is served); a frame is then read back by its messages' bag times.
@@ -69,7 +70,9 @@ class BagFrames(Dataset):
         bag: a ROS 1 ``.bag`` file or a ROS 2 bag folder; preset: its topics and frames;
         cameras: the cameras to serve, the checkpoint's order (front first); grid_kind: ``"lidar"`` or ``"ego"``
         (the checkpoint's grid frame; ego: ``preset.grid_frame`` or base_link <- LiDAR from ``/tf_static``);
-        slop: seconds between a cloud and an image, and an image and its camera_info.
+        slop: seconds between a cloud and an image, and an image and its camera_info (None: the preset's
+            ``sync.slop``, as the node matches them); intensity_scale: multiplier of the clouds' intensity (None:
+            the preset's ``intensity_scale``, as the node scales it).
 
     Raises:
         ValueError: a preset topic without messages, no cloud with every camera within the slop, or a frame the
@@ -77,13 +80,21 @@ class BagFrames(Dataset):
     """
 
     def __init__(
-        self, bag: str | Path, preset: Preset, cameras: Sequence[CameraParams], grid_kind: str, slop: float = 0.05
+        self,
+        bag: str | Path,
+        preset: Preset,
+        cameras: Sequence[CameraParams],
+        grid_kind: str,
+        slop: float | None = None,
+        intensity_scale: float | None = None,
     ) -> None:
         from occle_ros.bag_player import bag_path
 
         self.bag, self.cameras, self.grid_kind = bag_path(Path(bag)), tuple(cameras), grid_kind
         self.points_topic = preset.points_topic
+        self.intensity_scale = preset.intensity_scale if intensity_scale is None else float(intensity_scale)
         stamps, first, static = self._index()
+        slop = preset.slop if slop is None else slop
         slop_ns = int(round(slop * 1e9))
         clouds = stamps[self.points_topic]
         picks = []  # per camera: (image index, info index) per cloud, -1 = none within the slop
@@ -155,7 +166,8 @@ class BagFrames(Dataset):
         cloud, per_camera = self.frames[i]
         views = []
         with self._reader() as reader:
-            points = decode_points(self._message(reader, self.points_topic, cloud)[0])  # (N, 4) LiDAR frame
+            cloud_msg = self._message(reader, self.points_topic, cloud)[0]
+            points = decode_points(cloud_msg, self.intensity_scale)  # (N, 4) LiDAR frame
             for cam, (image, info), T in zip(self.cameras, per_camera, self.T_cam_grid):
                 rgb = decode_image(*self._message(reader, cam.image_topic, image))
                 P = decode_projection(self._message(reader, cam.info_topic, info)[0])

@@ -39,6 +39,8 @@ class Preset:
 
     Attributes:
         lidar_frame / grid_frame: TF frames ("" = the cloud's frame_id / the default of the checkpoint's grid).
+        slop: the node's ``sync.slop`` for the layout (s): the largest stamp difference of one set of messages.
+        intensity_scale: the node's ``intensity_scale`` for the layout (multiplier of the cloud's intensity).
     """
 
     name: str
@@ -46,6 +48,8 @@ class Preset:
     points_topic: str
     lidar_frame: str
     grid_frame: str
+    slop: float
+    intensity_scale: float
 
     @property
     def topics(self) -> set[str]:
@@ -56,14 +60,16 @@ class Preset:
 def load_preset(name: str) -> Preset:
     """The preset of the node's parameter file ``config/preset_<name>.yaml``."""
     from occle_core.resources import config_path
-    from occle_ros.params import camera_params, flatten
+    from occle_ros.params import camera_params, default_values, flatten
 
     doc = yaml.safe_load(config_path(f"preset_{name}.yaml").read_text()) or {}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {k: v for k, v in default_values().items() if k in ("sync.slop", "intensity_scale")}
     for section in doc.values():  # "/**" or the node's name
         values.update(flatten((section or {}).get("ros__parameters", {})))
-    return Preset(name, camera_params(values), values["lidar_topic"], values.get("lidar_frame", ""),
-                  values.get("grid_frame", ""))  # fmt: skip
+    return Preset(
+        name, camera_params(values), values["lidar_topic"], values.get("lidar_frame", ""), values.get("grid_frame", ""),
+        float(values["sync.slop"]), float(values["intensity_scale"]),
+    )  # fmt: skip
 
 
 def detect_preset(topics: set[str]) -> str:
@@ -207,14 +213,16 @@ def decode_projection(msg: Any) -> np.ndarray:
     return msgs.camera_info_projection(to_ros2_message(msg, CameraInfo))
 
 
-def decode_points(msg: Any) -> np.ndarray:
-    """(N, 4) float32 x, y, z, intensity of a rosbags-deserialised PointCloud2 (its own frame)."""
+def decode_points(msg: Any, intensity_scale: float = 1.0) -> np.ndarray:
+    """(N, 4) float32 x, y, z, intensity (times ``intensity_scale``) of a rosbags-deserialised PointCloud2 (its own
+    frame)."""
     from sensor_msgs.msg import PointCloud2
 
     from occle_ros import msgs
     from occle_ros.bag_player import to_ros2_message
 
-    return np.asarray(msgs.pointcloud2_to_xyzi(to_ros2_message(msg, PointCloud2)), np.float32)
+    cloud = to_ros2_message(msg, PointCloud2)
+    return np.asarray(msgs.pointcloud2_to_xyzi(cloud, intensity_scale=intensity_scale), np.float32)
 
 
 def bag_extrinsics(facts: BagFacts, grid_kind: str, grid_frame: str = "") -> tuple[list[np.ndarray], np.ndarray]:

@@ -1,5 +1,6 @@
 """``occle-adapt-bag``: a KITTI raw replica as a kitti2bag ROS 1 bag read back as the dataset reader reads the drive,
-and two adaptation steps of the shipped checkpoint on it (before / after consistency of a held-out frame)."""
+and two adaptation steps of the shipped checkpoint on it (before / after consistency of a held-out frame); a nuScenes
+replica as a ROS 2 bag read back in the ego grid frame."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from helpers_bags import DRIVE, raw_drive
 from occle_core.checkpoint import load_checkpoint
 from occle_core.data.kitti import KittiRawDataset
 from occle_core.data.label_png import write_label_png
-from occle_ros import adapt_bag, kitti2bag
+from occle_core.data.nuscenes import CAMERAS, NuScenesDataset
+from occle_core.synth import released
+from occle_ros import adapt_bag, kitti2bag, nuscenes2bag
 from occle_ros.bag_frames import BagFrames, nearest
 from occle_ros.demo_bag import load_preset
 
@@ -51,6 +54,24 @@ def test_bag_frames_equal_the_dataset_reader(kitti_bag):
     # the images are 2.5 ms before the scans: a tighter slop leaves no frame
     with pytest.raises(ValueError, match="no LiDAR message on /kitti/velo/pointcloud has an image"):
         BagFrames(bag, preset, preset.cameras, "lidar", slop=0.001)
+
+
+def test_nuscenes_bag_frames_are_in_the_ego_grid(tmp_path):
+    replica = released.write_nuscenes_replica(tmp_path / "data", samples_per_scene=2, image_size=(18, 32), occ3d=False)
+    bag = tmp_path / "bag"
+    argv = ["--data", str(replica.root), "--version", "v1.0-mini", "--scene", "scene-0061", "--out", str(bag)]
+    assert nuscenes2bag.main([*argv, "--quiet"]) == 0
+    preset = load_preset("nuscenes")
+    frames = BagFrames(bag, preset, preset.cameras, "ego", intensity_scale=1 / 255)  # the reader's 0..1 range
+    reader = NuScenesDataset(replica.root)
+    assert len(frames) == len(reader) == 2
+    for i in range(2):
+        got, want = frames[i], reader[i]
+        assert got.grid_frame == "ego" and [c.name for c in got.cameras] == list(CAMERAS)
+        np.testing.assert_allclose(got.points[:, :4], want.points[:, :4], atol=1e-5)
+        for a, b in zip(got.cameras, want.cameras):
+            np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_allclose(got.extras["lidar_origin"], released.lidar_extrinsic()[:3, 3], atol=1e-6)
 
 
 def test_two_adaptation_steps_on_the_bag(kitti_bag, tmp_path, capsys):
