@@ -89,6 +89,10 @@ def test_two_adaptation_steps_on_the_bag(kitti_bag, tmp_path, capsys):
     ]  # fmt: skip
     assert adapt_bag.main([*argv, "--hold-out", "000009"]) == 2
     assert "occle-adapt-bag: error: --hold-out ['000009'] are not frames" in capsys.readouterr().err
+    assert adapt_bag.main([*argv, "--preset", "nuscenes"]) == 2  # six cameras for a one-camera checkpoint
+    assert "occle-adapt-bag: error: the checkpoint takes 1 cameras ['image_2']" in capsys.readouterr().err
+    assert adapt_bag.main([*argv, "--bag", str(bag.with_name("absent.bag"))]) == 2
+    assert f"occle-adapt-bag: error: bag not found: {bag.with_name('absent.bag')}" in capsys.readouterr().err
     assert adapt_bag.main([*argv, "--hold-out", "000002"]) == 0
     assert load_checkpoint(tmp_path / "model.pt")["step"] == 2
     summary = json.loads((tmp_path / "adapt.json").read_text())
