@@ -67,6 +67,7 @@ setup(
             "occle-pseudo = occle_core.cli:pseudo_main",
             "occle-inspect = occle_core.cli:inspect_main",
             "occle-bench = occle_bench.run:main",
+            "occle-adapt-bag = occle_ros.adapt_bag:main",
             "occle-demo = occle_ros.demo:main",
             "occle-launch = occle_ros.launcher:main",
             "occle-play = occle_ros.bag_player:main",

@@ -3,6 +3,9 @@
     occle-adapt --checkpoint C --dataset kitti_object --data ROOT --segmenter deeplab-cityscapes
         --segmenter-model deeplab.tflite --out DIR [--steps N] [--hold-out ID ...] [--resume]
 
+On a ROS bag instead of a dataset layout: ``occle-adapt-bag`` (:mod:`occle_ros.adapt_bag`), the same run on the
+bag's frames (:func:`run_command` with a reader of :class:`Sample`).
+
 Supervision, all of it from the frames themselves: LiDAR free-space / hit geometry (on the geometric branch and on
 the final logits, ``loss.free_space``), the 2D pseudo labels of a
 real segmenter (computed once and cached as ``DIR/pseudo_2d/<frame>.png``) through the 2D head, the lifted 3D
@@ -220,17 +223,19 @@ def report_of(trainer: Trainer, reader: Dataset, indices: Sequence[int]) -> Cons
     return report
 
 
-def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = ()) -> dict:
+def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = (), reader: Dataset | None = None) -> dict:
     """Adapt ``args.checkpoint`` as the arguments say; returns a summary (also written to ``DIR/adapt.json``).
 
     Args:
         hooks: extra trainer step hooks, run before the guard (the guard checks the state a checkpoint then saves).
+        reader: the frames (a dataset of :class:`Sample` in the checkpoint's grid frame, front camera first);
+            None: ``build_label_free(args.dataset, args.data, args.sequences)``.
     """
     out = Path(args.out)
     ckpt = load_checkpoint(args.checkpoint)
     base = OccleConfig.from_dict(ckpt["config"])
     cfg = adaptation_config(base, args)
-    reader = build_label_free(args.dataset, args.data, args.sequences)
+    reader = build_label_free(args.dataset, args.data, args.sequences) if reader is None else reader
     train_idx, held_idx = split_frames(reader, args.hold_out or [])
     pseudo_dir = out / PSEUDO_DIR
     computed = cache_pseudo_labels(
@@ -283,10 +288,15 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = ()) -> 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``occle-adapt``."""
     p = argparse.ArgumentParser(prog="occle-adapt", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="the checkpoint to adapt (e.g. models/occle_tiny_synthetic.pt)")
     p.add_argument("--dataset", required=True, choices=LABEL_FREE_DATASETS, help="reader of the frames")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--sequences", nargs="+", help="sequences / drives / split / scenes of the reader")
+    return add_adapt_arguments(p)
+
+
+def add_adapt_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of an adaptation other than where its frames come from (shared by ``occle-adapt-bag``)."""
+    p.add_argument("--checkpoint", required=True, help="the checkpoint to adapt (e.g. models/occle_tiny_synthetic.pt)")
     p.add_argument("--segmenter", required=True, choices=SEGMENTERS, help="2D segmenter of the pseudo labels")
     p.add_argument("--segmenter-model", required=True, help="its model file (.tflite); loaded only on a cache miss")
     p.add_argument("--out", required=True, help="run folder (pseudo-label cache, checkpoints, logs, reports)")
@@ -312,12 +322,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``occle-adapt``: 0 done, 3 stopped by the guard (last good checkpoint kept), 2 bad input (one line)."""
     args = build_parser().parse_args(argv)
+    return run_command(args, lambda: build_label_free(args.dataset, args.data, args.sequences))
+
+
+def run_command(
+    args: argparse.Namespace, make_reader: Callable[[], Dataset], prog: str = "occle-adapt",
+    errors: tuple[type[Exception], ...] = (),
+) -> int:  # fmt: skip
+    """Run an adaptation command on the frames ``make_reader()`` builds and print the before / after tables.
+
+    Returns 0 done, 3 stopped by the guard (last good checkpoint kept), 2 bad input (one line on stderr, ``prog``
+    first), also for the ``errors`` of the caller's reader.
+    """
     try:
         if args.steps < 1 or args.guard_every < 1 or args.guard_frames < 1:
             raise ValueError("--steps, --guard-every and --guard-frames must be >= 1")
-        summary = run_adaptation(args)
-    except (ValueError, FileNotFoundError, ImportError, CheckpointError) as exc:
-        print(f"occle-adapt: error: {exc}", file=sys.stderr)
+        summary = run_adaptation(args, reader=make_reader())
+    except (ValueError, FileNotFoundError, ImportError, CheckpointError, *errors) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     where = "held-out" if summary["held_out"] else "adaptation (none held out)"
     print(f"before, {where} frames:\n{summary['before_table']}")

@@ -39,6 +39,8 @@ class Preset:
 
     Attributes:
         lidar_frame / grid_frame: TF frames ("" = the cloud's frame_id / the default of the checkpoint's grid).
+        slop: the node's ``sync.slop`` for the layout (s): the largest stamp difference of one set of messages.
+        intensity_scale: the node's ``intensity_scale`` for the layout (multiplier of the cloud's intensity).
     """
 
     name: str
@@ -46,6 +48,8 @@ class Preset:
     points_topic: str
     lidar_frame: str
     grid_frame: str
+    slop: float
+    intensity_scale: float
 
     @property
     def topics(self) -> set[str]:
@@ -56,14 +60,16 @@ class Preset:
 def load_preset(name: str) -> Preset:
     """The preset of the node's parameter file ``config/preset_<name>.yaml``."""
     from occle_core.resources import config_path
-    from occle_ros.params import camera_params, flatten
+    from occle_ros.params import camera_params, default_values, flatten
 
     doc = yaml.safe_load(config_path(f"preset_{name}.yaml").read_text()) or {}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {k: v for k, v in default_values().items() if k in ("sync.slop", "intensity_scale")}
     for section in doc.values():  # "/**" or the node's name
         values.update(flatten((section or {}).get("ros__parameters", {})))
-    return Preset(name, camera_params(values), values["lidar_topic"], values.get("lidar_frame", ""),
-                  values.get("grid_frame", ""))  # fmt: skip
+    return Preset(
+        name, camera_params(values), values["lidar_topic"], values.get("lidar_frame", ""), values.get("grid_frame", ""),
+        float(values["sync.slop"]), float(values["intensity_scale"]),
+    )  # fmt: skip
 
 
 def detect_preset(topics: set[str]) -> str:
@@ -148,11 +154,8 @@ def read_bag_facts(bag: Path, preset: Preset, cameras: tuple[CameraParams, ...] 
     """
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
-    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-    from occle_ros import msgs
-    from occle_ros.bag_player import bag_path, to_ros2_message
-    from occle_ros.pipeline import image_rgb
+    from occle_ros.bag_player import bag_path
 
     cameras = preset.cameras if cameras is None else cameras
     first: dict[str, Any] = {}
@@ -163,8 +166,7 @@ def read_bag_facts(bag: Path, preset: Preset, cameras: tuple[CameraParams, ...] 
         conns = [c for c in reader.connections if c.topic in wanted]
         for conn, _, raw in reader.messages(connections=conns):
             if conn.topic == "/tf_static":
-                msg = reader.deserialize(raw, conn.msgtype)
-                static.update({tf.child_frame_id: (tf.header.frame_id, _pose(tf)) for tf in msg.transforms})
+                static.update(static_transforms(reader.deserialize(raw, conn.msgtype)))
                 continue
             if conn.topic == preset.points_topic:
                 msg = reader.deserialize(raw, conn.msgtype)
@@ -178,23 +180,69 @@ def read_bag_facts(bag: Path, preset: Preset, cameras: tuple[CameraParams, ...] 
     facts = []
     for cam in cameras:
         image, image_type = first[cam.image_topic]
-        rgb = image_rgb(to_ros2_message(image, CompressedImage if image_type.endswith("CompressedImage") else Image))
-        info = to_ros2_message(first[cam.info_topic][0], CameraInfo)
-        facts.append(CameraFacts(rgb, msgs.camera_info_projection(info), cam.frame or image.header.frame_id))
+        P = decode_projection(first[cam.info_topic][0])
+        facts.append(CameraFacts(decode_image(image, image_type), P, cam.frame or image.header.frame_id))
     cloud = first[preset.points_topic]
-    points = msgs.pointcloud2_to_xyzi(to_ros2_message(cloud, PointCloud2))
     lidar_frame = preset.lidar_frame or cloud.header.frame_id
-    return BagFacts(stamps, facts, np.asarray(points, np.float32), lidar_frame, static)
+    return BagFacts(stamps, facts, decode_points(cloud), lidar_frame, static)
+
+
+def static_transforms(msg: Any) -> dict[str, tuple[str, np.ndarray]]:
+    """``{child: (parent, T_parent<-child)}`` of a rosbags-deserialised ``tf2_msgs/TFMessage``."""
+    return {tf.child_frame_id: (tf.header.frame_id, _pose(tf)) for tf in msg.transforms}
+
+
+def decode_image(msg: Any, msgtype: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a rosbags-deserialised Image or CompressedImage (``msgtype`` its type name), decoded
+    as the node decodes it."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from occle_ros.bag_player import to_ros2_message
+    from occle_ros.pipeline import image_rgb
+
+    return image_rgb(to_ros2_message(msg, CompressedImage if msgtype.endswith("CompressedImage") else Image))
+
+
+def decode_projection(msg: Any) -> np.ndarray:
+    """(3, 4) P of a rosbags-deserialised CameraInfo (ConversionError naming the field when malformed)."""
+    from sensor_msgs.msg import CameraInfo
+
+    from occle_ros import msgs
+    from occle_ros.bag_player import to_ros2_message
+
+    return msgs.camera_info_projection(to_ros2_message(msg, CameraInfo))
+
+
+def decode_points(msg: Any, intensity_scale: float = 1.0) -> np.ndarray:
+    """(N, 4) float32 x, y, z, intensity (times ``intensity_scale``) of a rosbags-deserialised PointCloud2 (its own
+    frame)."""
+    from sensor_msgs.msg import PointCloud2
+
+    from occle_ros import msgs
+    from occle_ros.bag_player import to_ros2_message
+
+    cloud = to_ros2_message(msg, PointCloud2)
+    return np.asarray(msgs.pointcloud2_to_xyzi(cloud, intensity_scale=intensity_scale), np.float32)
 
 
 def bag_extrinsics(facts: BagFacts, grid_kind: str, grid_frame: str = "") -> tuple[list[np.ndarray], np.ndarray]:
     """From ``/tf_static``: (4, 4) T_cam<-lidar per camera (to the reference camera of its P, see
     :func:`reference_camera`) and T_grid<-lidar (identity for a LiDAR grid; ``grid_frame`` or base_link <- LiDAR for
     an ego grid). Raises ValueError for a frame the tree lacks."""
+    cams = [(c.frame, c.P) for c in facts.cameras]
+    return static_extrinsics(facts.static, cams, facts.lidar_frame, grid_kind, grid_frame)
+
+
+def static_extrinsics(
+    static: dict[str, tuple[str, np.ndarray]], cameras: list[tuple[str, np.ndarray]], lidar_frame: str,
+    grid_kind: str, grid_frame: str = "",
+) -> tuple[list[np.ndarray], np.ndarray]:  # fmt: skip
+    """:func:`bag_extrinsics` of a TF tree ``{child: (parent, T_parent<-child)}`` and the cameras' (TF frame,
+    (3, 4) P)."""
     from occle_ros.extrinsics import EGO_FRAME
 
-    T_cam = [reference_camera(chain(facts.static, c.frame, facts.lidar_frame), c.P) for c in facts.cameras]
-    T_grid = np.eye(4) if grid_kind == "lidar" else chain(facts.static, grid_frame or EGO_FRAME, facts.lidar_frame)
+    T_cam = [reference_camera(chain(static, frame, lidar_frame), P) for frame, P in cameras]
+    T_grid = np.eye(4) if grid_kind == "lidar" else chain(static, grid_frame or EGO_FRAME, lidar_frame)
     return T_cam, T_grid
 
 
@@ -218,7 +266,7 @@ def run_bag(args: Any, predictor: Any, ckpt: Path, out: Path, t_start: float) ->
 
     try:
         bag = bag_path(Path(args.bag))
-        preset = load_preset(args.preset or detect_preset(_topics(bag)))
+        preset = load_preset(args.preset or detect_preset(bag_topics(bag)))
         cameras = match_cameras(preset.cameras, predictor.camera_names)
         facts = read_bag_facts(bag, preset, cameras)
         T_cam, T_grid = bag_extrinsics(facts, predictor.grid_frame, preset.grid_frame)
@@ -256,7 +304,8 @@ def run_bag(args: Any, predictor: Any, ckpt: Path, out: Path, t_start: float) ->
     return 0
 
 
-def _topics(bag: Path) -> set[str]:
+def bag_topics(bag: Path) -> set[str]:
+    """The topics of a bag (any ROS version)."""
     from rosbags.highlevel import AnyReader
 
     with AnyReader([bag]) as reader:
