@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from occle_core.geometry import Calib
+from occle_ros.extrinsics import transform_matrix
 from occle_ros.params import CameraParams
 
 
@@ -80,17 +81,6 @@ def detect_preset(topics: set[str]) -> str:
         if load_preset(name).topics <= topics:
             return name
     raise ValueError(f"no preset fits the bag's topics {sorted(topics)}; presets: {', '.join(DATASETS)} (--preset)")
-
-
-def _pose(tf: Any) -> np.ndarray:
-    """(4, 4) T_parent<-child of a rosbags TransformStamped (any ROS version)."""
-    from transforms3d.quaternions import quat2mat
-
-    r, t = tf.transform.rotation, tf.transform.translation
-    T = np.eye(4)
-    T[:3, :3] = quat2mat([r.w, r.x, r.y, r.z])
-    T[:3, 3] = t.x, t.y, t.z
-    return T
 
 
 def chain(static: dict[str, tuple[str, np.ndarray]], target: str, source: str) -> np.ndarray:
@@ -189,7 +179,7 @@ def read_bag_facts(bag: Path, preset: Preset, cameras: tuple[CameraParams, ...] 
 
 def static_transforms(msg: Any) -> dict[str, tuple[str, np.ndarray]]:
     """``{child: (parent, T_parent<-child)}`` of a rosbags-deserialised ``tf2_msgs/TFMessage``."""
-    return {tf.child_frame_id: (tf.header.frame_id, _pose(tf)) for tf in msg.transforms}
+    return {tf.child_frame_id: (tf.header.frame_id, transform_matrix(tf.transform)) for tf in msg.transforms}
 
 
 def decode_image(msg: Any, msgtype: str) -> np.ndarray:
