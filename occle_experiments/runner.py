@@ -22,6 +22,7 @@ A pilot run (``eval_every > 0``) also evaluates on the dev split every ``eval_ev
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import math
 import os
@@ -119,16 +120,19 @@ def record_run(path: str | Path, protocol: dict[str, Any], entry: dict[str, Any]
         ValueError: the file holds runs made under another protocol (move it away to start a new one).
     """
     path = Path(path)
-    doc = load_results(path)
-    if doc["runs"] and doc["protocol"] != protocol:
-        raise ValueError(f"{path} holds runs of another protocol; move it away or restore config/experiments.yaml")
-    key = (entry["row"], entry["seed"], entry["steps"])
-    runs = [r for r in doc["runs"] if (r["row"], r["seed"], r["steps"]) != key] + [entry]
-    doc = {"protocol": protocol, "runs": sorted(runs, key=lambda r: (r["row"], r["steps"], r["seed"]))}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
+    # runs of several rows finish side by side: the read-modify-write holds an exclusive lock on a sibling file
+    with open(path.with_name(f"{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = load_results(path)
+        if doc["runs"] and doc["protocol"] != protocol:
+            raise ValueError(f"{path} holds runs of another protocol; move it away or restore config/experiments.yaml")
+        key = (entry["row"], entry["seed"], entry["steps"])
+        runs = [r for r in doc["runs"] if (r["row"], r["seed"], r["steps"]) != key] + [entry]
+        doc = {"protocol": protocol, "runs": sorted(runs, key=lambda r: (r["row"], r["steps"], r["seed"]))}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(path)
     return doc
 
 

@@ -187,3 +187,28 @@ def test_gather_voxels_matches_indexing():
     flat = grid.permute(1, 0, 2, 3, 4).reshape(3, -1)
     torch.testing.assert_close(got, flat[:, layout.voxel].T)
     torch.testing.assert_close(gather_voxels(grid.contiguous(memory_format=torch.channels_last_3d), layout), got)
+
+
+def test_occupancy_does_not_buy_the_label():
+    # one ray, two voxels with the same class logits but different "empty" logits: the normalised map is the
+    # class distribution given occupied whatever the occupancy, and the projection loss gives the occupancy no
+    # gradient (composited with the raw softmax, p(label) <= occupancy and the loss fills the air in front)
+    from occle_core.losses import projection_loss
+    from occle_core.model.projection import composite, occupied_class_probs
+
+    logits = torch.tensor([[3.0, 0.5, 2.0], [-2.0, 0.5, 2.0]], dtype=torch.float64, requires_grad=True)
+    probs, occ = occupied_class_probs(logits, 0)
+    assert torch.all(probs[:, 0] == 0) and torch.allclose(probs.sum(1), torch.ones(2, dtype=torch.float64))
+    layout = ray_layout(torch.tensor([[2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]).double(),
+                        torch.from_numpy(_calib().lidar_to_image)[None], (H, W))
+    assert layout.pixel.unique().numel() == 1  # both voxels on one pixel
+    maps, weight = composite(probs[layout.voxel], occ[layout.voxel], layout, 1, (H, W))
+    p = maps.sum((2, 3))[0] / weight.sum()
+    expected = torch.softmax(torch.tensor([0.5, 2.0], dtype=torch.float64), 0)
+    assert torch.allclose(p[1:], expected, atol=1e-12)
+    target = torch.full((1, H, W), 255, dtype=torch.int64)
+    v, u = divmod(int(layout.pixel[0]), W)
+    target[0, v, u] = 2
+    projection_loss(maps, weight, target, 1).backward()
+    assert abs(float(logits.grad[:, 0].abs().max())) < 1e-9  # no push on "empty"
+    assert float(logits.grad[:, 2].max()) < 0  # the label's logit is raised

@@ -47,7 +47,7 @@ from occle_core.model.geometric_branch import GeometricBranch
 from occle_core.model.image_encoder import ImageEncoder
 from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
 from occle_core.model.lidar_encoder import LidarEncoder
-from occle_core.model.projection import LayoutCache, composite, gather_voxels
+from occle_core.model.projection import LayoutCache, composite, gather_voxels, occupied_class_probs
 from occle_core.model.semantic_branch import SemanticBranch, lift_cameras
 from occle_core.model.sparse_unet3d import SparseUNet3D
 from occle_core.model.unet2d import UNet2D
@@ -176,8 +176,9 @@ class OccLE(nn.Module):
         """Scatter-accumulated projection of the class probabilities at the feature resolution, per camera.
 
         The logits of each feature voxel are the mean of its ``s^3`` output voxels' logits (the logits head
-        averaged over its children, no output-resolution grid is built); their softmax is composited along each
-        camera's rays with the occupancy ``1 - p(empty)`` as visibility, at the image size / ``proj_stride``.
+        averaged over its children, no output-resolution grid is built); their class distribution given occupied is
+        composited along each camera's rays with the occupancy ``1 - p(empty)`` as visibility
+        (:func:`occupied_class_probs`), at the image size / ``proj_stride``.
         One camera at a time; each camera's ray layout is cached under its own calibration.
 
         Args:
@@ -197,8 +198,8 @@ class OccLE(nn.Module):
         maps, weights = [], []
         for n in range(num_cameras):
             layout = self._layouts.get(self.feature_centers, l2i[:, n], hw)
-            probs = gather_voxels(coarse, layout).float().softmax(1)  # (M, K) voxels projected into camera n
-            occ = 1.0 - probs[:, self.empty_index]  # (M,)
+            logits = gather_voxels(coarse, layout).float()  # (M, K) voxels projected into camera n
+            probs, occ = occupied_class_probs(logits, self.empty_index)  # (M, K) given occupied, (M,)
             m, w = composite(probs, occ, layout, B, hw)  # (B, K, Hp, Wp), (B, 1, Hp, Wp)
             maps.append(m)
             weights.append(w)

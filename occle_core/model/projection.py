@@ -5,6 +5,15 @@ to. Along each pixel's ray the voxels are ordered by depth and composited front 
 weight ``w_i = occ_i * T_i`` with the transmittance ``T_i = prod_{j nearer than i on the same pixel}
 (1 - occ_j)``. The image-plane maps are ``sum_i w_i * probs_i`` and ``sum_i w_i`` per pixel.
 
+What is composited matters for the loss built on it (``losses.projection_loss``, the NLL of the normalised map
+``sum_i w_i probs_i / sum_i w_i`` against a 2D pseudo label, which never says "empty"). The network's class
+probabilities include "empty", and a voxel's probability of any non-empty class is at most its occupancy; composited
+as they are, the normalised map of a pixel can only reach the label by raising the occupancy of every voxel that
+carries weight, so the loss fills the air in front of surfaces. :func:`occupied_class_probs` splits the logits into
+the occupancy (the visibility ``occ_i``) and the class distribution *given occupied* (``probs_i``, zero on "empty");
+the normalised map is then invariant to a common scale of the weights and the loss supervises what is seen, not how
+much is occupied. Measured on the label-efficiency protocol (docs/results.md, row ``occle_10``).
+
 Everything is vectorised: one sort by (pixel, depth), a segmented exclusive cumulative sum of
 ``log(1 - occ)`` (float64) for the transmittance, and ``index_add_`` for the accumulation. The ray layout
 (which voxels land where, in which order) depends only on the grid and the calibration, so it is cached per
@@ -91,6 +100,14 @@ def composite(
     wmap = probs.new_zeros(batch * Hp * Wp).index_add_(0, layout.pixel, weight)
     maps = maps.view(batch, Hp, Wp, K).permute(0, 3, 1, 2)
     return maps, wmap.view(batch, 1, Hp, Wp)
+
+
+def occupied_class_probs(logits: Tensor, empty_index: int) -> tuple[Tensor, Tensor]:
+    """(M, K) class logits -> the class distribution given occupied (M, K; 0 on ``empty_index``) and the
+    occupancy ``1 - p(empty)`` (M,), the two inputs of :func:`composite`."""
+    occ = 1.0 - logits.softmax(1)[:, empty_index]
+    empty = torch.tensor([empty_index], device=logits.device)
+    return logits.index_fill(1, empty, float("-inf")).softmax(1), occ
 
 
 def gather_voxels(grid: Tensor, layout: RayLayout) -> Tensor:
