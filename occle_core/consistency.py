@@ -26,16 +26,14 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from occle_core.data.kitti import KittiObjects
+from occle_core.data.sample import Sample, lidar_origin
 from occle_core.geometry import Calib, VoxelGrid, free_space_mask
 from occle_core.labels import ClassTable
-
-if TYPE_CHECKING:
-    from occle_core.data.sample import Sample
 
 GROUND_CLASSES = {
     "semantic_kitti": ("road", "parking", "sidewalk", "other-ground", "terrain"),
@@ -372,11 +370,10 @@ class ConsistencyReport:
 def consistency_frame(sample: Sample) -> ConsistencyFrame:
     """The :class:`ConsistencyFrame` of a reader's :class:`Sample`: its front camera and scan, vehicle boxes from a
     KITTI object ``extras["objects"]`` (None when the frame has no label file), the sensor origin from
-    ``extras["lidar_origin"]`` (default: the grid origin, the LiDAR frame of the KITTI readers)."""
+    :func:`~occle_core.data.sample.lidar_origin` (default: the grid origin, the LiDAR frame of the KITTI readers)."""
     objects = sample.extras.get("objects")
     boxes = None if objects is None else kitti_vehicle_boxes(objects, sample.calib.T_cam_lidar)
-    origin = tuple(sample.extras.get("lidar_origin", (0.0, 0.0, 0.0)))
-    return ConsistencyFrame(sample.frame_id, sample.image, sample.points, sample.calib, boxes, origin)
+    return ConsistencyFrame(sample.frame_id, sample.image, sample.points, sample.calib, boxes, lidar_origin(sample))
 
 
 def consistency_report(predictor: Any, frames: Iterable[ConsistencyFrame], **options: Any) -> ConsistencyReport:

@@ -128,6 +128,14 @@ def test_targets_invalid_label_mask_pseudo_and_free_space():
     occ, free = free_space_mask(grid, s.points)
     assert torch.equal(b.occupied[0], torch.from_numpy(occ)) and torch.equal(b.free[0], torch.from_numpy(free))
     assert b.occupied.any() and b.free.any()
+    # an ego-frame sample: the rays start at its extras["lidar_origin"]
+    s.extras["lidar_origin"] = (1.0, 0.5, 1.2)
+    moved = collate([s], _cfg())
+    _, free_mount = free_space_mask(grid, s.points, (1.0, 0.5, 1.2))
+    assert torch.equal(moved.free[0], torch.from_numpy(free_mount)) and not torch.equal(moved.free[0], b.free[0])
+    s.extras["lidar_origin"] = (1.0, 0.5)
+    with pytest.raises(ValueError, match=r"extras\['lidar_origin'\] must be 3 finite numbers"):
+        collate([s], _cfg())
 
 
 def test_unlabelled_samples_and_inference_mode():

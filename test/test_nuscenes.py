@@ -65,6 +65,9 @@ def test_replica_reads_back_matrix_for_matrix(replica):
         t_lidar, t_cams = _key_times(ds.tables, token)
         assert s.timestamp_us == t_lidar and s.extras["camera_timestamps_us"] == t_cams
         np.testing.assert_allclose(s.pose, ego_pose_at(t_lidar), atol=1e-9)
+        lidar_calib = ds.tables.calibs[ds.tables.key_record(token, LIDAR)["calibrated_sensor_token"]]
+        np.testing.assert_allclose(s.extras["lidar_origin"], lidar_calib["translation"])  # the rays start there
+        np.testing.assert_allclose(s.extras["lidar_origin"], lidar_extrinsic()[:3, 3], atol=1e-9)
         for cam in s.cameras:
             # the camera sees the world at its own time: its own ego pose, not the LiDAR's
             assert t_cams[cam.name] - t_lidar == CAMERA_RIG[cam.name][3]

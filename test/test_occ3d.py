@@ -9,12 +9,15 @@ import math
 import numpy as np
 import pytest
 
+from occle_core.config import OccleConfig
+from occle_core.data.batch import collate
 from occle_core.data.label_png import write_label_png
 from occle_core.data.nuscenes import CAMERAS
 from occle_core.data.occ3d import Occ3DDataset, discover_tokens, read_annotations, read_occ3d_labels
 from occle_core.data.sample import Sample
+from occle_core.geometry import OCC3D_GRID
 from occle_core.metrics_occ3d import Occ3DMIoU
-from occle_core.synth.released import write_nuscenes_replica
+from occle_core.synth.released import lidar_extrinsic, write_nuscenes_replica
 
 SHAPE = (200, 200, 16)
 
@@ -67,6 +70,28 @@ def test_round_trip_labels_cameras_and_pseudo(replica):
     unlabelled = Occ3DDataset(replica.root, [token], with_labels=False, sweeps=3)[0]  # a bare sample token
     assert unlabelled.voxel_labels is None and unlabelled.camera_mask is None and unlabelled.frame_id == frames[1]
     assert len(np.unique(unlabelled.points[:, 5])) == 3  # key frame 1, its sweep, key frame 0
+
+
+def test_free_space_targets_cast_the_rays_from_the_lidar_mount(tmp_path):
+    # one return on the road 12 m ahead (ego frame): its ray starts at LIDAR_TOP, 1.84 m up, not at the ego origin
+    hit = np.array([12.2, 0.2, -0.5])
+    points = [np.array([[*hit, 100.0]], np.float32)]
+    replica = write_nuscenes_replica(tmp_path, "v1.0-mini", ("scene-0061",), 1, 1, points=points)
+    s = Occ3DDataset(replica.root, "train")[0]
+    mount = lidar_extrinsic()[:3, 3]
+    np.testing.assert_allclose(s.extras["lidar_origin"], mount)
+    b = collate([s], OccleConfig.from_dict({"data": {"dataset": "occ3d_nuscenes", "image_size": [18, 32]}}))
+
+    def voxel(p: np.ndarray) -> tuple[int, ...]:
+        return tuple(int(v) for v in np.floor((p - np.asarray(OCC3D_GRID.origin)) / OCC3D_GRID.voxel_size))
+
+    free, occupied = b.free[0].numpy(), b.occupied[0].numpy()
+    assert occupied[voxel(hit)] and occupied.sum() == 1
+    for t in (0.25, 0.5, 0.75):
+        assert free[voxel(mount + t * (hit - mount))], f"the voxel {t:.2f} of the way from the mount is not free"
+    # on the ray from the ego origin (at road level) only: >= 1 m below the mount's ray at 0.25 and 0.5 of the way
+    for t in (0.25, 0.5):
+        assert not free[voxel(t * hit)], f"the voxel {t:.2f} of the way from the ego origin is free"
 
 
 def test_splits_from_annotations_or_the_official_scene_split(replica, tmp_path):

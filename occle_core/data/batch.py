@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from occle_core.config import OccleConfig
-from occle_core.data.sample import CameraView, Sample
-from occle_core.geometry import Calib, VoxelGrid
+from occle_core.data.sample import CameraView, Sample, lidar_origin
+from occle_core.geometry import Calib, VoxelGrid, free_space_mask
 from occle_core.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,7 +48,8 @@ class Batch:
         pseudo2d: (B*N, H, W) int64 2D pseudo labels of every camera, 255 = none; None when absent.
         pseudo3d: (B, X, Y, Z) int64 lifted 3D pseudo labels, 255 = none; None when absent.
         occupied: (B, X, Y, Z) bool voxels hit by the LiDAR scan; None when not computed.
-        free: (B, X, Y, Z) bool voxels crossed by a LiDAR ray before its hit; None when not computed.
+        free: (B, X, Y, Z) bool voxels crossed by a LiDAR ray (from the sensor,
+            :func:`~occle_core.data.sample.lidar_origin`) before its hit; None when not computed.
         frame_ids: the B frame ids.
         num_cameras: N, the cameras of every frame.
     """
@@ -93,13 +94,6 @@ class Batch:
                 value = value.to(device, non_blocking=non_blocking)
             moved[f.name] = value
         return Batch(**moved)
-
-
-def _free_space_fn():
-    """``occle_core.geometry.free_space_mask`` when the installed geometry module provides it, else None."""
-    from occle_core import geometry
-
-    return getattr(geometry, "free_space_mask", None)
 
 
 _SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD]).view(3, 1, 1)
@@ -275,8 +269,9 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
         a copy of ``batch`` with ``voxel_labels`` / ``label_mask`` (labels under the budget), ``pseudo2d``
         (B*N, H, W) (each camera's 2D pseudo labels resized to the network image) / ``pseudo3d`` (lifted to
         voxels through every camera, see :func:`~occle_core.pseudo.lift.lift_views_to_voxels`) and ``occupied``
-        / ``free`` (LiDAR free space); a target is None when no camera of any sample carries it, and 255-filled
-        for cameras / samples without it when others have it.
+        / ``free`` (LiDAR free space, rays from :func:`~occle_core.data.sample.lidar_origin`); a target is None
+        when no camera of any sample carries it, and 255-filled for cameras / samples without it when others have
+        it.
     """
     from occle_core.pseudo.lift import lift_views_to_voxels
 
@@ -284,7 +279,6 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
     size = tuple(int(v) for v in cfg.data.image_size)
     num_classes = cfg.data.classes().num_classes
     names = cfg.data.camera_names()
-    free_space = _free_space_fn()
     B, N = len(samples), len(names)
     views = [select_views(s, names) for s in samples]
     labels = voxel_truth(samples, grid)  # (B, X, Y, Z) uint8 or None
@@ -292,8 +286,8 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
     has_p2d = any(v.pseudo2d is not None for vs in views for v in vs)
     pseudo2d = np.full((B * N, *size), IGNORE_INDEX, np.uint8) if has_p2d else None
     pseudo3d = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8) if has_p2d else None
-    occupied = np.zeros((B, *grid.shape), bool) if free_space is not None else None
-    free = np.zeros((B, *grid.shape), bool) if free_space is not None else None
+    occupied = np.zeros((B, *grid.shape), bool)
+    free = np.zeros((B, *grid.shape), bool)
     for b, s in enumerate(samples):
         if masks is not None and s.label_mask is not None:
             masks[b] &= np.asarray(s.label_mask, bool)
@@ -303,9 +297,9 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
                 pseudo2d[b * N + n] = resize_nearest(np.asarray(v.pseudo2d, np.uint8), size)
         if labelled:
             pseudo3d[b] = lift_views_to_voxels(_own_scan(s), labelled, grid, num_classes)
-        if free_space is not None:
-            # every finite return: rays of points beyond the grid still cross (and free) voxels inside it
-            occupied[b], free[b] = free_space(grid, _own_scan(s)[:, :3])
+        # every finite return: rays of points beyond the grid still cross (and free) voxels inside it; they start
+        # at the LiDAR mount (nuScenes / Occ3D: ~(0.94, 0, 1.84) m in the ego grid frame), not at the grid origin
+        occupied[b], free[b] = free_space_mask(grid, _own_scan(s)[:, :3], lidar_origin(s))
 
     def tensor(a: np.ndarray | None, long: bool = False) -> Tensor | None:
         return None if a is None else (torch.from_numpy(a).long() if long else torch.from_numpy(a))

@@ -131,26 +131,6 @@ class TrainFrames(Dataset):
 LABEL_FREE_DATASETS = ("semantic_kitti", "kitti_raw", "kitti_object", "nuscenes")
 
 
-class LidarOriginFrames(Dataset):
-    """nuScenes key frames (front camera) with the LiDAR position in the ego grid frame as
-    ``extras["lidar_origin"]`` (the rays of the free-space checks start there, not at the ego origin)."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> Sample:
-        from occle_core.data.nuscenes import LIDAR
-
-        s: Sample = self.base[index]
-        tables = self.base.tables
-        key = tables.key_record(s.extras["sample_token"], LIDAR)
-        s.extras["lidar_origin"] = tuple(float(v) for v in tables.sensor_to_global(key)[0][:3, 3])
-        return s
-
-
 def build_label_free(dataset: str, root: str | Path, selection: Sequence[str] | None = None) -> Dataset:
     """A reader of ``dataset`` frames that needs no voxel truth (front camera, scan, calibration; boxes when
     the release has them).
@@ -191,5 +171,5 @@ def build_label_free(dataset: str, root: str | Path, selection: Sequence[str] | 
         split = None if not selection else selection[0] if len(selection) == 1 else list(selection)
         if isinstance(split, str) and split not in ("train", "val", "test", "mini_train", "mini_val"):
             split = [split]  # one scene name
-        return LidarOriginFrames(NuScenesDataset(root, split=split, cameras=("CAM_FRONT",)))
+        return NuScenesDataset(root, split=split, cameras=("CAM_FRONT",))  # extras["lidar_origin"]: the mount
     raise ValueError(f"dataset must be one of {list(LABEL_FREE_DATASETS)}, got {dataset!r}")

@@ -365,8 +365,9 @@ class NuScenesTables:
         """A :class:`Sample` of a key frame: every camera (image, K, T_cam<-grid), the LiDAR in the ego frame.
 
         ``frame_id`` is ``<scene name>/<sample token>`` (the Occ3D gts layout); ``pose`` is the grid (ego at the
-        LiDAR time) -> global transform; ``extras`` hold ``scene``, ``sample_token``, ``location`` (of the log) and
-        ``camera_timestamps_us``.
+        LiDAR time) -> global transform; ``extras`` hold ``scene``, ``sample_token``, ``location`` (of the log),
+        ``camera_timestamps_us`` and ``lidar_origin``: the LIDAR_TOP position in the grid frame (its
+        calibrated_sensor translation, about (0.94, 0, 1.84) m), where the rays of the scan start.
         Points: :meth:`lidar_points` with the intensity multiplied by ``intensity_scale``.
 
         Raises:
@@ -389,6 +390,12 @@ class NuScenesTables:
             views.append(CameraView(channel, image, calib))
             stamps[channel] = stamp
         lidar = self.key_record(sample_token, LIDAR)
+        T_ego_lidar, T_global_ego = self.sensor_to_global(lidar)
+        # The grid is the ego frame at the key-frame LiDAR time, so the key-frame mount is T_ego<-lidar's
+        # translation. With sweeps > 1 the older sweeps' rays really started where the mount was then (up to
+        # ~4.5 m behind at 10 m/s over 10 sweeps); every ray is cast from the key-frame mount all the same (one
+        # origin per sample): the training readers of build_dataset / build_label_free read one sweep.
+        origin = tuple(float(v) for v in T_ego_lidar[:3, 3])
         scene = self.scene_by_token[self._sample(sample_token)["scene_token"]]
         location = lookup(self.logs, scene["log_token"], "log", self.root / self.version, scene)["location"]
         return Sample(
@@ -396,13 +403,14 @@ class NuScenesTables:
             points,
             views,
             grid_frame="ego",
-            pose=self.sensor_to_global(lidar)[1],
+            pose=T_global_ego,
             timestamp_us=int(lidar["timestamp"]),
             extras={
                 "scene": scene["name"],
                 "sample_token": sample_token,
                 "location": location,
                 "camera_timestamps_us": stamps,
+                "lidar_origin": origin,
             },  # fmt: skip
         )
 

@@ -14,7 +14,8 @@ Layout (the Occ3D root usually is the nuScenes root itself, ``gts/`` linked into
     <nuscenes root>/v1.0-*/, samples/, sweeps/    read by :mod:`occle_core.data.nuscenes`
 
 The grid is the ego frame of the LIDAR_TOP key frame (x forward, y left, z up; [-40, 40] x [-40, 40] x [-1, 5.4] m
-at 0.4 m), the frame in which :class:`~occle_core.data.nuscenes.NuScenesTables` returns points and cameras.
+at 0.4 m), the frame in which :class:`~occle_core.data.nuscenes.NuScenesTables` returns points and cameras; the
+LiDAR rays start at the LIDAR_TOP mount in it, ``Sample.extras["lidar_origin"]`` (about (0.94, 0, 1.84) m).
 
 Masks: ``Sample.camera_mask = mask_camera`` and, by default, ``Sample.invalid = ~mask_lidar`` (voxels no LiDAR ray
 observed; losses skip them). ``invalid_from="camera"`` uses ``~mask_camera``, ``"none"`` leaves ``invalid`` None.

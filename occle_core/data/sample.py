@@ -46,6 +46,9 @@ class Sample:
         label_mask: (X, Y, Z) bool voxels whose label may supervise training (the label budget);
             None means every valid labelled voxel.
         timestamp_us: the frame's time in microseconds; None when unknown.
+        extras: reader-specific values; ``"lidar_origin"``: the LiDAR's position (x, y, z) in the grid frame, where
+            its rays start (set by the ego-frame readers, absent = the grid origin; read it through
+            :func:`lidar_origin`).
     """
 
     frame_id: str
@@ -96,3 +99,20 @@ class Sample:
     def pseudo2d(self) -> np.ndarray | None:
         """2D pseudo labels of the front camera."""
         return self.cameras[0].pseudo2d
+
+
+def lidar_origin(sample: Sample) -> tuple[float, float, float]:
+    """Where the rays of ``sample``'s scan start, in its grid frame: ``extras["lidar_origin"]`` (the nuScenes /
+    Occ3D readers and ego-frame bag frames set it to the LiDAR mount), else (0, 0, 0) (the grid is the LiDAR frame:
+    SemanticKITTI / KITTI).
+
+    Raises:
+        ValueError: ``extras["lidar_origin"]`` is not 3 finite numbers.
+    """
+    origin = np.asarray(sample.extras.get("lidar_origin", (0.0, 0.0, 0.0)), np.float64).reshape(-1)  # (3,)
+    if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+        raise ValueError(
+            f"sample {sample.frame_id}: extras['lidar_origin'] must be 3 finite numbers (x, y, z in the grid frame), "
+            f"got {sample.extras['lidar_origin']!r}"
+        )
+    return (float(origin[0]), float(origin[1]), float(origin[2]))
