@@ -430,7 +430,8 @@ class NuScenesDataset(Dataset):
         version: ``v1.0-trainval`` / ``v1.0-mini`` / ``v1.0-test``; None: the one found under ``root``.
         split: ``"train"`` / ``"val"`` / ``"test"`` (the official scene split of the version), a list of scene
             names, or None for every scene of the version.
-        sweeps: LiDAR sweeps per sample, the key frame included.
+        sweeps: LiDAR sweeps per sample, the key frame included (their rays: from the key-frame mount, see
+            :meth:`NuScenesTables.sample`).
         cameras: the channels to read, the front camera first.
         intensity_scale: factor applied to the intensity (default 1/255: nuScenes stores 0..255).
         min_distance: see :meth:`NuScenesTables.lidar_points`.

@@ -133,7 +133,8 @@ class Occ3DDataset(Dataset):
         intensity_scale: factor applied to the LiDAR intensity (nuScenes stores 0..255).
         with_pseudo: read ``pseudo_2d/<scene>/<token>/<CHANNEL>.png`` when present.
         nuscenes_root: the nuScenes data root (default: ``root``); version: its table folder (default: found).
-        sweeps: LiDAR sweeps per frame, the key frame included (points gain a time-lag column either way).
+        sweeps: LiDAR sweeps per frame, the key frame included (points gain a time-lag column either way; the
+            free-space rays of every sweep start at the key-frame mount, see ``NuScenesTables.sample``).
 
     Raises:
         FileNotFoundError: naming the frames of the split that have no ``labels.npz``.
