@@ -37,6 +37,7 @@ DEFAULT_DEFINITION = Path("config/randomisation.yaml")
 KNOBS = ("beams", "lidar_height", "lidar_pitch", "intensity", "dropout", "range_noise", "fov_only", "appearance",
          "accumulate")  # fmt: skip
 ARGV_FILE = "occle_synth_argv.json"
+FINETUNE_RECORD = "finetune.json"
 REAL_KITTI = "real_kitti"
 START = "start"
 #: the consistency ratios reported per evaluation set (keys of :meth:`FrameConsistency.metrics`)
@@ -262,9 +263,8 @@ def finetune(
     from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, Trainer
 
     out = Path(defn.out) / variant
-    model, record = out / MODEL_NAME, out / "finetune.json"
-    if model.is_file():
-        return json.loads(record.read_text()) if record.is_file() else {"model": str(model), "steps": None}
+    if (out / MODEL_NAME).is_file():
+        return finetune_record(defn, variant)
     start = load_checkpoint(defn.checkpoint)
     cfg = finetune_config(start, defn, root, sequences, out)
     t0 = time.perf_counter()
@@ -277,9 +277,28 @@ def finetune(
     result = trainer.fit()
     if result["stopped"]:
         raise RuntimeError(f"fine-tuning of {variant} was stopped at step {result['step']}; run again to resume")
-    entry = {"model": str(model), "steps": int(result["step"]), "s_per_step": result["s_per_step"],
+    entry = {"model": str(out / MODEL_NAME), "steps": int(result["step"]), "s_per_step": result["s_per_step"],
              "train_s": time.perf_counter() - t0, "resumed": resume}  # fmt: skip
-    record.write_text(json.dumps(entry, indent=1) + "\n")
+    (out / FINETUNE_RECORD).write_text(json.dumps(entry, indent=1) + "\n")
+    return entry
+
+
+def finetune_record(defn: Definition, variant: str) -> dict[str, Any]:
+    """The record of ``variant``'s existing fine-tuned model (``finetune.json``; steps None when it is missing).
+
+    Raises:
+        FileNotFoundError: ``OUT/<variant>/model.pt`` does not exist.
+    """
+    from occle_core.engine.trainer import MODEL_NAME
+
+    out = Path(defn.out) / variant
+    if not (out / MODEL_NAME).is_file():
+        raise FileNotFoundError(f"{out / MODEL_NAME} not found (run without --eval-only to train it)")
+    record = out / FINETUNE_RECORD
+    entry = json.loads(record.read_text()) if record.is_file() else {"steps": None}
+    entry["model"] = str(out / MODEL_NAME)  # where it is now
+    if entry["steps"] != defn.steps:
+        print(f"note: {out / MODEL_NAME} was fine-tuned for {entry['steps']} steps, not {defn.steps}; kept", flush=True)
     return entry
 
 
@@ -376,6 +395,7 @@ def run_ablation(
     unknown = [v for v in variants if v not in defn.variants]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; variants: {list(defn.variants)}")
+    records = {v: finetune_record(defn, v) for v in variants} if eval_only else {}
     if kitti and not (defn.kitti and Path(defn.kitti).is_dir()):
         print(f"real KITTI frames not found at {defn.kitti}: the real-frame evaluation is skipped", flush=True)
         kitti = False
@@ -387,20 +407,21 @@ def run_ablation(
              "eval": evaluate_checkpoint(defn.checkpoint, defn, eval_root, device, kitti)}]  # fmt: skip
     rows[0]["timing"] = {"eval_s": round(time.perf_counter() - t0, 1)}
     for variant in variants:
-        model = Path(defn.out) / variant / "model.pt"
-        if eval_only and not model.is_file():
-            raise FileNotFoundError(f"--eval-only: {model} not found (run without --eval-only to train it)")
-        say(f"variant {variant}: data")
-        root, seqs, data_s = variant_data(defn, variant, quiet)
-        say(f"variant {variant}: fine-tuning ({defn.steps} steps)")
-        tune = finetune(defn, variant, root, seqs, device, quiet)
+        data_s = 0.0
+        if eval_only:
+            tune = records[variant]
+        else:
+            say(f"variant {variant}: data")
+            root, seqs, data_s = variant_data(defn, variant, quiet)
+            say(f"variant {variant}: fine-tuning ({defn.steps} steps)")
+            tune = finetune(defn, variant, root, seqs, device, quiet)
         say(f"variant {variant}: evaluation")
         t0 = time.perf_counter()
-        scores = evaluate_checkpoint(model, defn, eval_root, device, kitti)
+        scores = evaluate_checkpoint(tune["model"], defn, eval_root, device, kitti)
         timing = {"data_s": round(data_s, 1), "s_per_step": tune.get("s_per_step"), "train_s": tune.get("train_s"),
                   "eval_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
         rows.append({"variant": variant, "families": defn.variants[variant], "steps": tune.get("steps"),
-                     "model": str(model), "timing": timing, "eval": scores})  # fmt: skip
+                     "model": tune["model"], "timing": timing, "eval": scores})  # fmt: skip
         say(json.dumps({"variant": variant, **timing}))
     doc = {"definition": _definition_doc(defn), "rows": rows}
     out = Path(defn.out)

@@ -67,13 +67,14 @@ def test_definition_variants_differ_only_in_their_families():
         with_options(defn, seed=defn.eval_seed)
 
 
-def test_ablation_smoke(tmp_path):
+def test_ablation_smoke(tmp_path, capsys):
     ckpt = _tiny_checkpoint(tmp_path / "start.pt")
     out, data = tmp_path / "out", tmp_path / "data"
     argv = ["randomisation", "--definition", str(DEFINITION), "--variants", "base", "rig", "--checkpoint", str(ckpt)]
     argv += ["--data-root", str(data), "--out", str(out), "--sequences", "1", "--frames", "2", "--image-scale", "0.13"]
-    argv += ["--steps", "2", "--eval-frames", "2", "--no-kitti", "--device", "cpu", "--quiet"]
+    argv += ["--steps", "2", "--eval-frames", "2", "--kitti", str(tmp_path / "no_kitti"), "--device", "cpu", "--quiet"]
     assert main(argv) == 0
+    assert f"real KITTI frames not found at {tmp_path / 'no_kitti'}" in capsys.readouterr().out
     doc = json.loads((out / "randomisation.json").read_text())
     assert [r["variant"] for r in doc["rows"]] == [START, "base", "rig"]
     for row in doc["rows"]:
@@ -104,3 +105,5 @@ def test_ablation_smoke(tmp_path):
     with pytest.raises(SystemExit):
         main([*argv[:3], "--variants", "base", "--bogus"])
     assert main([*argv[:3], "--variants", "nope", "--out", str(out), "--data-root", str(data), "--no-kitti"]) == 2
+    assert main([*argv, "--variants", "sensor", "--eval-only"]) == 2  # no model to evaluate
+    assert f"{out / 'sensor' / 'model.pt'} not found" in capsys.readouterr().err
