@@ -27,10 +27,13 @@ import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
+
+if TYPE_CHECKING:
+    from occle_core.config import OccleConfig
 
 DEFAULT_DEFINITION = Path("config/randomisation.yaml")
 #: occle-synth knobs a variant may set (its flags with ``-`` written ``_``; also the keys of ``synthetic.json``)
@@ -231,7 +234,7 @@ def eval_data(defn: Definition, quiet: bool = False) -> Path:
 # ------------------------------------------------------------------------------------------------ fine-tuning
 
 
-def finetune_config(start: dict, defn: Definition, root: Path, sequences: list[str], out: Path) -> Any:
+def finetune_config(start: dict, defn: Definition, root: Path, sequences: list[str], out: Path) -> OccleConfig:
     """The :class:`~occle_core.config.OccleConfig` of a fine-tuning run: the start checkpoint's saved config with
     the definition's overrides, trained on ``sequences`` of ``root`` for ``defn.steps`` steps without evaluation."""
     from occle_core.config import OccleConfig
