@@ -15,7 +15,7 @@ export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: install demo test lint bench synth-data synth-data-realistic pseudo-noise pseudo-deeplab checkpoint synth-occ3d \
-	checkpoint-occ3d results pilot clean
+	checkpoint-occ3d results pilot randomisation-ablation clean
 
 install: $(STAMP)
 
@@ -110,6 +110,15 @@ results: synth-data
 pilot: synth-data
 	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments pilot $(if $(STEPS),--steps $(STEPS))
 	$(BIN)/python -m occle_experiments report
+
+# The domain-randomisation ablation (config/randomisation.yaml, docs/real_frames.md): occle-synth data per variant
+# (base, rig, appearance, sensor, accumulate, all) in data/randomisation/, the shipped checkpoint fine-tuned on each
+# into runs/randomisation/<variant>/model.pt, evaluated on the real KITTI frames and two synthetic rigs; tables in
+# runs/randomisation/randomisation.md. Options of `python -m occle_experiments randomisation` via RANDOMISATION_ARGS,
+# e.g. RANDOMISATION_ARGS="--steps 100 --variants base rig" or "--eval-only".
+RANDOMISATION_ARGS ?=
+randomisation-ablation: install
+	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments randomisation $(RANDOMISATION_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEVKIT_VENV) build *.egg-info out runs

@@ -1,5 +1,5 @@
-"""``python -m occle_experiments run|pilot|report|agreement``: one row, the pilot, the markdown report, or the
-agreement of 2D pseudo-label sources with the true 2D labels.
+"""``python -m occle_experiments run|pilot|report|agreement|randomisation``: one row, the pilot, the markdown
+report, the agreement of 2D pseudo-label sources with the true 2D labels, or the domain-randomisation ablation.
 
 - ``run ROW --seed K [--steps N]``: train + evaluate one row and record it (``--steps`` defaults to the
   pilot's schedule S once the pilot has found it).
@@ -8,6 +8,9 @@ agreement of 2D pseudo-label sources with the true 2D labels.
 - ``report``: regenerate the generated part of ``docs/results.md`` and its figures from ``docs/results.json``.
 - ``agreement --data ROOT [--truth pseudo_2d_oracle] [--sequence SS ...] SOURCE...``: pixel accuracy, coverage
   and present-class mIoU of each pseudo-label folder against the truth folder (``pseudo_agreement.py``); JSON lines.
+- ``randomisation [--definition config/randomisation.yaml] [--variants V ...] [--sequences N --frames F --steps S
+  ...] [--eval-only]``: data, fine-tuning and evaluation of each randomisation variant (``randomisation.py``);
+  writes ``OUT/randomisation.json`` / ``.md`` and prints the tables.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from occle_experiments.pseudo_agreement import agreement, label_pairs
+from occle_experiments.randomisation import (
+    DEFAULT_DEFINITION,
+    load_definition,
+    markdown_tables,
+    run_ablation,
+    with_options,
+)
 from occle_experiments.report import write_report
 from occle_experiments.rows import DEFAULT_EXPERIMENTS, load_experiments
 from occle_experiments.runner import load_results, pilot_schedule, run_row
@@ -47,7 +57,41 @@ def build_parser() -> argparse.ArgumentParser:
     agree.add_argument("--data", required=True, help="dataset root (SemanticKITTI layout)")
     agree.add_argument("--truth", default="pseudo_2d_oracle", help="folder of the true labels")
     agree.add_argument("--sequence", dest="sequences", action="append", help="a sequence id, repeatable (default: all)")
+    add_randomisation_parser(sub)
     return p
+
+
+def add_randomisation_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``randomisation`` subcommand: every option but the first three overrides the definition file."""
+    r = sub.add_parser("randomisation", help="the domain-randomisation ablation (config/randomisation.yaml)")
+    r.add_argument("--definition", default=str(DEFAULT_DEFINITION), help="the ablation's definition (YAML)")
+    r.add_argument("--variants", nargs="+", help="variants to run (default: all of the definition)")
+    r.add_argument("--eval-only", action="store_true", help="only evaluate the existing OUT/<variant>/model.pt")
+    r.add_argument("--checkpoint", help="start checkpoint")
+    r.add_argument("--data-root", help="DATA_ROOT: synthetic data per variant (reused when present)")
+    r.add_argument("--out", help="OUT: models and results")
+    r.add_argument("--sequences", type=int, help="training sequences per variant")
+    r.add_argument("--frames", type=int, help="frames per training sequence")
+    r.add_argument("--image-scale", type=float, help="occle-synth --image-scale of every sequence")
+    r.add_argument("--steps", type=int, help="fine-tuning steps per variant")
+    r.add_argument("--eval-frames", type=int, help="frames of each held-out synthetic rig")
+    r.add_argument("--kitti", help="real KITTI object frames (folder holding velodyne/, image_2/, ...)")
+    r.add_argument("--no-kitti", action="store_true", help="skip the real KITTI frames")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+
+
+def randomisation_main(args: argparse.Namespace) -> int:
+    """``randomisation``: run the ablation, print its tables."""
+    defn = with_options(
+        load_definition(args.definition), checkpoint=args.checkpoint, data_root=args.data_root, out=args.out,
+        sequences=args.sequences, frames=args.frames, image_scale=args.image_scale, steps=args.steps,
+        eval_frames=args.eval_frames, kitti=args.kitti,
+    )  # fmt: skip
+    doc = run_ablation(defn, args.variants, args.eval_only, not args.no_kitti, args.device, args.quiet)
+    print(markdown_tables(doc["rows"], defn))
+    print(f"wrote {defn.out}/randomisation.json and {defn.out}/randomisation.md")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 score = agreement(label_pairs(args.data, args.truth, source, args.sequences))
                 print(json.dumps({"source": source, **score}))
             return 0
+        if args.command == "randomisation":
+            return randomisation_main(args)
         exp = load_experiments(args.experiments)
         results = args.results or exp.results
         pilot = exp.protocol["pilot"]
