@@ -47,7 +47,8 @@ class DataConfig:
         pseudo_dir: SemanticKITTI layout: the sequence sub-folder the 2D pseudo labels are read from
             (``pseudo_2d``: occle-synth's noise model; e.g. ``pseudo_2d_deeplab`` written by occle-pseudo).
         past_frames: SemanticKITTI layout: K previous scans of the sequence merged into each frame's points
-            through the poses, with a time-offset column (``data/multiframe.py``); 0 = the frame's own scan only.
+            through the poses, with a time-offset column (``data/multiframe.py``) that the network reads when
+            ``model.time_features`` is set (its default for K > 0); 0 = the frame's own scan only.
     """
 
     dataset: str = "semantic_kitti"
@@ -139,10 +140,14 @@ class ModelConfig:
     pretrained_image: str = ""  # local path of backbone weights; nothing is downloaded
     shared_encoders: bool = True  # False: the semantic branch has its own 2D UNet and sparse 3D UNet (the paper)
     sem3d_head: str = "coarse"  # coarse: sem3d at the feature resolution, upsampled | full: one per output voxel
+    # multi-frame input: voxel features carry the current-scan share and the mean point age (model/lidar_encoder.py);
+    # None (the default) resolves to data.past_frames > 0 when the OccleConfig is built; false with past scans merged
+    # in is the ablation that ignores the time column; true needs data.past_frames > 0
+    time_features: bool | None = None
 
 
 # what a saved config written before a model switch existed meant by its absence (the network it was trained as)
-LEGACY_MODEL = {"shared_encoders": True, "sem3d_head": "coarse"}
+LEGACY_MODEL = {"shared_encoders": True, "sem3d_head": "coarse", "time_features": False}
 DECOUPLED = {"shared_encoders": False, "sem3d_head": "full"}
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -269,15 +274,33 @@ class OccleConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.model.time_features is None:  # multi-frame input carries its time offsets into the network
+            past = self.data.past_frames
+            self.model.time_features = isinstance(past, int | float) and not isinstance(past, bool) and past > 0
+
     def to_dict(self) -> dict:
         """Plain nested dict (YAML/JSON/checkpoint friendly)."""
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Check the values training reads (``train``, ``loss``, ``data``); ``ValueError`` names the first bad one."""
+        """Check the values training reads (``train``, ``loss``, ``data``, ``model.time_features`` against
+        ``data.past_frames``); ``ValueError`` names the first bad one."""
         self.train.validate()
         self.loss.validate()
         self.data.validate()
+        tf = self.model.time_features
+        _require(
+            [
+                (isinstance(tf, bool), "model.time_features", "true or false (null resolves when loaded)", tf),
+                (
+                    not tf or self.data.past_frames > 0,
+                    "model.time_features",
+                    "false when data.past_frames is 0 (one scan has no time offsets)",
+                    tf,
+                ),
+            ]
+        )
 
     def resume_changes(self, new: OccleConfig) -> list[str]:
         """``section.key=old->new`` for every field of ``new`` that differs from this (saved) config and may not

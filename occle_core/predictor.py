@@ -62,6 +62,9 @@ class Predictor:
         grid: the output voxel grid; classes: the class table; config: the model's config; device.
         grid_frame: ``"lidar"`` or ``"ego"``, the frame the points and every camera's ``T_cam<-grid`` must be in.
         camera_names: the checkpoint's camera set, front camera first (``["image_2"]`` for one camera).
+        time_features: the checkpoint was trained on multi-frame input (``model.time_features``,
+            ``data.past_frames`` > 0): ``points`` must then carry the time offset ``dt`` as a fifth column (the
+            current scan and the past scans merged into its frame, as :mod:`occle_core.data.multiframe` builds them).
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
@@ -75,6 +78,7 @@ class Predictor:
     device: torch.device
     grid_frame: str
     camera_names: list[str]
+    time_features: bool
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto") -> None:
         dev = resolve_device(device)
@@ -101,6 +105,7 @@ class Predictor:
         self.classes = cfg.data.classes()
         self.grid_frame = cfg.data.frame()
         self.camera_names = cfg.data.camera_names()
+        self.time_features = bool(cfg.model.time_features)
         self.model = model.to(device).eval()
 
     def views(self, image: ImageOrViews, calib: Calib | None = None) -> list[tuple[np.ndarray, Calib]]:
@@ -143,15 +148,23 @@ class Predictor:
             ValueError: naming the field and the expected shape / dtype / size.
         """
         _check_view(image, calib, "")
-        return _check_points(points)
+        return _check_points(points, self._time_columns())
+
+    def _time_columns(self) -> str | None:
+        """What the points of a multi-frame checkpoint must hold beyond x, y, z, intensity (None: nothing)."""
+        if not self.time_features:
+            return None
+        past = self.config.data.past_frames
+        return f"dt (seconds, 0 for the current scan, < 0 for the past scans) of the {past} merged past scans"
 
     def batch(self, image: ImageOrViews, points: np.ndarray, calib: Calib | None = None) -> Batch:
         """Validated network input of one frame on the predictor's device (what :meth:`predict` feeds the model);
         ``image`` is one image (with ``calib``) or the list of (image, Calib) views."""
         views = self.views(image, calib)
-        pts = _check_points(points)
+        pts = _check_points(points, self._time_columns())
         cams = [CameraView(name, img, cal) for name, (img, cal) in zip(self.camera_names, views)]
-        sample = Sample("predict", pts, cams, grid_frame=self.grid_frame)
+        extras = {"dt_column": 4} if self.time_features else {}
+        sample = Sample("predict", pts, cams, grid_frame=self.grid_frame, extras=extras)
         return collate_inputs([sample], self.config).to(self.device)
 
     @torch.inference_mode()
@@ -168,7 +181,7 @@ class Predictor:
                 of ``(image (H, W, 3) uint8, Calib)``, one per camera of :attr:`camera_names`, in that order
                 (front camera first; images may differ in size, each is resized to the configured size).
             points: (N, >=4) float x, y, z, intensity in the grid frame :attr:`grid_frame` (rows with NaN/Inf
-                are dropped).
+                are dropped); (N, >=5) with ``dt`` in column 4 for a multi-frame checkpoint (:attr:`time_features`).
             calib: the camera model of ``image`` (``calib.image_size`` must equal the image size); None with
                 views. Every ``T_cam_lidar`` maps the grid frame to its camera.
 
@@ -195,15 +208,18 @@ def _check_view(image: np.ndarray, calib: Calib, prefix: str) -> None:
         raise ValueError(f"{prefix}calib image_size {calib.image_size} does not match the image size {image.shape[:2]}")
 
 
-def _check_points(points: np.ndarray) -> np.ndarray:
-    """(N, >=4) float points -> the (N, 4) float32 x, y, z, intensity columns; ``ValueError`` naming ``points``."""
-    if not isinstance(points, np.ndarray) or points.ndim != 2 or points.shape[1] < 4:
+def _check_points(points: np.ndarray, time_column: str | None = None) -> np.ndarray:
+    """(N, >=4) float points -> the (N, 4) float32 x, y, z, intensity columns, or with ``time_column`` (what the
+    fifth column must hold) the (N, 5) float32 columns with it; ``ValueError`` naming ``points``."""
+    width = 4 if time_column is None else 5
+    what = "x, y, z, intensity" + ("" if time_column is None else f", {time_column}")
+    if not isinstance(points, np.ndarray) or points.ndim != 2 or points.shape[1] < width:
         raise ValueError(
-            f"points must be an (N, >=4) array of x, y, z, intensity, got shape {getattr(points, 'shape', None)}"
+            f"points must be an (N, >={width}) array of {what}, got shape {getattr(points, 'shape', None)}"
         )
     if not np.issubdtype(points.dtype, np.floating):
         raise ValueError(f"points must be floating point (float32), got dtype {points.dtype}")
-    return np.asarray(points[:, :4], np.float32)
+    return np.asarray(points[:, :width], np.float32)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -253,11 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from occle_core.data.multiframe import MultiFrameDataset
     from occle_core.data.semantic_kitti import SemanticKittiDataset, sequence_dir, write_voxel_labels
     from occle_core.render import render_comparison, render_sample_overview
 
     predictor = Predictor(args.checkpoint, args.device)
     data = SemanticKittiDataset(args.data, [args.sequence], with_labels=False)
+    # a multi-frame checkpoint reads each frame with its past scans merged in, as in training
+    frames = MultiFrameDataset(data, int(predictor.config.data.past_frames)) if predictor.time_features else data
     index = {int(frame): i for i, (_, frame) in enumerate(data.frames)}
     if args.frames:
         wanted = parse_frames(args.frames)
@@ -275,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
     classes = predictor.classes
     times = []
     for n, frame in enumerate(wanted):
-        sample = data[index[frame]]
+        sample = frames[index[frame]]
         t0 = time.perf_counter()
         labels = predictor.predict(sample.image, sample.points, sample.calib)
         times.append(time.perf_counter() - t0)

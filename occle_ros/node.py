@@ -113,6 +113,10 @@ class OccleNode(Node):
 
             torch.set_num_threads(s.torch_threads)
         self.predictor = predictor if predictor is not None else self._load_predictor()
+        try:
+            pipeline.require_single_frame(self.predictor)
+        except ValueError as exc:
+            raise StartupError(f"checkpoint: {exc}") from exc
         self.grid, self.classes = self.predictor.grid, self.predictor.classes
         self.cameras = self._match_cameras()
         self.grid_kind = getattr(self.predictor, "grid_frame", "lidar")  # predictors before the multi-camera API

@@ -57,7 +57,8 @@ class OccupancyPredictor(Protocol):
     """What the node needs of a predictor (:class:`occle_core.predictor.Predictor` is one).
 
     ``grid_frame`` ("lidar" | "ego") and ``camera_names`` (the checkpoint's camera set, front first) are read with
-    defaults "lidar" and None (any single camera) for predictors that predate the multi-camera API.
+    defaults "lidar" and None (any single camera) for predictors that predate the multi-camera API;
+    ``time_features`` (a multi-frame checkpoint, refused by :func:`require_single_frame`) with default False.
     """
 
     grid: VoxelGrid
@@ -164,6 +165,20 @@ def distortion_warning(info: CameraInfo, topic: str) -> str | None:
         return None
     return (f"camera_info of {topic} has distortion D={list(np.round(info.d, 4))} but the topic does not look "
             f"rectified: the node assumes rectified images (set warn_distortion false if they are)")  # fmt: skip
+
+
+def require_single_frame(predictor: OccupancyPredictor) -> None:
+    """Raise ``ValueError`` when ``predictor`` wants multi-frame input: the node feeds each synchronised LiDAR scan
+    alone (points without a time column) and does not accumulate past scans."""
+    if not getattr(predictor, "time_features", False):
+        return
+    config = getattr(predictor, "config", None)
+    past = getattr(getattr(config, "data", None), "past_frames", "> 0")
+    raise ValueError(
+        f"the checkpoint was trained on multi-frame input (model.time_features true, data.past_frames {past}), but "
+        "occle_node feeds one LiDAR scan per frame and does not accumulate past scans: use a single-frame "
+        "checkpoint (data.past_frames 0)"
+    )
 
 
 def predict(predictor: OccupancyPredictor, views: list[tuple[np.ndarray, Calib]], points: np.ndarray) -> np.ndarray:

@@ -65,7 +65,8 @@ def test_shapes_dtypes_and_normalisation():
     b = collate([s, _sample(1)], cfg)
     assert isinstance(b, Batch) and b.batch_size == 2
     assert b.image.shape == (2, 3, 20, 40) and b.image.dtype == torch.float32
-    assert b.points.shape[1] == 5 and set(b.points[:, 0].tolist()) == {0.0, 1.0}
+    assert b.points.shape[1] == 6 and set(b.points[:, 0].tolist()) == {0.0, 1.0}
+    assert not b.points[:, 5].any()  # one scan per frame: dt = 0 (data/batch.py point_time)
     assert b.lidar_to_image.shape == (2, 3, 4)
     assert b.voxel_labels.shape == (2, 32, 32, 16) and b.voxel_labels.dtype == torch.int64
     assert b.label_mask.dtype == torch.bool and b.pseudo2d.shape == (2, 20, 40)

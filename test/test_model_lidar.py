@@ -61,6 +61,39 @@ def test_voxelize_known_answer():
     torch.testing.assert_close(dense[1, :, 1, 0, 1], f1)
 
 
+def test_time_features_per_voxel_and_ignored_without_them():
+    grid = VoxelGrid((0.0, 0.0, 0.0), 1.0, (4, 4, 2))
+    # [batch, x, y, z, intensity, dt]; feature voxels at stride 2: (0, 0, 0), (1, 0, 0), (0, 1, 0)
+    pts = torch.tensor(
+        [
+            [0, 0.5, 0.5, 0.5, 0.1, 0.0],  # current-only voxel (0, 0, 0): two current points
+            [0, 1.5, 0.5, 0.5, 0.2, 0.0],
+            [0, 2.5, 0.5, 0.5, 0.3, -0.1],  # past-only voxel (1, 0, 0): ages 0.1 s and 0.3 s
+            [0, 3.5, 1.5, 0.5, 0.4, -0.3],
+            [0, 0.5, 2.5, 0.5, 0.5, 0.0],  # mixed voxel (0, 1, 0): one current point, two of 0.2 s
+            [0, 1.5, 2.5, 0.5, 0.6, -0.2],
+            [0, 0.5, 3.5, 1.5, 0.7, -0.2],
+        ]
+    )
+    vox = voxelize_points(pts, grid, 2, batch_size=1, time_features=True)
+    assert vox.feats.shape == (3, in_channels_for(2, time_features=True)) == (3, 16)
+    assert vox.coords.tolist() == [[0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]]  # sorted: mixed (0, 1, 0), past (1, 0, 0)
+    current, age = vox.feats[:, -2], vox.feats[:, -1]
+    torch.testing.assert_close(current, torch.tensor([1.0, 1.0 / 3.0, 0.0]))
+    torch.testing.assert_close(age, torch.tensor([0.0, 0.4 / 3.0, 0.2]))
+    # the single-frame features are the first 14 channels, whatever the dt column holds
+    plain = voxelize_points(pts, grid, 2, batch_size=1)
+    assert plain.feats.shape == (3, in_channels_for(2)) == (3, 14)
+    assert torch.equal(plain.feats, vox.feats[:, :14])
+    assert torch.equal(plain.feats, voxelize_points(pts[:, :5], grid, 2, batch_size=1).feats)
+    # a scan without the dt column is all current: share 1, age 0
+    one = voxelize_points(pts[:, :5], grid, 2, batch_size=1, time_features=True).feats
+    assert one[:, -2].tolist() == [1.0, 1.0, 1.0] and one[:, -1].tolist() == [0.0, 0.0, 0.0]
+    enc = LidarEncoder(grid, [4, 8], 6, stride=2, backend="dense", time_features=True)
+    assert enc.levels[0][0].conv.weight.shape[-1] == 16  # the first convolution reads the two extra channels
+    assert LidarEncoder(grid, [4, 8], 6, stride=2, backend="dense").levels[0][0].conv.weight.shape[-1] == 14
+
+
 def test_submanifold_dense_conv_keeps_the_active_set_and_strided_dilates_it():
     conv = SparseConv3d(3, 4, 3, 1, True)
     x = torch.zeros(1, 3, 6, 6, 6)
@@ -154,6 +187,8 @@ def test_dense_backend_trains():
     assert all(float(g.abs().sum()) > 0 for g in grads)
 
 
-def test_points_must_be_m_by_5():
+def test_points_must_be_m_by_5_or_6():
     with pytest.raises(ValueError, match=r"\(M, 5\)"):
         voxelize_points(torch.zeros(3, 4), GRID, 2, 1)
+    with pytest.raises(ValueError, match=r"\(M, 6\) with dt"):
+        voxelize_points(torch.zeros(3, 7), GRID, 2, 1)

@@ -1,5 +1,6 @@
 """Multi-frame LiDAR input (``data.past_frames``): past scans moved into the current frame through the poses, the
-time-offset column, K = 0 unchanged, and collation (targets from the frame's own scan only)."""
+time-offset column, K = 0 unchanged, collation (dt carried, targets from the frame's own scan only), a multi-frame
+training run and its checkpoint (``model.time_features``), and single-frame checkpoints left as they were."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from test_train import tiny_overrides, write_tiny_dataset
 
-from occle_core.config import load_config
+from occle_core.checkpoint import load_model
+from occle_core.config import OccleConfig, load_config
 from occle_core.data import semantic_kitti as sk
 from occle_core.data.batch import add_targets, collate_inputs
 from occle_core.data.factory import build_dataset
 from occle_core.data.kitti_calib import write_kitti_calib
 from occle_core.data.multiframe import MultiFrameDataset
 from occle_core.data.sample import Sample
+from occle_core.engine.trainer import MODEL_NAME, Trainer
 from occle_core.geometry import Calib
+from occle_core.model.lidar_encoder import in_channels_for
+from occle_core.model.occle import synthetic_batch
+from occle_core.predictor import Predictor, default_checkpoint
+from occle_core.predictor import main as predict_main
 
 # velodyne -> camera 0 (KITTI's axes: x_cam = -y_velo, y_cam = -z_velo, z_cam = x_velo) and an offset
 TR = np.array([[0, -1, 0, 0.1], [0, 0, -1, -0.2], [1, 0, 0, -0.3], [0, 0, 0, 1]], np.float64)
@@ -95,6 +104,15 @@ def test_missing_times_and_bad_k_are_named(root: Path, tmp_path: Path) -> None:
         load_config(None, {"data": {"past_frames": 1.5}}).data.validate()
     with pytest.raises(ValueError, match="data.pseudo_dir must be a folder name"):
         load_config(None, {"data": {"pseudo_dir": "a/b"}}).data.validate()
+    with pytest.raises(ValueError, match="model.time_features must be false when data.past_frames is 0"):
+        load_config(None, {"model": {"time_features": True}}).validate()
+    ablation = load_config(None, {"data": {"past_frames": 2}, "model": {"time_features": False}})
+    ablation.validate()
+    assert ablation.model.time_features is False
+    saved = ablation.to_dict()
+    del saved["model"]["time_features"]  # a checkpoint written before the switch: trained without time channels
+    assert OccleConfig.from_saved(saved).model.time_features is False
+    assert OccleConfig.from_dict(saved).model.time_features is True  # a new config: derived from data.past_frames
 
 
 def test_collate_takes_the_extra_column_and_targets_read_the_own_scan(root: Path) -> None:
@@ -102,10 +120,81 @@ def test_collate_takes_the_extra_column_and_targets_read_the_own_scan(root: Path
     cfg = load_config(None, {"data": {"grid": grid, "image_size": [8, 16], "max_points": 0}})
     s = MultiFrameDataset(sk.SemanticKittiDataset(root, ["00"], with_labels=False), 2)[2]
     batch = collate_inputs([s], cfg)
-    assert batch.points.shape == (6, 5)  # [batch index, x, y, z, intensity]: the time column is not a model input
-    np.testing.assert_allclose(batch.points[:, 1:].numpy(), s.points[:, :4], atol=0)
+    assert batch.points.shape == (6, 6)  # [batch index, x, y, z, intensity, dt]
+    np.testing.assert_allclose(batch.points[:, 1:].numpy(), s.points, atol=0)
+    assert batch.points[:3, 5].tolist() == [0.0, 0.0, 0.0] and bool((batch.points[3:, 5] < 0).all())
     own = Sample.single("00/000002", s.image, s.points[:3, :4].copy(), s.calib)
+    assert not collate_inputs([own], cfg).points[:, 5].any()  # a scan without the time column: dt = 0
     merged, single = add_targets(batch, [s], cfg), add_targets(collate_inputs([own], cfg), [own], cfg)
     assert merged.occupied.sum() == 3  # the 3 points of frame 2 (all past points are inside the grid too)
     assert np.array_equal(merged.occupied.numpy(), single.occupied.numpy())
     assert np.array_equal(merged.free.numpy(), single.free.numpy())
+
+
+# class means of the shipped single-frame model's logits on synthetic_batch(cfg, 3000, seed=0), computed before the
+# time column existed (voxel input width 14): the multi-frame option must leave single-frame checkpoints as they were
+SHIPPED_CLASS_MEANS = [
+    2.93409, -3.11031, -4.16375, -6.23826, -2.17747, -4.65164, -3.21347, -7.22719, -6.48904, -2.19174,
+    -3.86084, -2.06072, -4.93219, -1.21789, -2.61698, -3.37823, -2.51719, -3.77529, -1.69904, -3.06408,
+]  # fmt: skip
+
+
+def test_a_single_frame_checkpoint_predicts_as_before_and_ignores_dt() -> None:
+    model, cfg, ckpt = load_model(default_checkpoint())
+    assert cfg.model.time_features is False and cfg.data.past_frames == 0
+    assert model.lidar_encoder.in_channels == in_channels_for(cfg.model.feature_stride) == 14
+    assert ckpt["model"]["lidar_encoder.levels.0.0.conv.weight"].shape[-1] == 14
+    batch = synthetic_batch(cfg, 3000, seed=0)
+    assert batch.points.shape == (3000, 6) and not batch.points[:, 5].any()
+    with torch.inference_mode():
+        logits = model(batch, inference=True).logits
+        batch.points[:, 5] = -torch.rand(3000, generator=torch.Generator().manual_seed(1))  # past points, say
+        again = model(batch, inference=True).logits
+    means = logits[0].double().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(means, torch.tensor(SHIPPED_CLASS_MEANS, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+    assert torch.equal(logits, again)
+
+
+@pytest.fixture(scope="module")
+def mf_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test_train's tiny box scenes (train 00: 3 frames, val 01: 2) with poses (0.5 m forward per frame) and
+    times (10 Hz)."""
+    root = write_tiny_dataset(tmp_path_factory.mktemp("mf_train"), {"00": 3, "01": 2})
+    T_cam_lidar = np.eye(4)
+    T_cam_lidar[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]  # the calibration Tr write_tiny_dataset writes
+    for seq, n in (("00", 3), ("01", 2)):
+        poses = np.stack([np.eye(4)] * n)
+        poses[:, 0, 3] = 0.5 * np.arange(n)  # LiDAR poses: x forward
+        sk.write_poses(root / "sequences" / seq / "poses.txt", T_cam_lidar @ poses @ np.linalg.inv(T_cam_lidar))
+        sk.write_times(root / "sequences" / seq / "times.txt", 0.1 * np.arange(n))
+    return root
+
+
+def test_multi_frame_training_run_and_its_checkpoint(mf_root: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(mf_root, tmp_path / "run", steps=2, ckpt_every=0)
+    overrides["data"]["past_frames"] = 2
+    cfg = load_config(None, overrides)
+    assert cfg.model.time_features is True  # derived from data.past_frames
+    summary = Trainer(cfg, device="cpu", progress=False).fit()
+    assert summary["step"] == 2 and np.isfinite(summary["loss"])
+    model, saved, _ = load_model(tmp_path / "run" / MODEL_NAME)
+    assert saved.model.time_features is True and saved.data.past_frames == 2
+    assert model.lidar_encoder.in_channels == in_channels_for(saved.model.feature_stride, True) == 16
+    predictor = Predictor(tmp_path / "run" / MODEL_NAME, "cpu")
+    assert predictor.time_features
+    frame = MultiFrameDataset(sk.SemanticKittiDataset(mf_root, ["01"], with_labels=False), 2)[1]
+    assert frame.points.shape[1] == 5 and (frame.points[:, 4] < 0).any()
+    with pytest.raises(ValueError, match=r"points must be an \(N, >=5\) array of x, y, z, intensity, dt"):
+        predictor.predict(frame.image, frame.points[:, :4], frame.calib)
+    merged = predictor.predict_logits(frame.image, frame.points, frame.calib)
+    as_current = frame.points.copy()
+    as_current[:, 4] = 0.0
+    assert merged.shape == (20, 32, 32, 4)
+    assert not torch.equal(merged, predictor.predict_logits(frame.image, as_current, frame.calib))  # dt is read
+    out = tmp_path / "pred"
+    args = ["--checkpoint", str(tmp_path / "run" / MODEL_NAME), "--data", str(mf_root), "--sequence", "01"]
+    assert predict_main([*args, "--out", str(out), "--device", "cpu", "--no-png"]) == 0  # merges the past scans
+    assert sorted(p.name for p in (out / "sequences" / "01" / "predictions").iterdir()) == [
+        "000000.label",
+        "000001.label",
+    ]

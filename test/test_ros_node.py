@@ -11,6 +11,7 @@ import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from helpers_ros import (
+    GRID,
     HW,
     STAMP,
     Spinner,
@@ -27,6 +28,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
+from occle_core.checkpoint import make_checkpoint, save_checkpoint
+from occle_core.config import load_config
+from occle_core.model.occle import OccLE
 from occle_ros import bag_player, kitti2bag, readback
 from occle_ros import node as occle_node
 
@@ -268,6 +272,18 @@ def test_foreign_checkpoint_and_cuda_on_cpu(ros_context, tmp_path, checkpoint):
     if not torch.cuda.is_available():
         with pytest.raises(occle_node.StartupError, match="cuda"):
             occle_node.OccleNode(context=ros_context, parameter_overrides=node_params(checkpoint, device="cuda"))
+
+
+def test_a_multi_frame_checkpoint_is_refused_naming_the_setting(ros_context, tmp_path, checkpoint):
+    """The node feeds one scan per frame: a checkpoint trained on merged past scans (model.time_features) is refused
+    at start-up instead of being fed points without their time offsets."""
+    cfg = load_config(None, {"data": {"grid": GRID, "image_size": list(HW), "past_frames": 2}})
+    path = tmp_path / "multi_frame.pt"
+    weights = OccLE(cfg).state_dict()
+    save_checkpoint(path, make_checkpoint(cfg.to_dict(), cfg.data.classes(), cfg.data.voxel_grid(), weights))
+    pattern = r"checkpoint: .*multi-frame input \(model.time_features true, data.past_frames 2\).*does not accumulate"
+    with pytest.raises(occle_node.StartupError, match=pattern):
+        occle_node.OccleNode(context=ros_context, parameter_overrides=node_params(path))
 
 
 def test_occle_node_process_exits_with_one_line(tmp_path):

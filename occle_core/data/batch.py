@@ -40,7 +40,9 @@ class Batch:
     Attributes:
         image: (B*N, 3, H, W) float32, ImageNet-normalised, (H, W) = ``cfg.data.image_size``; row ``b * N + n``
             is camera ``n`` of frame ``b`` (N = ``num_cameras``; one camera: (B, 3, H, W)).
-        points: (M, 5) float32 ``[batch_index, x, y, z, intensity]`` in the grid frame, inside the grid.
+        points: (M, 6) float32 ``[batch_index, x, y, z, intensity, dt]`` in the grid frame, inside the grid; ``dt``
+            the point's time offset in seconds (0: the frame's own scan, < 0: a past scan merged in, see
+            :func:`point_time`); the network reads it only when ``model.time_features`` is set.
         lidar_to_image: (B*N, 3, 4) float32, homogeneous grid-frame point -> homogeneous pixel of the resized
             image of that camera.
         voxel_labels: (B, X, Y, Z) int64, 255 = ignore (invalid voxels included); None when unlabelled.
@@ -186,11 +188,12 @@ def _own_scan(s: Sample) -> np.ndarray:
     return _finite(s.points[: s.extras.get("current_points")])
 
 
-def select_points(points: np.ndarray, grid: VoxelGrid, max_points: int, rng: np.random.Generator) -> np.ndarray:
-    """(N, >=4) -> (M, 4) float32 finite points inside ``grid``, a random subset of ``max_points`` beyond it.
+def select_rows(points: np.ndarray, grid: VoxelGrid, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, >=4) -> (M,) int64 sorted rows of the finite points inside ``grid``, a random subset of ``max_points``
+    beyond it.
 
-    Column-wise tests and a single gather: NaN/Inf coordinates fall outside the grid by themselves, rows with a
-    non-finite intensity are dropped too. ``points`` is only read (it may be a read-only view of a message).
+    Column-wise tests: NaN/Inf coordinates fall outside the grid by themselves, rows with a non-finite intensity
+    are dropped too. ``points`` is only read (it may be a read-only view of a message).
     """
     pts = np.asarray(points[:, :4], np.float32)  # a view when already float32
     keep = grid.inside_mask(pts)
@@ -198,7 +201,21 @@ def select_points(points: np.ndarray, grid: VoxelGrid, max_points: int, rng: np.
     rows = np.flatnonzero(keep)  # (M,)
     if max_points > 0 and len(rows) > max_points:
         rows = rows[np.sort(rng.choice(len(rows), max_points, replace=False))]
-    return pts[rows]
+    return rows
+
+
+def select_points(points: np.ndarray, grid: VoxelGrid, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, >=4) -> (M, 4) float32 x, y, z, intensity of the rows :func:`select_rows` keeps (a single gather)."""
+    return np.asarray(points[:, :4], np.float32)[select_rows(points, grid, max_points, rng)]
+
+
+def point_time(sample: Sample) -> np.ndarray:
+    """(N,) float32 time offset ``dt`` (seconds) of each point: the column ``extras["dt_column"]`` of a multi-frame
+    sample (``data/multiframe.py``: 0 for the frame's own scan, < 0 for the past scans), zeros otherwise."""
+    col = sample.extras.get("dt_column")
+    if col is None:
+        return np.zeros(len(sample.points), np.float32)
+    return np.asarray(sample.points[:, col], np.float32)
 
 
 def _frame_rng(frame_id: str, seed: int) -> np.random.Generator:
@@ -206,7 +223,8 @@ def _frame_rng(frame_id: str, seed: int) -> np.random.Generator:
 
 
 def collate_inputs(samples: list[Sample], cfg: OccleConfig, rng: np.random.Generator | None = None) -> Batch:
-    """The network inputs of ``samples``: camera images, points, grid-to-image matrices, frame ids.
+    """The network inputs of ``samples``: camera images, points (with their time offsets, :func:`point_time`),
+    grid-to-image matrices, frame ids.
 
     Args:
         samples: B frames; images may differ in size (each is resized to ``cfg.data.image_size``, its
@@ -236,12 +254,14 @@ def collate_inputs(samples: list[Sample], cfg: OccleConfig, rng: np.random.Gener
             calib: Calib = view.calib.resized(*size)
             l2i.append(torch.from_numpy(calib.lidar_to_image.astype(np.float32)))
         gen = rng if rng is not None else _frame_rng(s.frame_id, cfg.data.label_seed)
-        pts = select_points(s.points, grid, cfg.data.max_points, gen)  # (M_b, 4)
-        point_rows.append(np.concatenate([np.full((len(pts), 1), b, np.float32), pts], axis=1))
+        rows = select_rows(s.points, grid, cfg.data.max_points, gen)  # (M_b,)
+        pts = np.asarray(s.points[:, :4], np.float32)[rows]  # (M_b, 4)
+        dt = point_time(s)[rows, None]  # (M_b, 1)
+        point_rows.append(np.concatenate([np.full((len(pts), 1), b, np.float32), pts, dt], axis=1))
     points = torch.from_numpy(np.concatenate(point_rows, axis=0))
     return Batch(
         image=torch.stack(images),
-        points=points.reshape(-1, 5),
+        points=points.reshape(-1, 6),
         lidar_to_image=torch.stack(l2i),
         frame_ids=[s.frame_id for s in samples],
         num_cameras=len(names),

@@ -48,7 +48,8 @@ class Sample:
         timestamp_us: the frame's time in microseconds; None when unknown.
         extras: reader-specific values; ``"lidar_origin"``: the LiDAR's position (x, y, z) in the grid frame, where
             its rays start (set by the ego-frame readers, absent = the grid origin; read it through
-            :func:`lidar_origin`).
+            :func:`lidar_origin`); ``"dt_column"``: the points column holding each point's time offset in seconds
+            (0 for the frame's own scan, < 0 for past scans merged in; multi-frame samples, ``data/multiframe.py``).
     """
 
     frame_id: str

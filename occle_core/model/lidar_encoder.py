@@ -4,6 +4,8 @@ The points are voxelised at the feature resolution (the output grid coarsened by
 voxel holds the mean of its points' features (offset from the voxel centre, intensity), its point count,
 its height, and which of its ``stride**3`` output-resolution children are hit (space-to-depth occupancy, so
 no output-resolution detail is lost while the 3D convolutions run on a grid ``stride**3`` times smaller).
+A multi-frame model (``model.time_features``) adds two channels per voxel, the share of its points from the current
+scan and their mean age (:func:`voxelize_points`); a single-frame model's input width is unchanged.
 
 Two interchangeable backends run the sparse convolutions:
 
@@ -36,6 +38,7 @@ from occle_core.model.layers import PointwiseConv3d, to_cl
 
 BACKENDS = ("auto", "spconv", "dense")
 POINT_FEATURES = 6  # offset xyz (voxel units), mean intensity, log1p(count), height in the grid
+TIME_FEATURES = 2  # multi-frame input only: share of current-scan points, mean age in seconds
 
 
 def spconv_available() -> bool:
@@ -47,9 +50,10 @@ def spconv_available() -> bool:
     return True
 
 
-def in_channels_for(stride: int) -> int:
-    """Per-voxel input channels of the encoder at feature ``stride``: point features + stride**3 occupancy bits."""
-    return POINT_FEATURES + stride**3
+def in_channels_for(stride: int, time_features: bool = False) -> int:
+    """Per-voxel input channels of the encoder at feature ``stride``: point features + stride**3 occupancy bits
+    (+ the two time features of a multi-frame model)."""
+    return POINT_FEATURES + stride**3 + (TIME_FEATURES if time_features else 0)
 
 
 @dataclass
@@ -87,22 +91,39 @@ def _flat(b: Tensor, i: Tensor, j: Tensor, k: Tensor, shape: tuple[int, int, int
     return ((b * X + i) * Y + j) * Z + k
 
 
-def voxelize_points(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int) -> VoxelFeatures:
+def voxelize_points(
+    points: Tensor, grid: VoxelGrid, stride: int, batch_size: int, time_features: bool = False
+) -> VoxelFeatures:
     """Mean point features per active voxel of ``grid`` coarsened by ``stride`` (vectorised scatter).
 
     Args:
-        points: (M, 5) ``[batch_index, x, y, z, intensity]``; points outside the grid (or the batch) are dropped.
+        points: (M, 5) ``[batch_index, x, y, z, intensity]`` or (M, 6) with ``dt`` last (seconds, 0 for the
+            current scan, < 0 for the past scans merged in, ``data/multiframe.py``); (M, 5) reads as dt = 0.
+            Points outside the grid (or the batch) are dropped.
         grid: the output grid; the feature grid is ``grid.scaled(stride)``.
         stride: coarsening factor (1, 2, 4...).
         batch_size: B (frames without points simply have no active voxel).
+        time_features: append the two time channels (a multi-frame model); False ignores ``dt`` entirely, so a
+            single-frame model computes exactly what it did before the time column existed.
 
     Returns:
         the active voxels with features ``[dx, dy, dz, intensity, log1p(count), height, occ_0..occ_{s^3-1}]``:
         mean offset from the voxel centre in voxel units, mean intensity, point count, the voxel's normalised
-        height in the grid (-1 bottom .. 1 top), and which output-resolution children hold a point.
+        height in the grid (-1 bottom .. 1 top), and which output-resolution children hold a point; with
+        ``time_features`` then ``[current, age]``:
+
+        - ``current``: the share of the voxel's points with ``dt == 0`` (the current scan). 1 = seen now, 0 = seen
+          only in past scans: a moving object's trail (and space it has left) is past-only, so this is what
+          separates it from where the object is now; a static surface seen in every scan sits in between.
+        - ``age``: the mean ``|dt|`` of the voxel's points in seconds, unnormalised. An age in seconds means the
+          same for any window length K and any scan rate (a model trained with K = 4 reads a shorter window at
+          the start of a sequence correctly, where normalising by the window would stretch it), and with a few
+          scans at 10-20 Hz it is already O(0.1..1), the scale of the other inputs.
     """
-    if points.ndim != 2 or points.shape[1] != 5:
-        raise ValueError(f"points must be (M, 5) [batch, x, y, z, intensity], got {tuple(points.shape)}")
+    if points.ndim != 2 or points.shape[1] not in (5, 6):
+        raise ValueError(
+            f"points must be (M, 5) [batch, x, y, z, intensity] or (M, 6) with dt, got {tuple(points.shape)}"
+        )
     device = points.device
     coarse_shape = tuple(s // stride for s in grid.shape)
     if any(s % stride for s in grid.shape):
@@ -134,7 +155,12 @@ def voxelize_points(points: Tensor, grid: VoxelGrid, stride: int, batch_size: in
     child = (rem[:, 0] * stride + rem[:, 1]) * stride + rem[:, 2]  # (M,) child offset
     occ = pts.new_zeros(n, stride**3)
     occ[inverse, child] = 1.0
-    feats = torch.cat([sums[:, :4] / count, torch.log1p(sums[:, 4:5]), height, occ], 1)  # (N, 6 + s^3)
+    parts = [sums[:, :4] / count, torch.log1p(sums[:, 4:5]), height, occ]
+    if time_features:
+        dt = pts[:, 5:6] if pts.shape[1] == 6 else pts.new_zeros(len(pts), 1)  # (M, 1)
+        per_time = torch.cat([(dt == 0).float(), dt.abs()], 1)  # (M, 2) current scan?, age
+        parts.append(pts.new_zeros(n, TIME_FEATURES).index_add_(0, inverse, per_time) / count)
+    feats = torch.cat(parts, 1)  # (N, 6 + s^3 [+ 2])
     return VoxelFeatures(coords, feats, coarse_shape, batch_size)
 
 
@@ -292,16 +318,24 @@ class SparseLevels(nn.Module):
         channels: channels per level, e.g. ``[8, 16, 32]``.
         stride: feature stride relative to the output grid (2: a 256x256x32 grid gives 128x128x16 features).
         backend: ``auto`` | ``spconv`` | ``dense``.
+        time_features: voxel features carry the two time channels of multi-frame input (:func:`voxelize_points`).
     """
 
-    def __init__(self, grid: VoxelGrid, channels: list[int], stride: int = 2, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        grid: VoxelGrid,
+        channels: list[int],
+        stride: int = 2,
+        backend: str = "auto",
+        time_features: bool = False,
+    ) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"model.lidar_backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "spconv" and not spconv_available():
             raise ValueError("model.lidar_backend 'spconv' requested but spconv.pytorch is not importable")
-        self.grid, self.stride, self.backend = grid, stride, backend
-        self.in_channels = in_channels_for(stride)
+        self.grid, self.stride, self.backend, self.time_features = grid, stride, backend, time_features
+        self.in_channels = in_channels_for(stride, time_features)
         self.feature_shape = tuple(s // stride for s in grid.shape)
         self.levels = nn.ModuleList()
         prev = self.in_channels
@@ -332,6 +366,10 @@ class SparseLevels(nn.Module):
             )
         return spc.SparseConvTensor(vox.feats, vox.coords.int(), list(vox.spatial_shape), vox.batch_size)
 
+    def voxelize(self, points: Tensor, batch_size: int) -> VoxelFeatures:
+        """:func:`voxelize_points` at this network's grid, stride and time features."""
+        return voxelize_points(points, self.grid, self.stride, batch_size, self.time_features)
+
 
 def densify(x) -> tuple[Tensor, Tensor]:
     """An ``spconv.SparseConvTensor`` -> dense grid (B, C, ...) (channels-last memory), zero at inactive sites, and
@@ -349,14 +387,20 @@ class LidarEncoder(SparseLevels):
     encoder-decoder is :class:`~occle_core.model.sparse_unet3d.SparseUNet3D`).
 
     Args:
-        grid, channels, stride, backend: as :class:`SparseLevels`.
+        grid, channels, stride, backend, time_features: as :class:`SparseLevels`.
         out_channels: channels of the output grid.
     """
 
     def __init__(
-        self, grid: VoxelGrid, channels: list[int], out_channels: int, stride: int = 2, backend: str = "auto"
+        self,
+        grid: VoxelGrid,
+        channels: list[int],
+        out_channels: int,
+        stride: int = 2,
+        backend: str = "auto",
+        time_features: bool = False,
     ) -> None:
-        super().__init__(grid, channels, stride, backend)
+        super().__init__(grid, channels, stride, backend, time_features)
         self.lateral = nn.ModuleList(PointwiseConv3d(ch, out_channels) for ch in channels)
         self.out_norm = nn.BatchNorm3d(out_channels)
 
@@ -386,13 +430,13 @@ class LidarEncoder(SparseLevels):
         """Encode a batch of scans.
 
         Args:
-            points: (M, 5) ``[batch_index, x, y, z, intensity]`` (M may be 0).
+            points: (M, 5) ``[batch_index, x, y, z, intensity]`` or (M, 6) with ``dt`` (M may be 0).
             batch_size: B.
 
         Returns:
             features (B, out_channels, Xs, Ys, Zs) and the level-0 occupancy mask (B, 1, Xs, Ys, Zs) float.
         """
-        vox = voxelize_points(points, self.grid, self.stride, batch_size)
+        vox = self.voxelize(points, batch_size)
         levels = self.encode_levels(vox, self.resolve_backend(points.device))
         size = levels[0][0].shape[2:]
         out = None

@@ -98,7 +98,9 @@ class OccLE(nn.Module):
     ``shared_encoders`` False gives the semantic branch its own 2D UNet and sparse 3D UNet
     (``semantic_image_unet``, ``semantic_lidar_unet``; their parameters are in the ``semantic_branch`` group;
     ``image_encoder`` / ``lidar_encoder`` are then the geometric branch's, the image encoder without a 2D head);
-    ``sem3d_head`` ``full`` predicts ``sem3d`` per output voxel.
+    ``sem3d_head`` ``full`` predicts ``sem3d`` per output voxel; ``time_features`` True (multi-frame input,
+    ``data.past_frames`` > 0) gives the LiDAR encoders two more voxel input channels, the current-scan share and the
+    mean age of the voxel's points.
     """
 
     def __init__(self, cfg: OccleConfig) -> None:
@@ -122,13 +124,16 @@ class OccLE(nn.Module):
         self.feature_shape = tuple(n // s for n in self.grid.shape)
         self.empty_index = self.classes.empty_index
 
+        tf = bool(m.time_features)  # multi-frame input: two more voxel channels (lidar_encoder.voxelize_points)
         own = m.use_semantic_branch and not m.shared_encoders  # the semantic branch has encoders of its own
         own_image = own and m.use_image
         self.semantic_image_unet = UNet2D(m.image_channels, Fd, K, m.pretrained_image) if own_image else None
-        self.semantic_lidar_unet = SparseUNet3D(self.grid, m.lidar_channels, Fd, s, m.lidar_backend) if own else None
+        self.semantic_lidar_unet = (
+            SparseUNet3D(self.grid, m.lidar_channels, Fd, s, m.lidar_backend, tf) if own else None
+        )
         head2d = None if own_image else K  # the 2D head (sem2d) sits on the image network the semantic branch reads
         self.image_encoder = ImageEncoder(m.image_channels, Fd, head2d, m.pretrained_image) if m.use_image else None
-        self.lidar_encoder = LidarEncoder(self.grid, m.lidar_channels, Fd, s, m.lidar_backend)
+        self.lidar_encoder = LidarEncoder(self.grid, m.lidar_channels, Fd, s, m.lidar_backend, tf)
         self.semantic_branch = SemanticBranch(Fd, K, m.use_image) if m.use_semantic_branch else None
         self.geometric_branch = GeometricBranch(Fd, m.use_image)
         DualMamba, ConvFusion = _fusion_classes()
@@ -337,7 +342,8 @@ def synthetic_batch(
     hi = torch.from_numpy(grid.upper).float()
     xyz = lo + torch.rand(batch_size * num_points, 3, generator=g) * (hi - lo)
     b = torch.arange(batch_size).repeat_interleave(num_points).float()[:, None]
-    points = torch.cat([b, xyz, torch.rand(batch_size * num_points, 1, generator=g)], 1)
+    dt = torch.zeros(batch_size * num_points, 1)  # one scan: every point is the current scan's
+    points = torch.cat([b, xyz, torch.rand(batch_size * num_points, 1, generator=g), dt], 1)  # (M, 6)
     rig = np.stack([c.lidar_to_image for c in ring_calibs(num_cameras, H, W)])  # (N, 3, 4)
     l2i = torch.from_numpy(rig).float().repeat(batch_size, 1, 1)  # (B*N, 3, 4), frame-major
     image = torch.randn(batch_size * num_cameras, 3, H, W, generator=g)

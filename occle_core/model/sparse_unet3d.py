@@ -30,7 +30,6 @@ from occle_core.model.lidar_encoder import (
     check_spconv_layout,
     densify,
     single_thread_on_cpu,
-    voxelize_points,
 )
 
 
@@ -87,14 +86,20 @@ class SparseUNet3D(SparseLevels):
     ``2 * channels[l-1] -> channels[l-1]`` (batch norm, ReLU). Then 1x1 to ``out_channels``, batch norm, ReLU.
 
     Args:
-        grid, channels, stride, backend: as :class:`~occle_core.model.lidar_encoder.SparseLevels`.
+        grid, channels, stride, backend, time_features: as :class:`~occle_core.model.lidar_encoder.SparseLevels`.
         out_channels: channels of the output grid.
     """
 
     def __init__(
-        self, grid: VoxelGrid, channels: list[int], out_channels: int, stride: int = 2, backend: str = "auto"
+        self,
+        grid: VoxelGrid,
+        channels: list[int],
+        out_channels: int,
+        stride: int = 2,
+        backend: str = "auto",
+        time_features: bool = False,
     ) -> None:
-        super().__init__(grid, channels, stride, backend)
+        super().__init__(grid, channels, stride, backend, time_features)
         ups = range(1, len(channels))  # decoder step lv: level lv -> level lv - 1
         self.up = nn.ModuleList(
             SparseBlock(SparseInverseConv3d(channels[lv], channels[lv - 1], f"down{lv}")) for lv in ups
@@ -108,7 +113,7 @@ class SparseUNet3D(SparseLevels):
     def decode(self, points: Tensor, batch_size: int, backend: str) -> tuple[Tensor, Tensor]:
         """The decoder's level-0 features (B, channels[0], Xs, Ys, Zs), zero at inactive sites, and the level-0
         mask (B, 1, Xs, Ys, Zs) float, with ``backend`` (``spconv`` | ``dense``)."""
-        vox = voxelize_points(points, self.grid, self.stride, batch_size)
+        vox = self.voxelize(points, batch_size)
         if backend == "spconv" and vox.coords.shape[0] > 0:
             return self._decode_spconv(vox)
         x, mask = vox.dense()
@@ -138,7 +143,8 @@ class SparseUNet3D(SparseLevels):
             return densify(x)
 
     def forward(self, points: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-        """points (M, 5) ``[batch_index, x, y, z, intensity]`` -> features (B, out_channels, Xs, Ys, Zs) and the
-        level-0 occupancy mask (B, 1, Xs, Ys, Zs) float (the :class:`LidarEncoder` signature)."""
+        """points (M, 5) ``[batch_index, x, y, z, intensity]`` or (M, 6) with ``dt`` -> features
+        (B, out_channels, Xs, Ys, Zs) and the level-0 occupancy mask (B, 1, Xs, Ys, Zs) float (the
+        :class:`LidarEncoder` signature)."""
         x, mask = self.decode(points, batch_size, self.resolve_backend(points.device))
         return F.relu(self.out_norm(self.out(x))), mask
