@@ -31,7 +31,7 @@ from occle_experiments.randomisation import (
 )
 from occle_experiments.report import write_report
 from occle_experiments.rows import DEFAULT_EXPERIMENTS, load_experiments
-from occle_experiments.runner import load_results, pilot_schedule, run_row
+from occle_experiments.runner import load_results, pilot_schedule, run_row, supersede_runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     agree.add_argument("--data", required=True, help="dataset root (SemanticKITTI layout)")
     agree.add_argument("--truth", default="pseudo_2d_oracle", help="folder of the true labels")
     agree.add_argument("--sequence", dest="sequences", action="append", help="a sequence id, repeatable (default: all)")
+    sup = sub.add_parser("supersede", help="mark recorded runs as made with a method since changed")
+    sup.add_argument("row")
+    sup.add_argument("--steps", type=int, required=True)
+    sup.add_argument("--seed", type=int, help="one seed (default: every seed of the row at these steps)")
+    sup.add_argument("--reason", required=True, help="what changed (shown in the report)")
     add_randomisation_parser(sub)
     return p
 
@@ -116,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = args.out or Path(exp.runs_dir) / args.row / f"seed{args.seed}"
             entry = run_row(args.row, args.seed, steps, out, exp, results, resume=args.resume, device=args.device)
             print(json.dumps({k: v for k, v in entry.items() if k not in ("per_class", "curve")}))
+        elif args.command == "supersede":
+            n = supersede_runs(results, args.row, args.steps, args.reason, args.seed)
+            print(f"marked {n} run(s) of {args.row} at {args.steps} steps as superseded")
         elif args.command == "pilot":
             steps = args.steps or int(pilot["steps"])
             for row in pilot["rows"]:

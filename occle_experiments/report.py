@@ -38,9 +38,12 @@ def _fmt(values: list[float], digits: int = 2) -> str:
 
 
 def group_runs(doc: dict[str, Any], order: list[str]) -> dict[Group, list[dict[str, Any]]]:
-    """Runs grouped by (row, steps), in ``order`` of rows (unknown rows last), steps ascending, seeds sorted."""
+    """Current runs (not superseded) grouped by (row, steps), in ``order`` of rows (unknown rows last), steps
+    ascending, seeds sorted."""
     groups: dict[Group, list[dict[str, Any]]] = defaultdict(list)
     for r in doc["runs"]:
+        if r.get("superseded"):
+            continue
         groups[(r["row"], int(r["steps"]))].append(r)
     rank = {row: i for i, row in enumerate(order)}
     keys = sorted(groups, key=lambda g: (rank.get(g[0], len(rank)), g[0], g[1]))
@@ -62,6 +65,20 @@ def summary_table(groups: dict[Group, list[dict[str, Any]]]) -> list[str]:
             f"| {_fmt([r['classes_present'] for r in runs], 0 if len(runs) == 1 else 1)} | {per_seed} |"
         )
     return lines
+
+
+def superseded_table(doc: dict[str, Any]) -> list[str]:
+    """The runs made with a method since changed (``runner.supersede_runs``), with the reason."""
+    old = [r for r in doc["runs"] if r.get("superseded")]
+    if not old:
+        return []
+    lines = ["Superseded runs (kept for the record, out of the tables and the test):", ""]
+    lines += ["| row | seed | steps | IoU | mIoU | why superseded |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r['row']} | {r['seed']} | {r['steps']} | {r['iou']:.2f} | {r['miou']:.2f} | {r['superseded']} |"
+        for r in old
+    ]
+    return lines + [""]
 
 
 def success_test(groups: dict[Group, list[dict[str, Any]]], schedule: int | None) -> list[str]:
@@ -158,7 +175,7 @@ def build_report(doc: dict[str, Any], order: list[str], fig_dir: Path, fig_link:
     s_text = f"S = {schedule} steps" if schedule else "not determined yet (no pilot curve has plateaued)"
     out += [f"Schedule from the pilot: {s_text}. Scores in %, mean ± sample sd over seeds.", ""]
     out += summary_table(groups) + ["", "Pre-registered test:", ""] + success_test(groups, schedule) + [""]
-    out += ["Per-class IoU (mean over seeds):", ""] + per_class_table(groups) + [""]
+    out += ["Per-class IoU (mean over seeds):", ""] + per_class_table(groups) + [""] + superseded_table(doc)
     curve_rows = list((doc["protocol"].get("curve") or {}).get("rows", []))
     for name, made in (
         (LABEL_CURVE_PNG, label_curve_figure(groups, curve_rows, fig_dir / LABEL_CURVE_PNG)),

@@ -21,12 +21,14 @@ A pilot run (``eval_every > 0``) also evaluates on the dev split every ``eval_ev
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,21 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on a sibling of the results file: runs of several rows finish side by side."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _write_results(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def record_run(path: str | Path, protocol: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """Add ``entry`` to the results file, replacing one with the same (row, seed, steps); atomic write.
 
@@ -120,20 +137,41 @@ def record_run(path: str | Path, protocol: dict[str, Any], entry: dict[str, Any]
         ValueError: the file holds runs made under another protocol (move it away to start a new one).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # runs of several rows finish side by side: the read-modify-write holds an exclusive lock on a sibling file
-    with open(path.with_name(f"{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(path):
         doc = load_results(path)
         if doc["runs"] and doc["protocol"] != protocol:
             raise ValueError(f"{path} holds runs of another protocol; move it away or restore config/experiments.yaml")
         key = (entry["row"], entry["seed"], entry["steps"])
         runs = [r for r in doc["runs"] if (r["row"], r["seed"], r["steps"]) != key] + [entry]
         doc = {"protocol": protocol, "runs": sorted(runs, key=lambda r: (r["row"], r["steps"], r["seed"]))}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(path)
+        _write_results(path, doc)
     return doc
+
+
+def supersede_runs(path: str | Path, row: str, steps: int, reason: str, seed: int | None = None) -> int:
+    """Mark the recorded runs of ``row`` at ``steps`` (one ``seed`` or all) as made with a method since changed.
+
+    They stay in the file with ``"superseded": reason``: the report lists them apart and leaves them out of the
+    tables and the pre-registered test; a pilot curve among them still counts for the schedule S it fixed.
+
+    Returns:
+        the number of runs marked.
+
+    Raises:
+        ValueError: no such run is recorded, or ``reason`` is empty.
+    """
+    if not reason.strip():
+        raise ValueError("a superseded run needs a reason")
+    path = Path(path)
+    with _locked(path):
+        doc = load_results(path)
+        hits = [r for r in doc["runs"] if r["row"] == row and r["steps"] == steps and seed in (None, r["seed"])]
+        if not hits:
+            raise ValueError(f"{path} records no run of row {row} at {steps} steps" + (f" seed {seed}" if seed else ""))
+        for r in hits:
+            r["superseded"] = reason.strip()
+        _write_results(path, doc)
+    return len(hits)
 
 
 def check_pseudo_folder(exp: Experiments, row: str, root: str, sequences: list[str]) -> None:

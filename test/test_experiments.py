@@ -127,3 +127,27 @@ def test_run_row_smoke_and_report(tiny_data, tmp_path):  # noqa: F811
     assert "- 2 steps (not the schedule S: does not count): only 1 paired seed(s)" in text
     for png in (LABEL_CURVE_PNG, LEARNING_CURVES_PNG):
         assert (tmp_path / "fig" / png).stat().st_size > 1000 and f"fig/{png}" in text
+
+
+def test_superseded_runs_leave_the_tables_but_not_the_schedule(tmp_path):
+    from occle_experiments.report import build_report
+    from occle_experiments.runner import supersede_runs
+
+    path = tmp_path / "results.json"
+    protocol = {"pilot": {"plateau_window": 1, "plateau_tolerance": 100}}
+    per_class = {"car": 10.0}
+    run = {"labels": 0.1, "iou": 40.0, "miou": 10.0, "miou_present": 12.0, "classes_present": 1, "per_class": per_class}
+    curve = [{"step": 1, "miou": 1.0}, {"step": 2, "miou": 1.0}]
+    record_run(path, protocol, {**run, "row": "occle_10", "seed": 1, "steps": 2, "curve": curve})
+    record_run(path, protocol, {**run, "row": "occle_10", "seed": 1, "steps": 3, "miou": 20.0})
+    with pytest.raises(ValueError, match="no run of row occle_10 at 5 steps"):
+        supersede_runs(path, "occle_10", 5, "projection changed")
+    with pytest.raises(ValueError, match="reason"):
+        supersede_runs(path, "occle_10", 2, " ")
+    assert supersede_runs(path, "occle_10", 2, "projection changed") == 1
+    doc = json.loads(path.read_text())
+    assert [r.get("superseded") for r in doc["runs"]] == ["projection changed", None]
+    text = build_report(doc, ["occle_10"], tmp_path / "fig", "fig")
+    assert "| occle_10 | 10% | voxel | 3 | 1 |" in text and "| occle_10 | 10% | voxel | 2 |" not in text
+    assert "| occle_10 | 1 | 2 | 40.00 | 10.00 | projection changed |" in text
+    assert "S = 1 steps" in text  # the superseded pilot curve still fixed the schedule
