@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,12 +258,26 @@ def run_row(
         **metrics_entry(metrics, classes),
         "frames": int(metrics["frames"]),
         "run_dir": str(out),
+        "code": code_revision(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
     }
     if eval_every:
         entry["curve"] = read_curve(out, classes)
     record_run(results or exp.results, exp.protocol, entry)
     return entry
+
+
+def code_revision() -> str | None:
+    """The git commit of the code that made a run (``+dirty`` with uncommitted changes); None outside a checkout."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def pilot_schedule(doc: dict[str, Any], window: int, tolerance: float) -> int | None:

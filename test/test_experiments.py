@@ -6,6 +6,7 @@ Smoke runs of 2 steps on the tiny SemanticKITTI-layout data of test_train; their
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,9 @@ def test_run_row_smoke_and_report(tiny_data, tmp_path):  # noqa: F811
     occ = runs["occle_10"]
     assert (occ["seed"], occ["steps"], occ["labels"], occ["budget"], occ["frames"]) == (1, 2, 0.1, "voxel", 2)
     assert 0 <= occ["iou"] <= 100 and 0 <= occ["miou"] <= occ["miou_present"] <= 100
+    if (REPO / ".git").exists():  # the commit that made the run
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=7", "HEAD"], capture_output=True)
+        assert occ["code"].split("+")[0] == head.stdout.decode().strip()
     assert (
         occ["classes_present"] == sum(v is not None for v in occ["per_class"].values()) and len(occ["per_class"]) == 19
     )
