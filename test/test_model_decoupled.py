@@ -166,11 +166,15 @@ def test_unet3d_spconv_and_dense_backends_agree_with_one_state_dict(train_mode):
     assert float((out_dense - out_sparse).abs().max()) < 1e-4
 
 
-def test_shipped_checkpoint_loads_strictly_as_the_shared_network():
+def test_shipped_checkpoint_loads_strictly_as_the_shared_network(tmp_path):
     if not SHIPPED.is_file():
         pytest.skip("models/occle_tiny_synthetic.pt is not shipped in this checkout")
-    model, cfg, ckpt = load_model(SHIPPED)  # load_state_dict is strict: any missing / extra key raises
-    assert "shared_encoders" not in ckpt["config"]["model"]  # written before the switch
+    # a checkpoint written before the switch existed: its model config has neither key
+    old = torch.load(SHIPPED, weights_only=True)
+    for key in ("shared_encoders", "sem3d_head"):
+        old["config"]["model"].pop(key, None)
+    torch.save(old, tmp_path / "old.pt")
+    model, cfg, ckpt = load_model(tmp_path / "old.pt")  # load_state_dict is strict: any missing / extra key raises
     assert (cfg.model.shared_encoders, cfg.model.sem3d_head) == (True, "coarse")
     assert model.semantic_image_unet is None and model.semantic_lidar_unet is None
     assert set(model.state_dict()) == set(ckpt["model"])
