@@ -15,7 +15,7 @@ export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: install demo test lint bench synth-data synth-data-realistic pseudo-noise pseudo-deeplab checkpoint synth-occ3d \
-	checkpoint-occ3d results pilot randomisation-ablation clean
+	checkpoint-occ3d checkpoint-kitti results pilot randomisation-ablation clean
 
 install: $(STAMP)
 
@@ -89,12 +89,24 @@ checkpoint-occ3d: synth-occ3d
 		--out runs/occ3d_synthetic --steps $(CHECKPOINT_OCC3D_STEPS) --no-progress
 	cp runs/occ3d_synthetic/model.pt models/occle_tiny_occ3d_synthetic.pt
 
-# Retrain the shipped checkpoint (OccLE, tiny, 10% labels, seed 0) from scratch.
+# Retrain the shipped checkpoint: stage 1, OccLE tiny, 10% labels, seed 0 on the default synthetic scenes; stage 2,
+# 300 steps on the fully randomised scenes (the `all` variant of config/randomisation.yaml; docs/real_frames.md).
 CHECKPOINT_STEPS ?= 2000
 checkpoint: synth-data
 	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments --results runs/checkpoint/results.json run occle_10 \
 		--seed 0 --steps $(CHECKPOINT_STEPS) --out runs/checkpoint/occle_10
-	cp runs/checkpoint/occle_10/model.pt models/occle_tiny_synthetic.pt
+	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments randomisation --variants all \
+		--checkpoint runs/checkpoint/occle_10/model.pt --out runs/checkpoint/randomised
+	cp runs/checkpoint/randomised/all/model.pt models/occle_tiny_synthetic.pt
+
+# The KITTI-adapted checkpoint: the shipped model adapted label-free on the real KITTI object frames 000000-000003
+# (../shared/real/kitti, 002155 and 007347 held out and reported), the real Cityscapes DeepLab's pseudo labels.
+KITTI_OBJECT ?= ../shared/real/kitti/training
+checkpoint-kitti: install
+	OMP_NUM_THREADS=2 $(BIN)/occle-adapt --checkpoint models/occle_tiny_synthetic.pt --dataset kitti_object \
+		--data $(KITTI_OBJECT) --segmenter deeplab-cityscapes --segmenter-model $(DEEPLAB) \
+		--out runs/adapt_kitti --steps 60 --hold-out 002155 007347 --no-progress
+	cp runs/adapt_kitti/model.pt models/occle_tiny_kitti_adapted.pt
 
 # One row of the label-efficiency experiment (docs/results.md): `make results ROW=occle_10 SEED=1 [STEPS=...]`
 # trains and evaluates it, records it in docs/results.json and regenerates docs/results.md. Without STEPS the
