@@ -90,7 +90,10 @@ def make_checkpoint(
 
     data = config.get("data") or {}
     rig = DataConfig(
-        dataset=data.get("dataset", "semantic_kitti"), cameras=data.get("cameras"), grid_frame=data.get("grid_frame")
+        dataset=data.get("dataset", "semantic_kitti"),
+        cameras=data.get("cameras"),
+        grid_frame=data.get("grid_frame"),
+        past_images=data.get("past_images", 0),  # past views join the camera set
     )
     frame, names = _check_rig(
         rig.frame() if grid_frame is None else grid_frame,

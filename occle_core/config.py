@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from occle_core.data.label_budget import LABEL_BUDGETS
-from occle_core.data.sample import GRID_FRAMES
+from occle_core.data.sample import GRID_FRAMES, is_past_view, past_view_names
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import DATASETS, ClassTable, class_table
 
@@ -49,6 +49,9 @@ class DataConfig:
         past_frames: SemanticKITTI layout: K previous scans of the sequence merged into each frame's points
             through the poses, with a time-offset column (``data/multiframe.py``) that the network reads when
             ``model.time_features`` is set (its default for K > 0); 0 = the frame's own scan only.
+        past_images: SemanticKITTI layout: M <= ``past_frames`` previous images of the front camera as extra views
+            ``<camera>@-1`` .. ``<camera>@-M`` whose calibration maps the current frame to the past image through
+            the poses (``data/multiframe.py``); :meth:`camera_names` appends them to the camera set. 0 = none.
     """
 
     dataset: str = "semantic_kitti"
@@ -65,17 +68,25 @@ class DataConfig:
     grid_frame: str | None = None
     pseudo_dir: str = "pseudo_2d"
     past_frames: int = 0
+    past_images: int = 0
 
     def camera_names(self) -> list[str]:
         """The camera set: ``cameras`` when set, else the dataset's (SemanticKITTI ``["image_2"]``, Occ3D-nuScenes
-        the six ``CAM_*`` channels, front first)."""
+        the six ``CAM_*`` channels, front first); with ``past_images`` M > 0 followed by the front camera's past
+        views ``<front>@-1`` .. ``<front>@-M`` (once: a list that already ends with them, as a checkpoint's camera
+        set does, gives the same set)."""
         if self.cameras is not None:
-            return list(self.cameras)
-        if self.dataset == "occ3d_nuscenes":
+            names = list(self.cameras)
+        elif self.dataset == "occ3d_nuscenes":
             from occle_core.data.nuscenes import CAMERAS
 
-            return list(CAMERAS)
-        return ["image_2"]
+            names = list(CAMERAS)
+        else:
+            names = ["image_2"]
+        if not self.past_images:
+            return names
+        current = [n for n in names if not is_past_view(n)]
+        return current + past_view_names(current[0], self.past_images)
 
     def frame(self) -> str:
         """The grid frame: ``grid_frame`` when set, else the dataset's (SemanticKITTI ``lidar``, Occ3D ``ego``)."""
@@ -98,7 +109,10 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad training-relevant ``data`` value."""
-        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points", "past_frames"))
+        _require_numbers(self, "data", ("label_ratio", "label_seed", "max_points", "past_frames", "past_images"))
+        current = [n for n in self.cameras or [] if not is_past_view(n)]
+        listed = [n for n in self.cameras or [] if is_past_view(n)]  # past views named in data.cameras
+        past = past_view_names(current[0], self.past_images) if current else []  # what camera_names() appends
         _require(
             [
                 (0 <= self.label_ratio <= 1, "data.label_ratio", "in [0, 1]", self.label_ratio),
@@ -107,6 +121,25 @@ class DataConfig:
                     "data.past_frames",
                     "an integer >= 0",
                     self.past_frames,
+                ),
+                (
+                    0 <= self.past_images <= self.past_frames and int(self.past_images) == self.past_images,
+                    "data.past_images",
+                    f"an integer in [0, data.past_frames = {self.past_frames}] (each past image comes with its scan)",
+                    self.past_images,
+                ),
+                (
+                    self.past_images == 0 or self.dataset == "semantic_kitti",
+                    "data.past_images",
+                    "0 for datasets other than semantic_kitti (past views: SemanticKITTI layout only)",
+                    self.past_images,
+                ),
+                (
+                    self.cameras is None or (bool(current) and listed in ([], past)),
+                    "data.cameras",
+                    f"current camera names, optionally followed by the past views of data.past_images = "
+                    f"{self.past_images}: {past}",
+                    self.cameras,
                 ),
                 (
                     isinstance(self.pseudo_dir, str) and Path(self.pseudo_dir).name == self.pseudo_dir,

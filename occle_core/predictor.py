@@ -61,7 +61,10 @@ class Predictor:
     Attributes:
         grid: the output voxel grid; classes: the class table; config: the model's config; device.
         grid_frame: ``"lidar"`` or ``"ego"``, the frame the points and every camera's ``T_cam<-grid`` must be in.
-        camera_names: the checkpoint's camera set, front camera first (``["image_2"]`` for one camera).
+        camera_names: the checkpoint's camera set, front camera first (``["image_2"]`` for one camera); a
+            checkpoint trained with past images (``data.past_images`` M) ends with ``image_2@-1`` .. ``image_2@-M``:
+            the views of the M previous frames, each calibration mapping the CURRENT grid frame to that past image
+            (:func:`occle_core.data.multiframe.past_view_calib`; ``MultiFrameDataset`` builds them).
         time_features: the checkpoint was trained on multi-frame input (``model.time_features``,
             ``data.past_frames`` > 0): ``points`` must then carry the time offset ``dt`` as a fifth column (the
             current scan and the past scans merged into its frame, as :mod:`occle_core.data.multiframe` builds them).
@@ -269,14 +272,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from occle_core.data.batch import select_views
     from occle_core.data.multiframe import MultiFrameDataset
     from occle_core.data.semantic_kitti import SemanticKittiDataset, sequence_dir, write_voxel_labels
     from occle_core.render import render_comparison, render_sample_overview
 
     predictor = Predictor(args.checkpoint, args.device)
     data = SemanticKittiDataset(args.data, [args.sequence], with_labels=False)
-    # a multi-frame checkpoint reads each frame with its past scans merged in, as in training
-    frames = MultiFrameDataset(data, int(predictor.config.data.past_frames)) if predictor.time_features else data
+    # a multi-frame checkpoint reads each frame with its past scans merged in and its past views, as in training
+    trained = predictor.config.data
+    if trained.past_frames:  # the ablation without time channels was trained on merged scans too
+        frames = MultiFrameDataset(data, int(trained.past_frames), int(trained.past_images))
+    else:
+        frames = data
     index = {int(frame): i for i, (_, frame) in enumerate(data.frames)}
     if args.frames:
         wanted = parse_frames(args.frames)
@@ -296,7 +304,8 @@ def _run(args: argparse.Namespace) -> int:
     for n, frame in enumerate(wanted):
         sample = frames[index[frame]]
         t0 = time.perf_counter()
-        labels = predictor.predict(sample.image, sample.points, sample.calib)
+        views = [(v.image, v.calib) for v in select_views(sample, predictor.camera_names)]
+        labels = predictor.predict(views, sample.points)
         times.append(time.perf_counter() - t0)
         name = f"{frame:06d}"
         write_voxel_labels(label_dir / f"{name}.label", _raw_ids(labels, classes))

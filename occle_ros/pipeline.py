@@ -58,7 +58,8 @@ class OccupancyPredictor(Protocol):
 
     ``grid_frame`` ("lidar" | "ego") and ``camera_names`` (the checkpoint's camera set, front first) are read with
     defaults "lidar" and None (any single camera) for predictors that predate the multi-camera API;
-    ``time_features`` (a multi-frame checkpoint, refused by :func:`require_single_frame`) with default False.
+    ``time_features`` (a multi-frame checkpoint, refused by :func:`require_single_frame`) with default False, and
+    ``config.data.past_images`` (past camera views, refused too) with default 0.
     """
 
     grid: VoxelGrid
@@ -169,11 +170,19 @@ def distortion_warning(info: CameraInfo, topic: str) -> str | None:
 
 def require_single_frame(predictor: OccupancyPredictor) -> None:
     """Raise ``ValueError`` when ``predictor`` wants multi-frame input: the node feeds each synchronised LiDAR scan
-    alone (points without a time column) and does not accumulate past scans."""
+    alone (points without a time column) with the cameras' current images, and neither accumulates past scans nor
+    buffers past images (a checkpoint with ``data.past_images`` > 0 takes past views, whatever its time channels)."""
+    data = getattr(getattr(predictor, "config", None), "data", None)
+    past_images = getattr(data, "past_images", 0)
+    if past_images:
+        raise ValueError(
+            f"the checkpoint was trained with past camera images (data.past_images {past_images}, camera set "
+            f"{list(getattr(predictor, 'camera_names', []))}), but occle_node feeds the current image of each camera "
+            "and does not buffer past images: use a single-frame checkpoint (data.past_images 0, data.past_frames 0)"
+        )
     if not getattr(predictor, "time_features", False):
         return
-    config = getattr(predictor, "config", None)
-    past = getattr(getattr(config, "data", None), "past_frames", "> 0")
+    past = getattr(data, "past_frames", "> 0")
     raise ValueError(
         f"the checkpoint was trained on multi-frame input (model.time_features true, data.past_frames {past}), but "
         "occle_node feeds one LiDAR scan per frame and does not accumulate past scans: use a single-frame "

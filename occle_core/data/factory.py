@@ -1,9 +1,10 @@
 """Dataset construction from config: the reader of a split with its grid pooling, and the training view of it.
 
 :func:`build_dataset` picks the reader of ``cfg.data.dataset`` (SemanticKITTI or Occ3D-nuScenes) for the
-``train`` or ``val`` split (SemanticKITTI: with ``data.past_frames`` previous scans merged in, see
-:mod:`occle_core.data.multiframe`); :class:`TrainFrames` wraps a reader for training (the label budget and per-frame
-seeded randomness, so that a resumed run reads the same frames the same way).
+``train`` or ``val`` split (SemanticKITTI: with ``data.past_frames`` previous scans merged in and
+``data.past_images`` past camera views, see :mod:`occle_core.data.multiframe`); :class:`TrainFrames` wraps a reader
+for training (the label budget and per-frame seeded randomness, so that a resumed run reads the same frames the same
+way).
 """
 
 from __future__ import annotations
@@ -80,12 +81,15 @@ def build_dataset(cfg: OccleConfig, split: str, with_labels: bool = True) -> Dat
             return reader
         from occle_core.data.multiframe import MultiFrameDataset
 
-        return MultiFrameDataset(reader, int(cfg.data.past_frames))
+        return MultiFrameDataset(reader, int(cfg.data.past_frames), int(cfg.data.past_images))
     if cfg.data.dataset == "occ3d_nuscenes":
         from occle_core.data.occ3d import Occ3DDataset
 
-        if cfg.data.past_frames:
-            raise ValueError("data.past_frames must be 0 for occ3d_nuscenes (multi-frame input: SemanticKITTI only)")
+        if cfg.data.past_frames or cfg.data.past_images:
+            raise ValueError(
+                "data.past_frames and data.past_images must be 0 for occ3d_nuscenes (multi-frame input: SemanticKITTI "
+                "only)"
+            )
         if grid_scale(cfg) != 1:
             raise ValueError("data.grid: the Occ3D reader serves the released 200x200x16 grid only")
         tokens = occ3d_tokens(Path(cfg.data.root), entries)

@@ -9,6 +9,17 @@ import numpy as np
 from occle_core.geometry import Calib
 
 GRID_FRAMES = ("lidar", "ego")
+PAST_VIEW_MARK = "@-"  # camera name of a past frame's view: "<camera>@-<frames back>" (data/multiframe.py)
+
+
+def past_view_names(camera: str, count: int) -> list[str]:
+    """Names of the views of ``camera`` 1..``count`` frames back: ``["image_2@-1", "image_2@-2", ...]``."""
+    return [f"{camera}{PAST_VIEW_MARK}{m}" for m in range(1, int(count) + 1)]
+
+
+def is_past_view(name: str) -> bool:
+    """Whether a camera name is a past frame's view (:func:`past_view_names`)."""
+    return PAST_VIEW_MARK in name
 
 
 @dataclass
@@ -36,7 +47,9 @@ class Sample:
     Attributes:
         frame_id: ``"<sequence>/<frame>"`` or a dataset token.
         points: (N, >=4) float32 x, y, z, intensity[, ...] in the grid frame.
-        cameras: every camera of the frame, the front camera first (the single-camera network takes it).
+        cameras: every camera of the frame, the front camera first (the single-camera network takes it); samples
+            with past images end with the views of past frames, ``<front>@-1`` ... (:func:`past_view_names`, their
+            calibration maps this frame's grid to the past image: ``data/multiframe.py``).
         grid_frame: ``"lidar"`` (SemanticKITTI / KITTI: the grid is fixed to the LiDAR) or ``"ego"``
             (nuScenes / Occ3D: the grid is fixed to the vehicle, x forward, y left, z up).
         voxel_labels: (X, Y, Z) uint8 learning classes, 255 = ignored; None when unlabelled.

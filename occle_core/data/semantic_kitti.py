@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from occle_core.data.kitti_calib import read_kitti_calib
 from occle_core.data.label_png import read_label_png
-from occle_core.data.sample import Sample
+from occle_core.data.sample import CameraView, Sample
 from occle_core.labels import IGNORE_INDEX, ClassTable, class_table
 
 VOXEL_SHAPE: tuple[int, int, int] = (256, 256, 32)
@@ -470,34 +470,42 @@ class SemanticKittiDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} frames")
         seq, frame = self.frames[index]
-        seq_dir = self._seq_dirs[seq]
-        image = read_image(seq_dir / "image_2" / f"{frame}.png")
-        calib = read_kitti_calib(seq_dir / "calib.txt", image_size=image.shape[:2])
-        points = read_points(seq_dir / "velodyne" / f"{frame}.bin")
+        view = self.camera_view(seq, frame)
+        points = read_points(self._seq_dirs[seq] / "velodyne" / f"{frame}.bin")
         if self.max_points is not None and len(points) > self.max_points:
             rng = np.random.default_rng([int(seq) if seq.isdigit() else 0, int(frame)])
             keep = np.sort(rng.choice(len(points), self.max_points, replace=False))
             points = points[keep]
+        voxel_labels = invalid = None
+        if self.with_labels:
+            voxel_labels, invalid = self.read_labels(seq, frame)
+        poses = self._poses[seq]
+        return Sample(
+            f"{seq}/{frame}",
+            points,
+            [view],
+            voxel_labels=voxel_labels,
+            invalid=invalid,
+            pose=None if poses is None else poses[int(frame)].copy(),
+        )
+
+    def camera_view(self, sequence: str, frame: str) -> CameraView:
+        """The ``image_2`` view of one frame of a sequence: its image, the camera-2 calibration sized to it and its
+        2D pseudo labels when ``pseudo_dir`` holds them (any velodyne frame, labelled or not).
+
+        Raises:
+            FileNotFoundError: the image is missing; ValueError: the pseudo labels do not have the image size.
+        """
+        seq_dir = self._seq_dirs[sequence]
+        image = read_image(seq_dir / "image_2" / f"{frame}.png")
+        calib = read_kitti_calib(seq_dir / "calib.txt", image_size=image.shape[:2])
         pseudo = None
         pseudo_path = seq_dir / self.pseudo_dir / f"{frame}.png"
         if self.pseudo_dir and pseudo_path.is_file():
             pseudo = read_label_png(pseudo_path)
             if pseudo.shape != image.shape[:2]:
                 raise ValueError(f"{pseudo_path}: shape {pseudo.shape}, expected the image size {image.shape[:2]}")
-        voxel_labels = invalid = None
-        if self.with_labels:
-            voxel_labels, invalid = self.read_labels(seq, frame)
-        poses = self._poses[seq]
-        return Sample.single(
-            f"{seq}/{frame}",
-            image,
-            points,
-            calib,
-            pseudo2d=pseudo,
-            voxel_labels=voxel_labels,
-            invalid=invalid,
-            pose=None if poses is None else poses[int(frame)].copy(),
-        )
+        return CameraView("image_2", image, calib, pseudo)
 
     def read_labels(self, sequence: str, frame: str) -> tuple[np.ndarray, np.ndarray]:
         """Learning voxel labels (invalid -> 255) and the invalid mask of one frame, pooled by ``grid_scale``.
