@@ -33,7 +33,7 @@ import torch
 from occle_core.checkpoint import load_model
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch, collate_inputs
-from occle_core.data.sample import CameraView, Sample
+from occle_core.data.sample import DT_COLUMN, CameraView, Sample
 from occle_core.device import resolve_device
 from occle_core.geometry import Calib, VoxelGrid
 from occle_core.labels import ClassTable
@@ -166,7 +166,7 @@ class Predictor:
         views = self.views(image, calib)
         pts = _check_points(points, self._time_columns())
         cams = [CameraView(name, img, cal) for name, (img, cal) in zip(self.camera_names, views)]
-        extras = {"dt_column": 4} if self.time_features else {}
+        extras = {"dt_column": DT_COLUMN} if self.time_features else {}
         sample = Sample("predict", pts, cams, grid_frame=self.grid_frame, extras=extras)
         return collate_inputs([sample], self.config).to(self.device)
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset
 
-from occle_core.data.sample import CameraView, Sample, past_view_names
+from occle_core.data.sample import DT_COLUMN, CameraView, Sample, past_view_names
 from occle_core.data.semantic_kitti import SemanticKittiDataset, read_points, read_times
 from occle_core.geometry import Calib
 
@@ -114,7 +114,7 @@ class MultiFrameDataset(Dataset):
             parts.append(np.concatenate([moved, np.full((len(moved), 1), times[j] - times[i], np.float32)], axis=1))
         sample.points = np.concatenate(parts, axis=0).astype(np.float32, copy=False)  # (N, 5)
         sample.extras["current_points"] = len(parts[0])
-        sample.extras["dt_column"] = 4
+        sample.extras["dt_column"] = DT_COLUMN
         sample.cameras += self.past_views(seq, i, sample.cameras[0].name)
         return sample
 

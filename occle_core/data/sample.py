@@ -9,6 +9,7 @@ import numpy as np
 from occle_core.geometry import Calib
 
 GRID_FRAMES = ("lidar", "ego")
+DT_COLUMN = 4  # multi-frame points: the column of each point's time offset (x, y, z, intensity, dt)
 PAST_VIEW_MARK = "@-"  # camera name of a past frame's view: "<camera>@-<frames back>" (data/multiframe.py)
 
 
