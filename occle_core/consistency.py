@@ -12,10 +12,15 @@ what the sensor saw. For one frame with LiDAR returns in the grid frame and a pr
   Occ3D: driveable_surface, other_flat, sidewalk, terrain).
 - **occupied share**: the predicted occupied share of the grid, and inside the LiDAR-observed voxels (hit or
   crossed) next to the share of them the LiDAR found occupied.
-- with 3D vehicle boxes (LiDAR frame x, y, z centre, l, w, h, yaw): **vehicle recall**, the share of the
-  above-ground returns inside a box whose voxel holds a vehicle class; and the **false-vehicle share**, of the
-  above-ground returns whose voxel holds a vehicle class, the share outside every box (boxes grown by
-  ``box_margin``). Unannotated vehicles (e.g. KITTI's DontCare regions) count as false here.
+- with 3D vehicle boxes (LiDAR frame x, y, z centre, l, w, h, yaw; boxes grown by ``box_margin``):
+  **vehicle recall**, the share of the above-ground returns inside a box whose voxel holds a vehicle class;
+  the **false-vehicle rate** (the issue's target), of the above-ground returns outside every box, the share whose
+  voxel holds a vehicle class (a false-positive rate: what share of the rest of the scene is called a vehicle);
+  and the **false-vehicle share**, of the above-ground returns whose voxel holds a vehicle class, the share
+  outside every box (a false-discovery rate: what share of the vehicle calls is wrong; it rises when a frame has
+  few annotated vehicles, so it is reported next to the rate, not as the target).
+  Returns that project into an unannotated region (KITTI ``DontCare`` boxes: "regions in which objects have not
+  been labeled", which the official KITTI evaluation also ignores) and lie in no box are not judged by either.
 
 Counts are kept per frame so that a split's figures pool them (ratios of sums, not means of ratios).
 """
@@ -152,6 +157,8 @@ class ConsistencyFrame:
         image: (H, W, 3) uint8; points: (N, >=4) float32 in the grid frame; calib: the front camera.
         boxes: (M, 7) vehicle boxes (x, y, z centre, l, w, h, yaw) in the grid frame, or None (no annotation).
         origin: (3,) LiDAR position in the grid frame (the rays' start).
+        unannotated: (K, 4) image regions without annotation (left, top, right, bottom pixels of ``image``; KITTI
+            ``DontCare``), or None.
     """
 
     frame_id: str
@@ -160,6 +167,17 @@ class ConsistencyFrame:
     calib: Calib
     boxes: np.ndarray | None = None
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    unannotated: np.ndarray | None = None
+
+    def unjudged(self) -> np.ndarray | None:
+        """(N,) bool: returns that project into an :attr:`unannotated` region (None without regions)."""
+        if self.unannotated is None or len(self.unannotated) == 0:
+            return None
+        uv, _, visible = self.calib.project(np.asarray(self.points, np.float64))
+        r = np.asarray(self.unannotated, np.float64)  # (K, 4)
+        u, v = uv[:, :1], uv[:, 1:]  # (N, 1)
+        inside = (u >= r[:, 0]) & (u <= r[:, 2]) & (v >= r[:, 1]) & (v <= r[:, 3])  # (N, K)
+        return visible & inside.any(axis=1)
 
 
 @dataclass
@@ -182,6 +200,7 @@ class FrameConsistency:
     box_returns_vehicle: int | None = None
     vehicle_returns: int | None = None
     vehicle_returns_outside_boxes: int | None = None
+    outside_box_returns: int | None = None
 
     @property
     def hit_recall(self) -> float:
@@ -214,7 +233,15 @@ class FrameConsistency:
         return None if self.box_returns is None else _ratio(self.box_returns_vehicle, self.box_returns)
 
     @property
+    def false_vehicle_rate(self) -> float | None:
+        """Of the judged above-ground returns outside every box, the share in a voxel of a vehicle class."""
+        if self.outside_box_returns is None:
+            return None
+        return _ratio(self.vehicle_returns_outside_boxes, self.outside_box_returns)
+
+    @property
     def false_vehicle_share(self) -> float | None:
+        """Of the judged above-ground returns in a voxel of a vehicle class, the share outside every box."""
         return (
             None if self.vehicle_returns is None else _ratio(self.vehicle_returns_outside_boxes, self.vehicle_returns)
         )
@@ -232,6 +259,7 @@ METRICS = (
     "observed_occupied_share",
     "lidar_occupied_share",
     "vehicle_recall",
+    "false_vehicle_rate",
     "false_vehicle_share",
 )
 
@@ -253,6 +281,7 @@ def frame_consistency(
     above_ground: float = 0.3,
     box_margin: float = 0.1,
     plane: np.ndarray | None = None,
+    unjudged: np.ndarray | None = None,
 ) -> FrameConsistency:
     """Consistency counts of one predicted grid with its scan (definitions in the module docstring).
 
@@ -266,6 +295,8 @@ def frame_consistency(
         above_ground: returns higher than this above the plane are "above ground" (vehicle checks).
         box_margin: boxes are grown by this margin when testing returns against them.
         plane: (4,) ground plane ``n . x + d = 0`` (n up); None fits one with :func:`fit_ground_plane`.
+        unjudged: optional (N,) bool per row of ``points``: returns in unannotated regions
+            (:meth:`ConsistencyFrame.unjudged`); outside every box they count for neither vehicle figure.
     """
     labels = np.asarray(labels)
     if labels.shape != grid.shape:
@@ -273,7 +304,10 @@ def frame_consistency(
     pts = np.asarray(points, np.float64)
     if pts.ndim != 2 or pts.shape[1] < 3:
         raise ValueError(f"points must have shape (N, >=3), got {pts.shape}")
-    pts = pts[np.all(np.isfinite(pts[:, :3]), axis=1), :3]
+    finite = np.all(np.isfinite(pts[:, :3]), axis=1)
+    if unjudged is not None and np.shape(unjudged) != (len(pts),):
+        raise ValueError(f"unjudged must have one entry per point ({len(pts)}), got shape {np.shape(unjudged)}")
+    pts = pts[finite, :3]
     occupied = (labels != classes.empty_index) & (labels != classes.ignore_index)  # (X, Y, Z)
     hit, _ = free_space_mask(grid, pts, origin)
     # rays shortened by free_margin: the voxels they cross lie at least free_margin before the return
@@ -308,11 +342,13 @@ def frame_consistency(
     if boxes is not None:
         up = inside & (height > above_ground)
         in_box = points_in_boxes(pts, boxes, box_margin)
+        judged = up if unjudged is None else up & (in_box | ~np.asarray(unjudged, bool)[finite])
         vehicle = np.isin(point_label, class_ids(classes, VEHICLE_CLASSES[classes.name]))
         counts["box_returns"] = int((up & in_box).sum())
         counts["box_returns_vehicle"] = int((up & in_box & vehicle).sum())
-        counts["vehicle_returns"] = int((up & vehicle).sum())
-        counts["vehicle_returns_outside_boxes"] = int((up & vehicle & ~in_box).sum())
+        counts["vehicle_returns"] = int((judged & vehicle).sum())
+        counts["vehicle_returns_outside_boxes"] = int((judged & vehicle & ~in_box).sum())
+        counts["outside_box_returns"] = int((judged & ~in_box).sum())
     return FrameConsistency(**counts)
 
 
@@ -367,13 +403,26 @@ class ConsistencyReport:
         return path
 
 
-def consistency_frame(sample: Sample) -> ConsistencyFrame:
-    """The :class:`ConsistencyFrame` of a reader's :class:`Sample`: its front camera and scan, vehicle boxes from a
-    KITTI object ``extras["objects"]`` (None when the frame has no label file), the sensor origin from
-    :func:`~occle_core.data.sample.lidar_origin` (default: the grid origin, the LiDAR frame of the KITTI readers)."""
+def consistency_frame(sample: Sample, extra_objects: KittiObjects | None = None) -> ConsistencyFrame:
+    """The :class:`ConsistencyFrame` of a reader's :class:`Sample`: its front camera and scan, vehicle boxes and
+    ``DontCare`` regions from a KITTI object ``extras["objects"]`` (None when the frame has no label file), the
+    sensor origin from :func:`~occle_core.data.sample.lidar_origin` (default: the grid origin, the LiDAR frame of
+    the KITTI readers).
+
+    Args:
+        extra_objects: objects added to the released ones (annotation gaps a user has labelled; a frame without
+            a label file gets these alone).
+    """
     objects = sample.extras.get("objects")
-    boxes = None if objects is None else kitti_vehicle_boxes(objects, sample.calib.T_cam_lidar)
-    return ConsistencyFrame(sample.frame_id, sample.image, sample.points, sample.calib, boxes, lidar_origin(sample))
+    if extra_objects is not None:
+        objects = extra_objects if objects is None else objects.concat(extra_objects)
+    boxes = unannotated = None
+    if objects is not None:
+        boxes = kitti_vehicle_boxes(objects, sample.calib.T_cam_lidar)
+        unannotated = objects.bbox[np.asarray(objects.type, dtype=object) == "DontCare"]  # (K, 4) pixels
+    return ConsistencyFrame(
+        sample.frame_id, sample.image, sample.points, sample.calib, boxes, lidar_origin(sample), unannotated
+    )
 
 
 def consistency_report(predictor: Any, frames: Iterable[ConsistencyFrame], **options: Any) -> ConsistencyReport:
@@ -388,7 +437,15 @@ def consistency_report(predictor: Any, frames: Iterable[ConsistencyFrame], **opt
         labels = predictor.predict(fr.image, fr.points, fr.calib)
         out.append(
             frame_consistency(
-                fr.points, labels, predictor.grid, predictor.classes, fr.boxes, fr.frame_id, fr.origin, **options
+                fr.points,
+                labels,
+                predictor.grid,
+                predictor.classes,
+                fr.boxes,
+                fr.frame_id,
+                fr.origin,
+                unjudged=fr.unjudged(),
+                **options,
             )
         )
     return ConsistencyReport(out)

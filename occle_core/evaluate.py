@@ -211,19 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LABEL_FREE_DATASETS,
         help="reader for --consistency (sequences / drives / split / scenes from --sequences)",
     )
+    p.add_argument(
+        "--extra-labels",
+        help="with --consistency: a folder of KITTI label_2 files (NNNNNN.txt) whose objects are added to the "
+        "released boxes of the same frames (annotation gaps; state them with the result)",
+    )
     return p
 
 
 def consistency_main(args: argparse.Namespace) -> int:
     """``occle-eval --consistency``: the label-free table of ``args.frames`` frames of ``args.dataset``."""
-    from occle_core.consistency import consistency_frame, consistency_report
+    from occle_core.consistency import ConsistencyFrame, consistency_frame, consistency_report
+    from occle_core.data.kitti import read_object_labels
     from occle_core.predictor import Predictor
 
     if not args.dataset:
         raise ValueError("--consistency needs --dataset (one of " + ", ".join(LABEL_FREE_DATASETS) + ")")
+    extra = Path(args.extra_labels) if args.extra_labels else None
+    if extra is not None and not extra.is_dir():
+        raise FileNotFoundError(f"--extra-labels: no folder {extra}")
     reader = build_label_free(args.dataset, args.data, args.sequences)
     predictor = Predictor(args.checkpoint, device=args.device)
-    frames = (consistency_frame(reader[i]) for i in frame_indices(len(reader), args.frames))
+
+    def frame(i: int) -> ConsistencyFrame:
+        sample = reader[i]
+        path = None if extra is None else extra / f"{Path(sample.frame_id).name}.txt"
+        return consistency_frame(sample, read_object_labels(path) if path and path.is_file() else None)
+
+    frames = (frame(i) for i in frame_indices(len(reader), args.frames))
     report = consistency_report(predictor, frames)
     print(f"{args.checkpoint} on {args.data} ({args.dataset}, {len(report.frames)} frames): label-free consistency")
     print(report.table())

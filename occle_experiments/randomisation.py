@@ -45,14 +45,15 @@ REAL_KITTI = "real_kitti"
 START = "start"
 #: the consistency ratios reported per evaluation set (keys of :meth:`FrameConsistency.metrics`)
 CONSISTENCY = ("hit_recall", "free_false_occupancy", "ground_consistency", "occupied_share")
-VEHICLE = ("vehicle_recall", "false_vehicle_share")
+VEHICLE = ("vehicle_recall", "false_vehicle_rate", "false_vehicle_share")
 HEADERS = {
     "hit_recall": "hit recall",
     "free_false_occupancy": "free false occ.",
     "ground_consistency": "ground",
     "occupied_share": "grid occupied",
     "vehicle_recall": "vehicle recall",
-    "false_vehicle_share": "false vehicle",
+    "false_vehicle_rate": "false-vehicle rate",
+    "false_vehicle_share": "false-vehicle share",
     "iou": "IoU",
     "miou": "mIoU",
 }

@@ -29,7 +29,7 @@ from occle_core.render import render_bev, render_perspective
 
 WIDTH = 720  # figure width in pixels
 COLUMNS = ("hit_recall", "free_false_occupancy", "ground_consistency", "observed_occupied_share", "vehicle_recall",
-           "false_vehicle_share")  # fmt: skip
+           "false_vehicle_rate", "false_vehicle_share")  # fmt: skip
 
 
 def _fit(img: np.ndarray, width: int) -> Image.Image:

@@ -127,6 +127,54 @@ def test_vehicle_recall_and_false_vehicle_share():
     fr = frame_consistency(points, labels, grid, SK, boxes, origin=(0, 0.5, 2.5), plane=(0, 0, 1, 0.0))
     assert (fr.box_returns, fr.box_returns_vehicle) == (2, 1) and fr.vehicle_recall == 0.5
     assert (fr.vehicle_returns, fr.vehicle_returns_outside_boxes) == (2, 1) and fr.false_vehicle_share == 0.5
+    # the rate: of the 3 above-ground returns outside the box (building, car, empty) 1 is called a vehicle
+    assert fr.outside_box_returns == 3 and fr.false_vehicle_rate == pytest.approx(1 / 3)
+    # returns in an unannotated region are judged only when a box holds them
+    unjudged = np.array([True, False, False, True, False, False])
+    fu = frame_consistency(
+        points, labels, grid, SK, boxes, origin=(0, 0.5, 2.5), plane=(0, 0, 1, 0.0), unjudged=unjudged
+    )
+    assert (fu.box_returns, fu.box_returns_vehicle) == (2, 1)  # the in-box return stays judged
+    assert (fu.vehicle_returns, fu.vehicle_returns_outside_boxes, fu.outside_box_returns) == (1, 0, 2)
+    assert fu.false_vehicle_rate == 0.0 and fu.false_vehicle_share == 0.0
+    with pytest.raises(ValueError, match="unjudged must have one entry per point"):
+        frame_consistency(points, labels, grid, SK, boxes, plane=(0, 0, 1, 0.0), unjudged=unjudged[:2])
+
+
+def test_dontcare_regions_and_added_objects(tmp_path):
+    from occle_core.consistency import consistency_frame
+    from occle_core.data.sample import Sample
+    from occle_core.geometry import Calib
+
+    T = np.eye(4)
+    T[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]  # LiDAR x forward, y left, z up -> camera x right, y down
+    P = np.array([[100.0, 0, 50, 0], [0, 100, 50, 0], [0, 0, 1, 0]])
+    calib = Calib(P, T, (100, 100))
+    path = tmp_path / "000001.txt"
+    path.write_text(
+        "Car 0.00 0 0 0 0 0 0 1.50 1.60 4.00 1.00 1.70 10.00 -1.5707963\n"
+        "DontCare -1 -1 -10 60 40 80 60 -1 -1 -1 -1000 -1000 -1000 -10\n"
+    )
+    objects = read_object_labels(path)
+    # (10, -1, 0) projects to u = 50 + 100 * 1 / 10 = 60, v = 50: inside the DontCare region; (10, 1, 0) to u = 40
+    points = np.array([[10.0, -1.0, 0.0, 0.5], [10.0, 1.0, 0.0, 0.5], [-5.0, 0.0, 0.0, 0.5]], np.float32)
+    image = np.zeros((100, 100, 3), np.uint8)
+    sample = Sample.single(
+        "000001", image, points, calib, name="image_2", grid_frame="lidar", extras={"objects": objects}
+    )
+    frame = consistency_frame(sample)
+    assert frame.boxes.shape == (1, 7)
+    np.testing.assert_array_equal(frame.unjudged(), [True, False, False])  # behind the camera: not in the region
+    extra = tmp_path / "extra.txt"
+    extra.write_text("Truck 0.30 0 0 0 0 0 0 3.00 2.50 7.00 -5.00 1.70 12.00 -1.5707963\n")
+    added = consistency_frame(sample, read_object_labels(extra))
+    assert added.boxes.shape == (2, 7) and len(added.unannotated) == 1
+    np.testing.assert_allclose(added.boxes[1, :3], [12.0, 5.0, -0.2], atol=1e-6)  # bottom 1.7 m down, 3 m tall
+    joined = objects.concat(read_object_labels(extra))
+    assert joined.type == ("Car", "DontCare", "Truck") and joined.bbox.shape == (3, 4) and joined.score is None
+    no_label = Sample.single("000002", image, points, calib, name="image_2", grid_frame="lidar")
+    assert consistency_frame(no_label).boxes is None and consistency_frame(no_label).unjudged() is None
+    assert consistency_frame(no_label, read_object_labels(extra)).boxes.shape == (1, 7)
 
 
 def test_kitti_label_boxes_to_lidar(tmp_path):
@@ -196,6 +244,16 @@ def test_consistency_cli_on_a_kitti_object_replica(tmp_path, capsys):
     assert doc["total"]["hit_voxels"] == sum(f["hit_voxels"] for f in doc["frames"]) > 0
     table = capsys.readouterr().out
     assert "| 000001 |" in table and "| all |" in table
+    # objects added from a folder of label files: frame 000001 (no label_2) gets the box of the extra file
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "000001.txt").write_text((data / "label_2" / "000000.txt").read_text())
+    assert eval_main([*argv, "--out", str(tmp_path / "out2"), "--extra-labels", str(extra), "--device", "cpu"]) == 0
+    doc2 = json.loads((tmp_path / "out2" / "consistency.json").read_text())
+    assert doc2["frames"][1]["box_returns"] is not None and doc2["frames"][2]["box_returns"] is None
+    assert doc2["frames"][0] == labelled
+    assert eval_main([*argv, "--extra-labels", str(tmp_path / "nowhere")]) == 2
+    assert "--extra-labels: no folder" in capsys.readouterr().err
     # the same frames by the root above the split, two of them
     assert eval_main([*argv[:-1], str(data.parent), "--frames", "2", "--device", "cpu"]) == 0
     assert "(kitti_object, 2 frames)" in capsys.readouterr().out
@@ -211,6 +269,7 @@ def test_consistency_cli_on_the_real_kitti_frames(tmp_path):
     frames = {f["frame_id"]: f for f in doc["frames"]}
     assert sorted(frames) == ["000000", "000001", "000002", "000003", "002155", "007347"]
     assert frames["002155"]["box_returns"] > 100  # the annotated cars hold LiDAR returns
+    assert frames["002155"]["outside_box_returns"] > 1000
     assert all(f["box_returns"] is None for k, f in frames.items() if k != "002155")
     assert all(f["hit_voxels"] > 1000 and f["ground_returns"] > 1000 for f in frames.values())
     assert 0.0 < doc["total"]["hit_recall"] <= 1.0

@@ -199,8 +199,11 @@ def test_occupancy_does_not_buy_the_label():
     logits = torch.tensor([[3.0, 0.5, 2.0], [-2.0, 0.5, 2.0]], dtype=torch.float64, requires_grad=True)
     probs, occ = occupied_class_probs(logits, 0)
     assert torch.all(probs[:, 0] == 0) and torch.allclose(probs.sum(1), torch.ones(2, dtype=torch.float64))
-    layout = ray_layout(torch.tensor([[2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]).double(),
-                        torch.from_numpy(_calib().lidar_to_image)[None], (H, W))
+    layout = ray_layout(
+        torch.tensor([[2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]).double(),
+        torch.from_numpy(_calib().lidar_to_image)[None],
+        (H, W),
+    )
     assert layout.pixel.unique().numel() == 1  # both voxels on one pixel
     maps, weight = composite(probs[layout.voxel], occ[layout.voxel], layout, 1, (H, W))
     p = maps.sum((2, 3))[0] / weight.sum()

@@ -133,6 +133,15 @@ class KittiObjects:
     def __len__(self) -> int:
         return len(self.type)
 
+    def concat(self, other: KittiObjects) -> KittiObjects:
+        """These objects followed by ``other``'s (scores kept only when both have them)."""
+        score = None
+        if self.score is not None and other.score is not None:
+            score = np.concatenate([self.score, other.score])
+        arrays = ("truncated", "occluded", "alpha", "bbox", "dimensions", "location", "rotation_y")
+        joined = {k: np.concatenate([getattr(self, k), getattr(other, k)]) for k in arrays}
+        return KittiObjects(type=self.type + other.type, score=score, **joined)
+
     def corners_camera(self) -> np.ndarray:
         """(N, 8, 3) box corners in the rectified camera frame: the bottom face first, then the top face."""
         h, w, l = (self.dimensions[:, i, None] for i in range(3))  # (N, 1) each
