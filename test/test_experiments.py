@@ -17,7 +17,7 @@ from occle_core.config import load_config
 from occle_core.labels import class_table
 from occle_core.train import parse_overrides
 from occle_experiments.__main__ import main
-from occle_experiments.report import BEGIN, END, LABEL_CURVE_PNG, LEARNING_CURVES_PNG
+from occle_experiments.report import BEGIN, END, LABEL_CURVE_IOU_PNG, LABEL_CURVE_PNG, LEARNING_CURVES_PNG
 from occle_experiments.rows import load_experiments
 from occle_experiments.runner import class_scores, plateau_step, record_run
 
@@ -129,7 +129,7 @@ def test_run_row_smoke_and_report(tiny_data, tmp_path):  # noqa: F811
     assert text.startswith("# Results\n\nprotocol text\n") and text.rstrip().endswith("after") and "old" not in text
     assert "| occle_10 | 10% | voxel | 2 | 1 |" in text and "Schedule from the pilot: S = 1 steps" in text
     assert "- 2 steps (not the schedule S: does not count): only 1 paired seed(s)" in text
-    for png in (LABEL_CURVE_PNG, LEARNING_CURVES_PNG):
+    for png in (LABEL_CURVE_PNG, LABEL_CURVE_IOU_PNG, LEARNING_CURVES_PNG):
         assert (tmp_path / "fig" / png).stat().st_size > 1000 and f"fig/{png}" in text
 
 
