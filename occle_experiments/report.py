@@ -52,17 +52,23 @@ def group_runs(doc: dict[str, Any], order: list[str]) -> dict[Group, list[dict[s
 
 
 def summary_table(groups: dict[Group, list[dict[str, Any]]]) -> list[str]:
-    """Mean ± sd per row and the per-seed mIoU values."""
+    """Mean ± sd per row, the completion precision / recall (means over the seeds that recorded them) and the
+    per-seed mIoU values."""
     lines = [
-        "| row | labels | budget | steps | seeds | IoU | mIoU | present-class mIoU | classes present | mIoU per seed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | labels | budget | steps | seeds | IoU | precision / recall | mIoU | present-class mIoU "
+        "| classes present | mIoU per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (row, steps), runs in groups.items():
         per_seed = ", ".join(f"s{r['seed']}: {r['miou']:.2f}" for r in runs)
         present = [r["miou_present"] for r in runs if r["miou_present"] is not None]
+        pr = [(r["precision"], r["recall"]) for r in runs if r.get("precision") is not None]
+        pr_text = "–" if not pr else " / ".join(f"{statistics.fmean(v):.1f}" for v in zip(*pr))
+        if pr and len(pr) < len(runs):
+            pr_text += f" ({len(pr)} of {len(runs)} seeds)"
         lines.append(
             f"| {row} | {100 * runs[0]['labels']:g}% | {runs[0].get('budget', 'voxel')} | {steps} | {len(runs)} "
-            f"| {_fmt([r['iou'] for r in runs])} | {_fmt([r['miou'] for r in runs])} | {_fmt(present)} "
+            f"| {_fmt([r['iou'] for r in runs])} | {pr_text} | {_fmt([r['miou'] for r in runs])} | {_fmt(present)} "
             f"| {_fmt([r['classes_present'] for r in runs], 0 if len(runs) == 1 else 1)} | {per_seed} |"
         )
     return lines

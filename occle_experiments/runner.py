@@ -64,14 +64,16 @@ def class_scores(per_class_iou: dict[str, float | None], classes: ClassTable) ->
 
 
 def metrics_entry(metrics: dict[str, Any], classes: ClassTable) -> dict[str, Any]:
-    """IoU, mIoU (official), present-class mIoU and class count of an occle-eval ``metrics.json``."""
+    """IoU, mIoU (official), present-class mIoU and class count of an occle-eval ``metrics.json``, and the
+    completion precision / recall where it has them (they say whether a lower IoU over- or under-fills)."""
     scores = class_scores(metrics["per_class_iou"], classes)
     if metrics.get("miou_present") is not None:
         scores["miou_present"] = _pct(metrics["miou_present"])
     if metrics.get("classes_present") is not None:
         present = metrics["classes_present"]
         scores["classes_present"] = len(present) if isinstance(present, list) else int(present)
-    return {"iou": _pct(metrics["iou"]), **scores}
+    completion = {k: _pct(metrics[k]) for k in ("precision", "recall") if metrics.get(k) is not None}
+    return {"iou": _pct(metrics["iou"]), **completion, **scores}
 
 
 def read_curve(run_dir: Path, classes: ClassTable) -> list[dict[str, Any]]:

@@ -112,6 +112,7 @@ def test_run_row_smoke_and_report(tiny_data, tmp_path):  # noqa: F811
     occ = runs["occle_10"]
     assert (occ["seed"], occ["steps"], occ["labels"], occ["budget"], occ["frames"]) == (1, 2, 0.1, "voxel", 2)
     assert 0 <= occ["iou"] <= 100 and 0 <= occ["miou"] <= occ["miou_present"] <= 100
+    assert 0 <= occ["precision"] <= 100 and occ["iou"] <= occ["recall"] <= 100  # IoU <= min(precision, recall)
     if (REPO / ".git").exists():  # the commit that made the run
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=7", "HEAD"], capture_output=True)
         assert occ["code"].split("+")[0] == head.stdout.decode().strip()
@@ -128,6 +129,7 @@ def test_run_row_smoke_and_report(tiny_data, tmp_path):  # noqa: F811
     text = md.read_text()
     assert text.startswith("# Results\n\nprotocol text\n") and text.rstrip().endswith("after") and "old" not in text
     assert "| occle_10 | 10% | voxel | 2 | 1 |" in text and "Schedule from the pilot: S = 1 steps" in text
+    assert f"| {occ['precision']:.1f} / {occ['recall']:.1f} |" in text
     assert "- 2 steps (not the schedule S: does not count): only 1 paired seed(s)" in text
     for png in (LABEL_CURVE_PNG, LABEL_CURVE_IOU_PNG, LEARNING_CURVES_PNG):
         assert (tmp_path / "fig" / png).stat().st_size > 1000 and f"fig/{png}" in text
