@@ -10,8 +10,11 @@ Supervision, all of it from the frames themselves: LiDAR free-space / hit geomet
 the final logits, ``loss.free_space``), the 2D pseudo labels of a
 real segmenter (computed once and cached as ``DIR/pseudo_2d/<frame>.png``) through the 2D head, the lifted 3D
 pseudo labels and the scatter-accumulated projection, the confident teacher, and the unobserved-space prior. The
-voxel CE / Lovasz terms are off. Training is the engine's :class:`~occle_core.engine.trainer.Trainer` (tqdm,
-TensorBoard under ``DIR/tb``, ``DIR/checkpoint.pt`` written atomically, ``--resume``), fed the label-free frames.
+voxel CE / Lovasz terms are off, unless ``--replay ROOT`` mixes labelled frames of the checkpoint's training world
+into the adaptation (``--replay-share`` of each epoch, :mod:`occle_core.data.replay`): those frames keep the
+checkpoint's own labelled recipe (voxel CE / Lovasz at its weights, its label budget) against forgetting.
+Training is the engine's :class:`~occle_core.engine.trainer.Trainer` (tqdm, TensorBoard under ``DIR/tb``,
+``DIR/checkpoint.pt`` written atomically, ``--resume``), fed those frames.
 
 Guard rail against collapse: every ``--guard-every`` steps (and before the first) the model predicts the
 adaptation frames (``--guard-frames`` of them, evenly spaced) and the predicted occupied share of the
@@ -39,8 +42,9 @@ from torch.utils.data import Dataset
 from occle_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from occle_core.config import OccleConfig
 from occle_core.consistency import ConsistencyReport, consistency_frame, consistency_report, frame_consistency, pool
-from occle_core.data.factory import LABEL_FREE_DATASETS, build_label_free
+from occle_core.data.factory import LABEL_FREE_DATASETS, TrainFrames, build_dataset, build_label_free
 from occle_core.data.label_png import read_label_png, write_label_png
+from occle_core.data.replay import MixedFrames, ReplayFrames, replay_slots
 from occle_core.data.sample import Sample
 from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, Trainer
 from occle_core.evaluate import frame_indices
@@ -167,10 +171,12 @@ class OccupancyGuard:
 
 
 def adaptation_config(base: OccleConfig, args: argparse.Namespace) -> OccleConfig:
-    """The checkpoint's config with the voxel-label terms off and the adaptation's steps, rate and folders."""
+    """The checkpoint's config with the adaptation's steps, rate and folders; the voxel-label terms are off unless
+    labelled frames are replayed (``args.replay``), which keep the checkpoint's weights for them."""
+    replay = bool(getattr(args, "replay", None))
     loss = replace(
-        base.loss, voxel_ce=0.0, lovasz=0.0, projection=args.projection, free_space=args.free_space,
-        unobserved_prior=args.unobserved_prior,
+        base.loss, voxel_ce=base.loss.voxel_ce if replay else 0.0, lovasz=base.loss.lovasz if replay else 0.0,
+        projection=args.projection, free_space=args.free_space, unobserved_prior=args.unobserved_prior,
     )  # fmt: skip
     train = replace(
         base.train, steps=args.steps, lr=args.lr, out_dir=str(args.out), ckpt_every=args.guard_every,
@@ -203,6 +209,22 @@ def split_frames(reader: Dataset, hold_out: Sequence[str]) -> tuple[list[int], l
     if not train:
         raise ValueError("--hold-out leaves no frame to adapt on")
     return train, held
+
+
+def training_frames(args: argparse.Namespace, base: OccleConfig, cfg: OccleConfig, target: Dataset) -> Dataset:
+    """The adaptation's training set: the target frames, with ``args.replay``'s labelled frames mixed in.
+
+    The replay frames are read in the checkpoint's grid and classes (``base``) from ``args.replay`` (sequences
+    ``args.replay_sequences``, default the checkpoint's training sequences) under its label budget.
+    """
+    if not getattr(args, "replay", None):
+        return target
+    sequences = list(args.replay_sequences or base.data.train_sequences)
+    d = replace(base.data, root=str(args.replay), train_sequences=sequences, val_sequences=[])
+    labelled = TrainFrames(
+        build_dataset(replace(base, data=d), "train"), d.label_ratio, d.label_seed, cfg.train.seed, d.label_budget
+    )
+    return MixedFrames(target, ReplayFrames(labelled, replay_slots(len(target), args.replay_share)))
 
 
 def keep_last_good(out: Path) -> Path:
@@ -245,13 +267,16 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = (), rea
     guard = OccupancyGuard(
         [reader[i] for i in guard_idx], args.guard_every, args.guard_warn, args.guard_stop, out / GUARD_LOG
     )
+    train_set = training_frames(args, base, cfg, AdaptFrames(reader, train_idx, pseudo_dir))
     trainer = Trainer(
         cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress,
-        train_set=AdaptFrames(reader, train_idx, pseudo_dir), step_hooks=[*hooks, guard],
+        train_set=train_set, step_hooks=[*hooks, guard],
     )  # fmt: skip
     report_idx = held_idx or train_idx
     if trainer.step == 0:
         trainer.model.load_state_dict(ckpt["model"])
+        if trainer.class_weights is not None and ckpt.get("class_weights") is not None:
+            trainer.class_weights = ckpt["class_weights"]  # replayed labels: the checkpoint's own class weights
         if trainer.ema is not None:
             trainer.ema.load_state_dict(ckpt["model"])
         (out / GUARD_LOG).unlink(missing_ok=True)
@@ -313,6 +338,15 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--guard-frames", type=int, default=8, help="adaptation frames the guard predicts (evenly spaced)")
     p.add_argument("--guard-warn", type=float, default=3.0, help="warn when the occupied-share ratio drifts beyond")
     p.add_argument("--guard-stop", type=float, default=5.0, help="stop and keep the last good checkpoint beyond")
+    p.add_argument(
+        "--replay",
+        help="labelled frames to mix in against forgetting: a dataset root of the checkpoint's own kind (e.g. the "
+        "synthetic scenes it was trained on, data/synthetic); their voxel labels keep its labelled recipe",
+    )
+    p.add_argument(
+        "--replay-sequences", nargs="+", help="sequences of --replay (default: the checkpoint's training ones)"
+    )
+    p.add_argument("--replay-share", type=float, default=0.5, help="share of each epoch's frames taken from --replay")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")

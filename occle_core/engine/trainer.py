@@ -183,18 +183,29 @@ class Trainer:
             return None
 
     def _class_weights(self) -> torch.Tensor:
-        """Class weights from the labelled voxels of up to ``train.class_weight_frames`` evenly spaced frames."""
+        """Class weights from the labelled voxels of up to ``train.class_weight_frames`` evenly spaced frames (frames
+        without voxel labels, e.g. a label-free adaptation's, are passed over).
+
+        Raises:
+            ValueError: none of those frames has voxel labels.
+        """
         n = len(self.train_set)
         count = min(n, max(1, self.cfg.train.class_weight_frames))
         idx = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
         k = self.classes.num_classes
         counts = torch.zeros(k, dtype=torch.int64)
+        labelled = 0
         for i in idx.tolist():
             s = self.train_set[i]
+            if s.voxel_labels is None:
+                continue
+            labelled += 1
             lab = torch.from_numpy(np.asarray(s.voxel_labels, np.int64))
             if s.invalid is not None:
                 lab[torch.from_numpy(np.asarray(s.invalid, bool))] = self.classes.ignore_index
             counts += label_counts(lab, torch.from_numpy(s.label_mask), k)
+        if not labelled:
+            raise ValueError(f"loss.class_weighted needs voxel labels: none of {len(idx)} training frames has any")
         return class_weights_from_counts(counts)
 
     def _restore(self, ckpt: dict) -> None:
