@@ -42,7 +42,7 @@ def _elevations(velodyne: Path) -> int:
 
 def test_definition_variants_differ_only_in_their_families():
     defn = load_definition(DEFINITION)
-    assert set(defn.variants) == {"base", "rig", "appearance", "sensor", "accumulate", "all"}
+    assert set(defn.variants) == {"base", "rig", "appearance", "sensor", "accumulate", "all", "rig_accumulate"}
     assert all(defn.knobs("base", i) == defn.base for i in range(defn.sequences))
     rig = [defn.knobs("rig", i) for i in range(defn.sequences)]
     assert [k["beams"] for k in rig[:3]] == [32, 64, 128]
@@ -56,6 +56,12 @@ def test_definition_variants_differ_only_in_their_families():
         assert (every["appearance"], every["intensity"], every["fov_only"], every["accumulate"]) == (
             "realistic", "kitti", True, 15,
         )  # fmt: skip
+        both = defn.knobs("rig_accumulate", i)  # rig and accumulate, the base's images and sensor
+        assert both == {
+            **defn.base,
+            **{k: rig[i][k] for k in ("beams", "lidar_height", "lidar_pitch")},
+            "accumulate": 15,
+        }
     argv = synth_argv(defn.knobs("sensor", 0), 40, 20, "00", 0.5)
     assert "--fov-only" in argv and argv[argv.index("--intensity") + 1] == "kitti"
     assert "--fov-only" not in synth_argv(defn.base, 40, 20, "00", 0.5)
