@@ -173,10 +173,6 @@ class ModelConfig:
     pretrained_image: str = ""  # local path of backbone weights; nothing is downloaded
     shared_encoders: bool = True  # False: the semantic branch has its own 2D UNet and sparse 3D UNet (the paper)
     sem3d_head: str = "coarse"  # coarse: sem3d at the feature resolution, upsampled | full: one per output voxel
-    # True: the projection loss trains the class distributions given occupied only; the occupancy enters it as a
-    # constant visibility (docs/results.md, round 2: with it trained, the term pushes hidden occupied voxels, whose
-    # class differs from the pixel's, toward empty)
-    projection_detach_occupancy: bool = False
     # multi-frame input: voxel features carry the current-scan share and the mean point age (model/lidar_encoder.py);
     # None (the default) resolves to data.past_frames > 0 when the OccleConfig is built; false with past scans merged
     # in is the ablation that ignores the time column; true needs data.past_frames > 0

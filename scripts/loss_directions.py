@@ -60,10 +60,7 @@ def main() -> None:
     cfg.data.root, cfg.data.val_sequences = args.data, list(args.sequences)
     frames = build_dataset(cfg, "val")
     empty = cfg.data.classes().empty_index
-    detached = copy.deepcopy(model)
-    detached.detach_projection_occupancy = True
-    rows = {t: (model, replace(LossConfig(), **{**OFF, t: 1.0})) for t in TERMS}
-    rows["projection, occupancy detached"] = (detached, rows["projection"][1])
+    rows = {t: replace(LossConfig(), **{**OFF, t: 1.0}) for t in TERMS}
     kinds = ("occupied, LiDAR hit", "occupied, hidden", "empty, ray-crossed", "empty, not crossed")
     sums = {r: {k: [] for k in kinds} for r in rows}
     for i in np.linspace(0, len(frames) - 1, args.frames).round().astype(int):
@@ -72,8 +69,8 @@ def main() -> None:
         occ_true, empty_true = (lab != empty) & (lab != 255), lab == empty
         masks = dict(zip(kinds, (occ_true & hit, occ_true & ~hit, empty_true & free, empty_true & ~free)))
         before = occupancy(model, batch, empty)
-        for r, (m, loss) in rows.items():
-            change = step_change(m, batch, loss, empty, before)
+        for r, loss in rows.items():
+            change = step_change(model, batch, loss, empty, before)
             for k, mask in masks.items():
                 if mask.any():
                     sums[r][k].append(float(change[mask].mean()))

@@ -215,36 +215,3 @@ def test_occupancy_does_not_buy_the_label():
     projection_loss(maps, weight, target, 1).backward()
     assert abs(float(logits.grad[:, 0].abs().max())) < 1e-9  # no push on "empty"
     assert float(logits.grad[:, 2].max()) < 0  # the label's logit is raised
-
-
-def test_detached_occupancy_leaves_geometry_to_the_other_terms():
-    # one ray, a near voxel of class 1 and a hidden voxel of class 2 behind it, the pixel labelled 1: with the
-    # occupancy trained, the loss pushes the hidden voxel toward empty (it takes transmittance the label does not
-    # want, and pulling its confident class toward the label lowers its log-sum-exp); detached, no "empty" logit
-    # moves and the classes given occupied are trained without moving any log-sum-exp
-    from occle_core.losses import projection_loss
-    from occle_core.model.projection import composite, occupied_class_probs
-
-    layout = ray_layout(
-        torch.tensor([[2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]).double(),
-        torch.from_numpy(_calib().lidar_to_image)[None],
-        (H, W),
-    )
-    target = torch.full((1, H, W), 255, dtype=torch.int64)
-    v, u = divmod(int(layout.pixel[0]), W)
-    target[0, v, u] = 1
-    grads = {}
-    for detach in (False, True):
-        logits = torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64, requires_grad=True)
-        probs, occ = occupied_class_probs(logits, 0, detach_occupancy=detach)
-        maps, weight = composite(probs[layout.voxel], occ[layout.voxel], layout, 1, (H, W))
-        projection_loss(maps, weight, target, 1).backward()
-        grads[detach] = logits.grad.clone()
-    hidden = int(layout.voxel[1])  # the farther voxel on the ray
-    assert grads[False][hidden, 0] < -1e-6  # trained occupancy: descent raises "empty" of the hidden voxel
-    assert torch.all(grads[True][:, 0] == 0)  # detached: no push on "empty" anywhere
-    assert grads[True][hidden, 2] > 0 and grads[True][int(layout.voxel[0]), 1] < 0  # the classes still learn
-    # and occupancy-neutrally: the step leaves each voxel's log-sum-exp over the occupied classes unchanged
-    q = torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)[:, 1:].softmax(1)
-    assert torch.allclose((q * grads[True][:, 1:]).sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-12)
-    assert abs(float((q * grads[False][:, 1:]).sum(1)[hidden])) > 1e-6  # trained: the hidden one's moves

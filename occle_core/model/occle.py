@@ -117,14 +117,12 @@ class OccLE(nn.Module):
             raise ValueError(f"model.proj_stride must be >= 1, got {m.proj_stride}")
         if m.sem3d_head not in SEM3D_HEADS:
             raise ValueError(f"model.sem3d_head must be one of {SEM3D_HEADS}, got {m.sem3d_head!r}")
-        for name in ("shared_encoders", "projection_detach_occupancy"):
-            if not isinstance(getattr(m, name), bool):
-                raise ValueError(f"model.{name} must be true or false, got {getattr(m, name)!r}")
+        if not isinstance(m.shared_encoders, bool):
+            raise ValueError(f"model.shared_encoders must be true or false, got {m.shared_encoders!r}")
         self.num_classes, self.feature_stride, self.proj_stride = K, s, m.proj_stride
         self.token_pool = m.token_stride // s
         self.feature_shape = tuple(n // s for n in self.grid.shape)
         self.empty_index = self.classes.empty_index
-        self.detach_projection_occupancy = m.projection_detach_occupancy
 
         tf = bool(m.time_features)  # multi-frame input: two more voxel channels (lidar_encoder.voxelize_points)
         own = m.use_semantic_branch and not m.shared_encoders  # the semantic branch has encoders of its own
@@ -185,8 +183,7 @@ class OccLE(nn.Module):
         The logits of each feature voxel are the mean of its ``s^3`` output voxels' logits (the logits head
         averaged over its children, no output-resolution grid is built); their class distribution given occupied is
         composited along each camera's rays with the occupancy ``1 - p(empty)`` as visibility
-        (:func:`occupied_class_probs`; a constant without gradient under ``model.projection_detach_occupancy``), at
-        the image size / ``proj_stride``.
+        (:func:`occupied_class_probs`), at the image size / ``proj_stride``.
         One camera at a time; each camera's ray layout is cached under its own calibration.
 
         Args:
@@ -207,7 +204,7 @@ class OccLE(nn.Module):
         for n in range(num_cameras):
             layout = self._layouts.get(self.feature_centers, l2i[:, n], hw)
             logits = gather_voxels(coarse, layout).float()  # (M, K) voxels projected into camera n
-            probs, occ = occupied_class_probs(logits, self.empty_index, self.detach_projection_occupancy)
+            probs, occ = occupied_class_probs(logits, self.empty_index)  # (M, K) given occupied, (M,)
             m, w = composite(probs, occ, layout, B, hw)  # (B, K, Hp, Wp), (B, 1, Hp, Wp)
             maps.append(m)
             weights.append(w)

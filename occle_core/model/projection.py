@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -103,42 +102,12 @@ def composite(
     return maps, wmap.view(batch, 1, Hp, Wp)
 
 
-class _OccupancyNeutral(torch.autograd.Function):
-    """Identity on (M, K) logits whose backward removes, per row, the gradient component that would move the
-    row's log-sum-exp over the occupied classes: ``g - (q . g)``, ``q`` the class distribution given occupied.
-
-    A loss on the class distribution given occupied then moves that distribution as before (a gradient shift
-    common to every class leaves the softmax unchanged to first order) but no longer the occupancy
-    ``sigmoid(lse_occupied - l_empty)``: without it, pulling a confident voxel toward a pixel's other label lowers
-    its log-sum-exp, and so its occupancy.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, logits: Tensor, q: Tensor) -> Tensor:
-        ctx.save_for_backward(q)
-        return logits.view_as(logits)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (q,) = ctx.saved_tensors
-        return grad - (q * grad).sum(1, keepdim=True), None
-
-
-def occupied_class_probs(logits: Tensor, empty_index: int, detach_occupancy: bool = False) -> tuple[Tensor, Tensor]:
+def occupied_class_probs(logits: Tensor, empty_index: int) -> tuple[Tensor, Tensor]:
     """(M, K) class logits -> the class distribution given occupied (M, K; 0 on ``empty_index``) and the
-    occupancy ``1 - p(empty)`` (M,), the two inputs of :func:`composite`.
-
-    ``detach_occupancy``: a loss on the composite trains the classes given occupied only; the occupancy is a
-    constant visibility and the class path is made occupancy-neutral (:class:`_OccupancyNeutral`).
-    """
+    occupancy ``1 - p(empty)`` (M,), the two inputs of :func:`composite`."""
     occ = 1.0 - logits.softmax(1)[:, empty_index]
     empty = torch.tensor([empty_index], device=logits.device)
-    masked = logits.index_fill(1, empty, float("-inf"))  # (M, K)
-    if detach_occupancy:
-        occ = occ.detach()
-        q = masked.detach().softmax(1)
-        masked = _OccupancyNeutral.apply(masked, q)
-    return masked.softmax(1), occ
+    return logits.index_fill(1, empty, float("-inf")).softmax(1), occ
 
 
 def gather_voxels(grid: Tensor, layout: RayLayout) -> Tensor:
