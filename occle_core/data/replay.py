@@ -17,7 +17,25 @@ from torch.utils.data import Dataset
 from occle_core.data.sample import Sample
 
 
-class ReplayFrames(Dataset):
+class _EpochView(Dataset):
+    """A dataset over other datasets that passes the trainer's ``epoch`` on to them (those that have one)."""
+
+    def __init__(self, *inner: Dataset) -> None:
+        self._inner, self._epoch = list(inner), 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch = int(value)
+        for d in self._inner:
+            if hasattr(d, "epoch"):
+                d.epoch = self._epoch
+
+
+class ReplayFrames(_EpochView):
     """``slots`` frames of a labelled set per epoch: epoch ``e`` serves frames ``e * slots ... e * slots + slots - 1``
     (modulo the set's length), so successive epochs replay different frames.
 
@@ -32,17 +50,8 @@ class ReplayFrames(Dataset):
             raise ValueError(f"replay slots must be >= 1, got {slots}")
         if len(frames) == 0:
             raise ValueError("the replay set has no frame")
-        self.frames, self.slots, self._epoch = frames, int(slots), 0
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self._epoch = int(value)
-        if hasattr(self.frames, "epoch"):
-            self.frames.epoch = self._epoch
+        super().__init__(frames)
+        self.frames, self.slots = frames, int(slots)
 
     def __len__(self) -> int:
         return self.slots
@@ -53,24 +62,14 @@ class ReplayFrames(Dataset):
         return self.frames[(self._epoch * self.slots + i) % len(self.frames)]
 
 
-class MixedFrames(Dataset):
+class MixedFrames(_EpochView):
     """The frames of ``parts`` one after the other; setting ``epoch`` sets it on every part."""
 
     def __init__(self, *parts: Dataset) -> None:
         self.parts = [p for p in parts if len(p) > 0]
         if not self.parts:
             raise ValueError("MixedFrames needs at least one non-empty part")
-        self._epoch = 0
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self._epoch = int(value)
-        for p in self.parts:
-            p.epoch = self._epoch
+        super().__init__(*self.parts)
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
