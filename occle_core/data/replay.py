@@ -12,7 +12,7 @@ recipe alive while the target frames bring the label-free ones.
 
 from __future__ import annotations
 
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from occle_core.data.sample import Sample
 
@@ -62,26 +62,20 @@ class ReplayFrames(_EpochView):
         return self.frames[(self._epoch * self.slots + i) % len(self.frames)]
 
 
-class MixedFrames(_EpochView):
-    """The frames of ``parts`` one after the other; setting ``epoch`` sets it on every part."""
+class MixedFrames(_EpochView, ConcatDataset):
+    """The frames of ``parts`` one after the other (:class:`~torch.utils.data.ConcatDataset`); setting ``epoch``
+    sets it on every part."""
 
     def __init__(self, *parts: Dataset) -> None:
-        self.parts = [p for p in parts if len(p) > 0]
-        if not self.parts:
+        if not any(len(p) > 0 for p in parts):
             raise ValueError("MixedFrames needs at least one non-empty part")
-        super().__init__(*self.parts)
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
+        ConcatDataset.__init__(self, parts)
+        _EpochView.__init__(self, *parts)
 
     def __getitem__(self, i: int) -> Sample:
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)}")
-        for p in self.parts:
-            if i < len(p):
-                return p[i]
-            i -= len(p)
-        raise AssertionError("unreachable: the index was checked against the total length")
+        return ConcatDataset.__getitem__(self, i)
 
 
 def replay_slots(target_frames: int, share: float) -> int:
