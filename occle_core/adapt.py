@@ -270,13 +270,11 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = (), rea
     train_set = training_frames(args, base, cfg, AdaptFrames(reader, train_idx, pseudo_dir))
     trainer = Trainer(
         cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress,
-        train_set=train_set, step_hooks=[*hooks, guard],
+        train_set=train_set, step_hooks=[*hooks, guard], class_weights=ckpt.get("class_weights"),
     )  # fmt: skip
     report_idx = held_idx or train_idx
     if trainer.step == 0:
         trainer.model.load_state_dict(ckpt["model"])
-        if trainer.class_weights is not None and ckpt.get("class_weights") is not None:
-            trainer.class_weights = ckpt["class_weights"]  # replayed labels: the checkpoint's own class weights
         if trainer.ema is not None:
             trainer.ema.load_state_dict(ckpt["model"])
         (out / GUARD_LOG).unlink(missing_ok=True)

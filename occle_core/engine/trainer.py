@@ -75,6 +75,8 @@ class Trainer:
             labelled ``train`` split of ``cfg.data`` under the label budget.
         step_hooks: called as ``hook(trainer, values)`` on every rank after each step (after its log line,
             before its checkpoint); an exception from a hook ends :meth:`fit` without a checkpoint of that step.
+        class_weights: (K,) voxel CE class weights to use (e.g. those of the checkpoint being fine-tuned) instead
+            of counting them on the training frames; a resumed run keeps its own.
 
     Raises:
         ValueError: bad config values (naming the field), an existing checkpoint without ``resume``.
@@ -91,6 +93,7 @@ class Trainer:
         tensorboard: bool = True,
         train_set: Dataset | None = None,
         step_hooks: Sequence[Callable[[Trainer, dict[str, float]], None]] = (),
+        class_weights: torch.Tensor | None = None,
     ) -> None:
         self.out_dir = Path(out_dir if out_dir is not None else cfg.train.out_dir)
         cfg = replace(cfg, train=replace(cfg.train, out_dir=str(self.out_dir)))
@@ -157,7 +160,7 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt)
         elif cfg.loss.class_weighted and cfg.loss.voxel_ce > 0:
-            self.class_weights = self._class_weights()
+            self.class_weights = class_weights if class_weights is not None else self._class_weights()
         self.stop_requested = False  # agreed by every rank (all-reduced each step)
         self.signal_received = False  # set by this process's SIGTERM / SIGINT handler
         self.skipped_in_a_row = 0
