@@ -52,6 +52,9 @@ class DataConfig:
         past_images: SemanticKITTI layout: M <= ``past_frames`` previous images of the front camera as extra views
             ``<camera>@-1`` .. ``<camera>@-M`` whose calibration maps the current frame to the past image through
             the poses (``data/multiframe.py``); :meth:`camera_names` appends them to the camera set. 0 = none.
+        height_shift: training augmentation: each training frame moved up or down by a whole number of voxel
+            layers drawn from ``-n .. n`` per frame and epoch (``data/augment.py``), so that the network does not
+            tie the road to one layer of the grid; 0 = off (the default).
     """
 
     dataset: str = "semantic_kitti"
@@ -69,6 +72,7 @@ class DataConfig:
     pseudo_dir: str = "pseudo_2d"
     past_frames: int = 0
     past_images: int = 0
+    height_shift: int = 0
 
     def camera_names(self) -> list[str]:
         """The camera set: ``cameras`` when set, else the dataset's (SemanticKITTI ``["image_2"]``, Occ3D-nuScenes
@@ -412,6 +416,8 @@ def _build(kind: type, values: dict | None, section: str) -> Any:
         if obj.label_budget not in LABEL_BUDGETS:
             raise ValueError(f"data.label_budget must be one of {list(LABEL_BUDGETS)}, got {obj.label_budget!r}")
         obj.image_size = tuple(int(v) for v in obj.image_size)
+        if int(obj.height_shift) != obj.height_shift or obj.height_shift < 0:
+            raise ValueError(f"data.height_shift must be a whole number of layers >= 0, got {obj.height_shift!r}")
         if obj.grid_frame is not None and obj.grid_frame not in GRID_FRAMES:
             raise ValueError(f"data.grid_frame must be one of {list(GRID_FRAMES)} or null, got {obj.grid_frame!r}")
         if obj.cameras is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from occle_core.config import DataConfig, OccleConfig
+from occle_core.data.augment import draw_height_shift, shift_height
 from occle_core.data.label_budget import select_budget
 from occle_core.data.sample import Sample
 from occle_core.engine.reproducibility import isolated_rng, seed_of
@@ -107,10 +108,24 @@ class TrainFrames(Dataset):
         ratio / label_seed / budget: the label budget (``data.label_ratio`` / ``label_seed`` / ``label_budget``).
         seed: ``train.seed``; any randomness of the reader for frame ``i`` in epoch ``e`` is seeded by
             ``(seed, e, i)`` so that a resumed run reads the same frames the same way.
+        height_shift / voxel_size: ``data.height_shift`` (the augmentation of ``data/augment.py``, drawn under the
+            same seed after the label budget is chosen, so the budget does not depend on it) and the grid's voxel
+            edge in metres.
     """
 
-    def __init__(self, base: Dataset, ratio: float, label_seed: int, seed: int, budget: str = "voxel") -> None:
+    def __init__(
+        self,
+        base: Dataset,
+        ratio: float,
+        label_seed: int,
+        seed: int,
+        budget: str = "voxel",
+        height_shift: int = 0,
+        voxel_size: float = 0.2,
+    ) -> None:
         self.base = base
+        self.height_shift = int(height_shift)
+        self.voxel_size = float(voxel_size)
         self.budget = budget
         self.ratio = float(ratio)
         self.label_seed = int(label_seed)
@@ -123,12 +138,13 @@ class TrainFrames(Dataset):
     def __getitem__(self, index: int) -> Sample:
         with isolated_rng(seed_of(self.seed, self.epoch, index)):
             s: Sample = self.base[index]
+            layers = draw_height_shift(self.height_shift)
         if s.voxel_labels is None:
             raise ValueError(f"training frame {s.frame_id} has no voxel labels (voxels/*.label missing?)")
         s.label_mask = select_budget(
             self.budget, s.voxel_labels, self.ratio, self.label_seed, s.frame_id, s.invalid, (index, len(self.base))
         )
-        return s
+        return shift_height(s, layers, self.voxel_size)
 
 
 #: readers of frames without voxel truth (label-free evaluation and adaptation)

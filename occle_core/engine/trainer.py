@@ -142,7 +142,13 @@ class Trainer:
         self.train_set = train_set
         if train_set is None:
             self.train_set = TrainFrames(
-                build_dataset(cfg, "train"), d.label_ratio, d.label_seed, cfg.train.seed, d.label_budget
+                build_dataset(cfg, "train"),
+                d.label_ratio,
+                d.label_seed,
+                cfg.train.seed,
+                d.label_budget,
+                d.height_shift,
+                d.voxel_grid().voxel_size,
             )
         self.sampler = DistributedSampler(
             self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.train.seed, drop_last=True

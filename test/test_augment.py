@@ -1,0 +1,108 @@
+"""The height-shift augmentation (occle_core/data/augment.py): exact for voxels, points and cameras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_train import tiny_config, tiny_data  # noqa: F401  (session fixture)
+
+from occle_core.config import load_config
+from occle_core.data.augment import IGNORE, draw_height_shift, shift_height
+from occle_core.data.factory import TrainFrames, build_dataset
+from occle_core.data.sample import Sample, lidar_origin
+from occle_core.geometry import Calib, VoxelGrid
+
+GRID = VoxelGrid(origin=(0.0, -4.0, -2.0), voxel_size=0.5, shape=(16, 16, 8))
+
+
+def _sample(rng: np.random.Generator) -> Sample:
+    H, W = 40, 80
+    P = np.array([[W / 2, 0, W / 2, 0], [0, W / 2, H / 2, 0], [0, 0, 1, 0]], np.float64)
+    T = np.eye(4)
+    T[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]
+    T[:3, 3] = [0.1, -0.3, 0.2]
+    pts = np.c_[rng.uniform([0.5, -4, -2], [8, 4, 2], (500, 3)), rng.uniform(0, 1, 500)].astype(np.float32)
+    labels = rng.integers(0, 20, GRID.shape).astype(np.uint8)
+    return Sample.single(
+        "00/000000",
+        rng.integers(0, 255, (H, W, 3), dtype=np.uint8),
+        pts,
+        Calib(P, T, (H, W)),
+        voxel_labels=labels,
+        invalid=rng.random(GRID.shape) < 0.3,
+        label_mask=rng.random(GRID.shape) < 0.1,
+        pose=np.eye(4),
+    )
+
+
+@pytest.mark.parametrize("layers", [-2, -1, 1, 3])
+def test_shift_moves_labels_points_and_keeps_every_projection(layers):
+    s = _sample(np.random.default_rng(0))
+    t = shift_height(s, layers, GRID.voxel_size)
+    dz = layers * GRID.voxel_size
+    np.testing.assert_allclose(t.points[:, 2], s.points[:, 2] + dz, atol=1e-5)
+    np.testing.assert_array_equal(t.points[:, [0, 1, 3]], s.points[:, [0, 1, 3]])
+    # every point lands in the voxel one `layers` above its old one, and that voxel holds the old voxel's label
+    ijk_s, in_s = GRID.point_indices(s.points[:, :3])
+    ijk_t, in_t = GRID.point_indices(t.points[:, :3])
+    old = np.full((len(s.points), 3), -1)
+    new = np.full((len(s.points), 3), -1)
+    old[in_s], new[in_t] = ijk_s, ijk_t
+    keep = in_s & in_t
+    np.testing.assert_array_equal(new[keep], old[keep] + [0, 0, layers])
+    i, j = old[keep].T, new[keep].T
+    np.testing.assert_array_equal(t.voxel_labels[j[0], j[1], j[2]], s.voxel_labels[i[0], i[1], i[2]])
+    # layers moved in from outside are ignored, invalid and unlabelled
+    vacated = slice(0, layers) if layers > 0 else slice(GRID.shape[2] + layers, None)
+    assert (t.voxel_labels[:, :, vacated] == IGNORE).all()
+    assert t.invalid[:, :, vacated].all() and not t.label_mask[:, :, vacated].any()
+    # the camera sees every point where it saw it before; the rays start one shift higher
+    uv_s, _, vis_s = s.calib.project(s.points[:, :3])
+    uv_t, _, vis_t = t.calib.project(t.points[:, :3])
+    np.testing.assert_array_equal(vis_s, vis_t)
+    np.testing.assert_allclose(uv_t[vis_t], uv_s[vis_s], atol=1e-3)
+    assert lidar_origin(t) == pytest.approx((0.0, 0.0, dz))
+    np.testing.assert_allclose(t.pose @ [0, 0, dz, 1], [0, 0, 0, 1], atol=1e-12)  # same world point
+    # the input sample is untouched
+    assert s.voxel_labels is not t.voxel_labels and lidar_origin(s) == (0.0, 0.0, 0.0)
+
+
+def test_zero_shift_and_shift_out_of_the_grid():
+    s = _sample(np.random.default_rng(1))
+    assert shift_height(s, 0, GRID.voxel_size) is s
+    t = shift_height(s, GRID.shape[2], GRID.voxel_size)
+    assert (t.voxel_labels == IGNORE).all() and t.invalid.all()
+
+
+def test_draw_covers_the_range_and_refuses_negative():
+    rng = np.random.default_rng(0)
+    draws = {draw_height_shift(2, rng) for _ in range(200)}
+    assert draws == {-2, -1, 0, 1, 2}
+    assert draw_height_shift(0, rng) == 0
+    with pytest.raises(ValueError, match="height_shift"):
+        draw_height_shift(-1, rng)
+
+
+def test_config_refuses_a_bad_height_shift():
+    with pytest.raises(ValueError, match="data.height_shift"):
+        load_config(None, {"data": {"height_shift": -1}})
+    with pytest.raises(ValueError, match="data.height_shift"):
+        load_config(None, {"data": {"height_shift": 0.5}})
+
+
+def test_train_frames_shift_is_seeded_per_frame_and_epoch_and_keeps_the_budget(tiny_data, tmp_path):  # noqa: F811
+    cfg = tiny_config(tiny_data, tmp_path)
+    base = build_dataset(cfg, "train")
+    size = cfg.data.voxel_grid().voxel_size
+    plain = TrainFrames(base, 0.1, 0, 7)
+    shifted = TrainFrames(base, 0.1, 0, 7, height_shift=1, voxel_size=size)
+    seen = set()
+    for epoch in range(4):
+        plain.epoch = shifted.epoch = epoch
+        for i in range(len(base)):
+            a, b, again = plain[i], shifted[i], shifted[i]
+            np.testing.assert_array_equal(b.points, again.points)  # a pure function of (seed, epoch, index)
+            layers = round(float(np.median(b.points[:, 2] - a.points[:, 2])) / size)
+            seen.add(layers)
+            np.testing.assert_array_equal(b.label_mask, shift_height(a, layers, size).label_mask)
+    assert seen == {-1, 0, 1}
