@@ -42,10 +42,12 @@ from torch.utils.data import Dataset
 from occle_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from occle_core.config import OccleConfig
 from occle_core.consistency import ConsistencyReport, consistency_frame, consistency_report, frame_consistency, pool
+from occle_core.data.augment import draw_height_shift, shift_height
 from occle_core.data.factory import LABEL_FREE_DATASETS, TrainFrames, build_dataset, build_label_free
 from occle_core.data.label_png import read_label_png, write_label_png
 from occle_core.data.replay import MixedFrames, ReplayFrames, replay_slots
 from occle_core.data.sample import Sample
+from occle_core.engine.reproducibility import isolated_rng, seed_of
 from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, Trainer
 from occle_core.evaluate import frame_indices
 
@@ -70,11 +72,23 @@ class AdaptFrames(Dataset):
 
     Args:
         reader: a dataset of :class:`Sample`; indices: the frames of it to serve; pseudo_dir: the label cache.
+        height_shift / voxel_size / seed: ``data.height_shift`` (``data/augment.py``: each frame moved by up to
+            that many voxel layers, drawn per frame and epoch from ``(seed, epoch, frame)``), the grid's voxel
+            edge in metres and ``train.seed``.
     """
 
-    def __init__(self, reader: Dataset, indices: Sequence[int], pseudo_dir: Path) -> None:
+    def __init__(
+        self,
+        reader: Dataset,
+        indices: Sequence[int],
+        pseudo_dir: Path,
+        height_shift: int = 0,
+        voxel_size: float = 0.2,
+        seed: int = 0,
+    ) -> None:
         self.reader, self.indices, self.pseudo_dir = reader, list(indices), Path(pseudo_dir)
-        self.epoch = 0  # set by the trainer; the frames do not depend on it
+        self.height_shift, self.voxel_size, self.seed = int(height_shift), float(voxel_size), int(seed)
+        self.epoch = 0  # set by the trainer
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -82,7 +96,9 @@ class AdaptFrames(Dataset):
     def __getitem__(self, i: int) -> Sample:
         s: Sample = self.reader[self.indices[i]]
         s.cameras[0].pseudo2d = read_label_png(self.pseudo_dir / f"{frame_key(s.frame_id)}.png")
-        return s
+        with isolated_rng(seed_of(self.seed, self.epoch, i)):
+            layers = draw_height_shift(self.height_shift)
+        return shift_height(s, layers, self.voxel_size)
 
 
 def cache_pseudo_labels(
@@ -222,8 +238,9 @@ def training_frames(args: argparse.Namespace, base: OccleConfig, cfg: OccleConfi
     sequences = list(args.replay_sequences or base.data.train_sequences)
     d = replace(base.data, root=str(args.replay), train_sequences=sequences, val_sequences=[])
     labelled = TrainFrames(
-        build_dataset(replace(base, data=d), "train"), d.label_ratio, d.label_seed, cfg.train.seed, d.label_budget
-    )
+        build_dataset(replace(base, data=d), "train"), d.label_ratio, d.label_seed, cfg.train.seed, d.label_budget,
+        cfg.data.height_shift, d.voxel_grid().voxel_size,
+    )  # fmt: skip
     return MixedFrames(target, ReplayFrames(labelled, replay_slots(len(target), args.replay_share)))
 
 
@@ -267,7 +284,10 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = (), rea
     guard = OccupancyGuard(
         [reader[i] for i in guard_idx], args.guard_every, args.guard_warn, args.guard_stop, out / GUARD_LOG
     )
-    train_set = training_frames(args, base, cfg, AdaptFrames(reader, train_idx, pseudo_dir))
+    target = AdaptFrames(
+        reader, train_idx, pseudo_dir, cfg.data.height_shift, cfg.data.voxel_grid().voxel_size, cfg.train.seed
+    )
+    train_set = training_frames(args, base, cfg, target)
     trainer = Trainer(
         cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress,
         train_set=train_set, step_hooks=[*hooks, guard], class_weights=ckpt.get("class_weights"),

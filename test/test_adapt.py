@@ -6,12 +6,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers_adapt import tiny_checkpoint, write_object_replica, write_pseudo_cache
 
-from occle_core.adapt import GUARD_LOG, PSEUDO_DIR, build_parser, main, run_adaptation
+from occle_core.adapt import GUARD_LOG, PSEUDO_DIR, AdaptFrames, build_parser, main, run_adaptation
 from occle_core.checkpoint import load_checkpoint
+from occle_core.data.factory import build_label_free
+from occle_core.data.sample import lidar_origin
 from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, TRAIN_LOG
 from occle_core.losses import free_space_loss, occupancy_logit, unobserved_prior_loss
 
@@ -54,6 +57,25 @@ def test_two_steps_write_checkpoints_logs_and_reports(replica, tmp_path, capsys)
     assert list((tmp_path / "tb").iterdir())
     out = capsys.readouterr().out
     assert "before, held-out frames" in out and "after 2 steps" in out
+
+
+def test_height_shift_moves_adaptation_frames_per_epoch(replica, tmp_path):
+    data, _ = replica
+    reader = build_label_free("kitti_object", data)
+    write_pseudo_cache(tmp_path)
+    plain = AdaptFrames(reader, [0, 1], tmp_path)
+    shifted = AdaptFrames(reader, [0, 1], tmp_path, height_shift=1, voxel_size=0.5, seed=3)
+    seen = set()
+    for epoch in range(8):
+        plain.epoch = shifted.epoch = epoch
+        for i in range(2):
+            a, b = plain[i], shifted[i]
+            dz = float(np.median(b.points[:, 2] - a.points[:, 2]))
+            assert lidar_origin(b) == pytest.approx((0.0, 0.0, dz))
+            np.testing.assert_array_equal(b.points, shifted[i].points)  # seeded by (seed, epoch, frame)
+            assert b.pseudo2d is not None
+            seen.add(round(dz / 0.5))
+    assert seen == {-1, 0, 1}
 
 
 def test_interrupted_run_resumes_where_it_stopped(replica, tmp_path):
