@@ -236,11 +236,11 @@ def training_frames(args: argparse.Namespace, base: OccleConfig, cfg: OccleConfi
     if not getattr(args, "replay", None):
         return target
     sequences = list(args.replay_sequences or base.data.train_sequences)
-    d = replace(base.data, root=str(args.replay), train_sequences=sequences, val_sequences=[])
-    labelled = TrainFrames(
-        build_dataset(replace(base, data=d), "train"), d.label_ratio, d.label_seed, cfg.train.seed, d.label_budget,
-        cfg.data.height_shift, d.voxel_grid().voxel_size,
+    d = replace(
+        base.data, root=str(args.replay), train_sequences=sequences, val_sequences=[],
+        height_shift=cfg.data.height_shift,
     )  # fmt: skip
+    labelled = TrainFrames.of(build_dataset(replace(base, data=d), "train"), d, cfg.train.seed)
     return MixedFrames(target, ReplayFrames(labelled, replay_slots(len(target), args.replay_share)))
 
 

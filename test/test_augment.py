@@ -106,3 +106,22 @@ def test_train_frames_shift_is_seeded_per_frame_and_epoch_and_keeps_the_budget(t
             seen.add(layers)
             np.testing.assert_array_equal(b.label_mask, shift_height(a, layers, size).label_mask)
     assert seen == {-1, 0, 1}
+
+
+def test_labelled_frames_only_serves_the_frame_budget_frames(tiny_data, tmp_path):  # noqa: F811
+    cfg = tiny_config(tiny_data, tmp_path)
+    base = build_dataset(cfg, "train")
+    every = TrainFrames(base, 0.5, 0, 7, budget="frame")
+    only = TrainFrames(base, 0.5, 0, 7, budget="frame", labelled_only=True)
+    labelled = [i for i in range(len(base)) if every[i].label_mask.any()]
+    assert len(only) == len(labelled) == 2 < len(base)
+    for k, i in enumerate(labelled):  # the same frames, read and budgeted as in the full view
+        a, b = every[i], only[k]
+        assert a.frame_id == b.frame_id and b.label_mask.any()
+        np.testing.assert_array_equal(a.points, b.points)
+    with pytest.raises(IndexError):
+        only[len(only)]
+    with pytest.raises(ValueError, match="labelled_frames_only"):
+        TrainFrames(base, 0.5, 0, 7, budget="voxel", labelled_only=True)
+    with pytest.raises(ValueError, match="labelled_frames_only"):
+        load_config(None, {"data": {"labelled_frames_only": True}})

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from occle_core.config import DataConfig, OccleConfig
 from occle_core.data.augment import draw_height_shift, shift_height
-from occle_core.data.label_budget import select_budget
+from occle_core.data.label_budget import select_budget, select_labelled_frames
 from occle_core.data.sample import Sample
 from occle_core.engine.reproducibility import isolated_rng, seed_of
 from occle_core.geometry import VoxelGrid
@@ -111,6 +112,9 @@ class TrainFrames(Dataset):
         height_shift / voxel_size: ``data.height_shift`` (the augmentation of ``data/augment.py``, drawn under the
             same seed after the label budget is chosen, so the budget does not depend on it) and the grid's voxel
             edge in metres.
+        labelled_only: ``data.labelled_frames_only``: serve only the frames the ``frame`` budget labels (the
+            supervised-only baseline of the semi-supervised protocol); frame ``i`` keeps its index in ``base``
+            for its seed and its budget.
     """
 
     def __init__(
@@ -122,7 +126,10 @@ class TrainFrames(Dataset):
         budget: str = "voxel",
         height_shift: int = 0,
         voxel_size: float = 0.2,
+        labelled_only: bool = False,
     ) -> None:
+        if labelled_only and budget != "frame":
+            raise ValueError(f"data.labelled_frames_only needs data.label_budget frame, got {budget!r}")
         self.base = base
         self.height_shift = int(height_shift)
         self.voxel_size = float(voxel_size)
@@ -131,18 +138,31 @@ class TrainFrames(Dataset):
         self.label_seed = int(label_seed)
         self.seed = int(seed)
         self.epoch = 0
+        every = np.arange(len(base))
+        self.frames = every[select_labelled_frames(len(base), ratio, label_seed)] if labelled_only else every
+
+    @classmethod
+    def of(cls, base: Dataset, data: DataConfig, seed: int) -> TrainFrames:
+        """The training view of ``base`` under the budget and augmentation of ``data`` (a ``DataConfig``)."""
+        return cls(
+            base, data.label_ratio, data.label_seed, seed, data.label_budget, data.height_shift,
+            data.voxel_grid().voxel_size, data.labelled_frames_only,
+        )  # fmt: skip
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.frames)
 
     def __getitem__(self, index: int) -> Sample:
-        with isolated_rng(seed_of(self.seed, self.epoch, index)):
-            s: Sample = self.base[index]
+        if not 0 <= index < len(self.frames):
+            raise IndexError(f"training frame {index} out of range for {len(self.frames)}")
+        i = int(self.frames[index])  # the frame's index in ``base``
+        with isolated_rng(seed_of(self.seed, self.epoch, i)):
+            s: Sample = self.base[i]
             layers = draw_height_shift(self.height_shift)
         if s.voxel_labels is None:
             raise ValueError(f"training frame {s.frame_id} has no voxel labels (voxels/*.label missing?)")
         s.label_mask = select_budget(
-            self.budget, s.voxel_labels, self.ratio, self.label_seed, s.frame_id, s.invalid, (index, len(self.base))
+            self.budget, s.voxel_labels, self.ratio, self.label_seed, s.frame_id, s.invalid, (i, len(self.base))
         )
         return shift_height(s, layers, self.voxel_size)
 

@@ -137,19 +137,10 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-        d = cfg.data
         self.step_hooks = list(step_hooks)
         self.train_set = train_set
         if train_set is None:
-            self.train_set = TrainFrames(
-                build_dataset(cfg, "train"),
-                d.label_ratio,
-                d.label_seed,
-                cfg.train.seed,
-                d.label_budget,
-                d.height_shift,
-                d.voxel_grid().voxel_size,
-            )
+            self.train_set = TrainFrames.of(build_dataset(cfg, "train"), cfg.data, cfg.train.seed)
         self.sampler = DistributedSampler(
             self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.train.seed, drop_last=True
         )
