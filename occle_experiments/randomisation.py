@@ -39,6 +39,9 @@ DEFAULT_DEFINITION = Path("config/randomisation.yaml")
 #: occle-synth knobs a variant may set (its flags with ``-`` written ``_``; also the keys of ``synthetic.json``)
 KNOBS = ("beams", "lidar_height", "lidar_pitch", "intensity", "dropout", "range_noise", "fov_only", "appearance",
          "accumulate")  # fmt: skip
+#: a family's key for training overrides (``section.key=value``) instead of an occle-synth knob: a family of the
+#: training recipe (e.g. the height-shift augmentation), applied to the variants that name it
+TRAIN_KEY = "train"
 ARGV_FILE = "occle_synth_argv.json"
 FINETUNE_RECORD = "finetune.json"
 REAL_KITTI = "real_kitti"
@@ -102,7 +105,7 @@ class Definition:
             raise ValueError(f"evaluation.seed {self.eval_seed} is one of the training seeds {self.seed}..")
         for where, knobs in [("base", self.base), *((f"families.{k}", v) for k, v in self.families.items()),
                              *((f"evaluation.rigs.{k}", r.knobs) for k, r in self.rigs.items())]:  # fmt: skip
-            unknown = sorted(set(knobs) - set(KNOBS))
+            unknown = sorted(set(knobs) - set(KNOBS) - ({TRAIN_KEY} if where.startswith("families.") else set()))
             if unknown:
                 raise ValueError(f"{where}: unknown occle-synth knob(s) {unknown}; known: {list(KNOBS)}")
         for variant, fams in self.variants.items():
@@ -116,15 +119,27 @@ class Definition:
         for index in range(self.sequences):  # every knob value resolves (cycle / uniform well-formed)
             for name in self.variants:
                 self.knobs(name, index)
+        from occle_core.train import parse_overrides
+
+        for name in self.variants:  # every training override parses
+            try:
+                parse_overrides(self.train_overrides(name))
+            except ValueError as exc:
+                raise ValueError(f"variants.{name}: a training override (finetune.overrides, `train`): {exc}") from exc
         return self
 
     def knobs(self, variant: str, index: int) -> dict[str, Any]:
         """The occle-synth knobs of training sequence ``index`` of ``variant``: ``base``, then its families."""
         merged = dict(self.base)
         for family in self.variants[variant]:
-            merged.update(self.families[family])
+            merged.update({k: v for k, v in self.families[family].items() if k != TRAIN_KEY})
         seed = self.seed + index
         return {k: resolve_knob(v, index, seed, k) for k, v in merged.items()}
+
+    def train_overrides(self, variant: str) -> list[str]:
+        """The fine-tuning overrides of ``variant``: ``finetune.overrides``, then its families' ``train`` entries."""
+        extra = [str(o) for family in self.variants[variant] for o in self.families[family].get(TRAIN_KEY) or []]
+        return [*self.overrides, *extra]
 
 
 def resolve_knob(value: Any, index: int, seed: int, name: str) -> Any:
@@ -235,9 +250,12 @@ def eval_data(defn: Definition, quiet: bool = False) -> Path:
 # ------------------------------------------------------------------------------------------------ fine-tuning
 
 
-def finetune_config(start: dict, defn: Definition, root: Path, sequences: list[str], out: Path) -> OccleConfig:
+def finetune_config(
+    start: dict, defn: Definition, variant: str, root: Path, sequences: list[str], out: Path
+) -> OccleConfig:
     """The :class:`~occle_core.config.OccleConfig` of a fine-tuning run: the start checkpoint's saved config with
-    the definition's overrides, trained on ``sequences`` of ``root`` for ``defn.steps`` steps without evaluation."""
+    ``variant``'s overrides (:meth:`Definition.train_overrides`), trained on ``sequences`` of ``root`` for
+    ``defn.steps`` steps without evaluation."""
     from occle_core.config import OccleConfig
     from occle_core.train import parse_overrides
 
@@ -247,7 +265,7 @@ def finetune_config(start: dict, defn: Definition, root: Path, sequences: list[s
         "train": {"steps": defn.steps, "eval_every": 0, "eval_frames": 0, "ckpt_every": defn.ckpt_every,
                   "out_dir": str(out)},
     }  # fmt: skip
-    for overrides in (parse_overrides(defn.overrides), fixed):
+    for overrides in (parse_overrides(defn.train_overrides(variant)), fixed):
         for section, values in overrides.items():
             doc.setdefault(section, {}).update(values)
     return OccleConfig.from_saved(doc)
@@ -270,7 +288,7 @@ def finetune(
     if (out / MODEL_NAME).is_file():
         return finetune_record(defn, variant)
     start = load_checkpoint(defn.checkpoint)
-    cfg = finetune_config(start, defn, root, sequences, out)
+    cfg = finetune_config(start, defn, variant, root, sequences, out)
     t0 = time.perf_counter()
     resume = (out / CHECKPOINT_NAME).is_file()
     trainer = Trainer(cfg, out, resume=resume, device=device, progress=not quiet, tensorboard=False)

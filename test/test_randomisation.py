@@ -42,7 +42,9 @@ def _elevations(velodyne: Path) -> int:
 
 def test_definition_variants_differ_only_in_their_families():
     defn = load_definition(DEFINITION)
-    assert set(defn.variants) == {"base", "rig", "appearance", "sensor", "accumulate", "all", "rig_accumulate"}
+    assert set(defn.variants) == {
+        "base", "rig", "appearance", "sensor", "accumulate", "all", "rig_accumulate", "all_shift"
+    }  # fmt: skip
     assert all(defn.knobs("base", i) == defn.base for i in range(defn.sequences))
     rig = [defn.knobs("rig", i) for i in range(defn.sequences)]
     assert [k["beams"] for k in rig[:3]] == [32, 64, 128]
@@ -62,6 +64,9 @@ def test_definition_variants_differ_only_in_their_families():
             **{k: rig[i][k] for k in ("beams", "lidar_height", "lidar_pitch")},
             "accumulate": 15,
         }
+        assert defn.knobs("all_shift", i) == every  # the shift family is training, not world
+    assert defn.train_overrides("all") == defn.overrides
+    assert defn.train_overrides("all_shift") == [*defn.overrides, "data.height_shift=1"]
     argv = synth_argv(defn.knobs("sensor", 0), 40, 20, "00", 0.5)
     assert "--fov-only" in argv and argv[argv.index("--intensity") + 1] == "kitti"
     assert "--fov-only" not in synth_argv(defn.base, 40, 20, "00", 0.5)
@@ -69,6 +74,10 @@ def test_definition_variants_differ_only_in_their_families():
         with_options(defn, base={**defn.base, "beam": 32})
     with pytest.raises(ValueError, match="uniform"):
         with_options(defn, families={**defn.families, "rig": {"lidar_height": {"uniform": [1.5]}}})
+    with pytest.raises(ValueError, match="unknown occle-synth knob"):  # `train` is a family's key only
+        with_options(defn, base={**defn.base, "train": ["data.height_shift=1"]})
+    with pytest.raises(ValueError, match="override"):
+        with_options(defn, families={**defn.families, "shift": {"train": ["height_shift"]}})
     with pytest.raises(ValueError, match="training seeds"):
         with_options(defn, seed=defn.eval_seed)
 
