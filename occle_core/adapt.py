@@ -193,6 +193,7 @@ def adaptation_config(base: OccleConfig, args: argparse.Namespace) -> OccleConfi
     loss = replace(
         base.loss, voxel_ce=base.loss.voxel_ce if replay else 0.0, lovasz=base.loss.lovasz if replay else 0.0,
         projection=args.projection, free_space=args.free_space, unobserved_prior=args.unobserved_prior,
+        ground=args.ground,
     )  # fmt: skip
     train = replace(
         base.train, steps=args.steps, lr=args.lr, out_dir=str(args.out), ckpt_every=args.guard_every,
@@ -351,6 +352,9 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     # (0.5) and free_space 1 the occupied share of the observed voxels drifted from x1.8 to x3 the LiDAR's in 50 steps
     p.add_argument("--projection", type=float, default=0.1, help="weight of loss.projection (2D pseudo labels)")
     p.add_argument("--free-space", type=float, default=2.0, help="weight of loss.free_space (LiDAR on the logits)")
+    p.add_argument(
+        "--ground", type=float, default=0.0, help="weight of loss.ground (LiDAR ground returns: a ground class)"
+    )
     p.add_argument("--unobserved-prior", type=float, default=1.0, help="weight of loss.unobserved_prior")
     p.add_argument("--guard-every", type=int, default=10, help="guard check (and checkpoint) period in steps")
     p.add_argument("--guard-frames", type=int, default=8, help="adaptation frames the guard predicts (evenly spaced)")

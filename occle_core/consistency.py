@@ -38,75 +38,15 @@ import numpy as np
 from occle_core.data.kitti import KittiObjects
 from occle_core.data.sample import Sample, lidar_origin
 from occle_core.geometry import Calib, VoxelGrid, free_space_mask
+from occle_core.ground import GROUND_CLASSES, class_ids, fit_ground_plane
 from occle_core.labels import ClassTable
 
-GROUND_CLASSES = {
-    "semantic_kitti": ("road", "parking", "sidewalk", "other-ground", "terrain"),
-    "occ3d_nuscenes": ("driveable_surface", "other_flat", "sidewalk", "terrain"),
-}
 VEHICLE_CLASSES = {
     "semantic_kitti": ("car", "truck", "other-vehicle"),
     "occ3d_nuscenes": ("car", "truck", "bus", "trailer", "construction_vehicle"),
 }
 #: KITTI object label types whose boxes are vehicles (Cyclist boxes hold a rider and are not used)
 KITTI_VEHICLE_TYPES = ("Car", "Van", "Truck", "Tram")
-
-
-def class_ids(classes: ClassTable, names: Sequence[str]) -> np.ndarray:
-    """(C,) int64 ids of ``names`` in ``classes``."""
-    missing = [n for n in names if n not in classes.names]
-    if missing:
-        raise ValueError(f"classes {missing} are not in the {classes.name} class table")
-    return np.asarray([classes.names.index(n) for n in names], np.int64)
-
-
-def fit_ground_plane(
-    points: np.ndarray,
-    inlier_tol: float = 0.15,
-    max_tilt_deg: float = 15.0,
-    hypotheses: int = 256,
-    seed: int = 0,
-) -> np.ndarray:
-    """Ground plane of a scan: ``n . x + d = 0`` with a unit normal pointing up (n_z > 0).
-
-    RANSAC: ``hypotheses`` random point triples (all scored at once) whose normal is within ``max_tilt_deg`` of
-    vertical; the one with the most points within ``inlier_tol`` wins (ties: the lower plane), and is refined by
-    least squares (the smallest singular vector of its centred inliers).
-
-    Args:
-        points: (N, >=3) returns, z up.
-
-    Returns:
-        (4,) float64 ``(n_x, n_y, n_z, d)``.
-
-    Raises:
-        ValueError: fewer than 3 points, or no hypothesis was near-horizontal.
-    """
-    xyz = np.asarray(points, np.float64)[:, :3]
-    xyz = xyz[np.all(np.isfinite(xyz), axis=1)]
-    if len(xyz) < 3:
-        raise ValueError(f"a ground plane needs at least 3 points, got {len(xyz)}")
-    rng = np.random.default_rng(seed)
-    tri = xyz[rng.integers(0, len(xyz), (hypotheses, 3))]  # (K, 3, 3)
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (K, 3)
-    norm = np.linalg.norm(n, axis=1)
-    ok = norm > 1e-9
-    n = n[ok] / norm[ok, None]
-    n *= np.sign(n[:, 2:3]) + (n[:, 2:3] == 0)  # normals up
-    d = -np.einsum("kj,kj->k", n, tri[ok, 0])  # (K,)
-    level = n[:, 2] >= np.cos(np.deg2rad(max_tilt_deg))
-    if not level.any():
-        raise ValueError(f"no near-horizontal plane (within {max_tilt_deg} deg) among the point triples")
-    n, d = n[level], d[level]
-    sample = xyz[rng.permutation(len(xyz))[:20000]]  # scoring subset bounds the (K, S) distance matrix
-    inliers = (np.abs(sample @ n.T + d) < inlier_tol).sum(axis=0)  # (K,)
-    height = -d / n[:, 2]  # plane height at x = y = 0
-    best = np.lexsort((height, -inliers))[0]
-    close = np.abs(xyz @ n[best] + d[best]) < inlier_tol
-    centre = xyz[close].mean(axis=0)
-    normal = np.linalg.svd(xyz[close] - centre, full_matrices=False)[2][-1]
-    normal = normal if normal[2] > 0 else -normal
-    return np.append(normal, -normal @ centre)
 
 
 def points_in_boxes(points: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:

@@ -25,6 +25,10 @@ Supervision sources and where they act:
 - ``free_space``: the LiDAR hits / ray-crossed voxels on the final logits (occupied = "not the empty class"),
   class-balanced; ``geometry`` supervises the geometric branch only, so without voxel labels (adaptation) this is
   what holds the class decision to the scan.
+- ``ground``: the voxels of the scan's ground returns (within 0.2 m of the plane fitted to the scan, not
+  outnumbered by returns above it: :func:`occle_core.ground.ground_voxels`) on the final logits: the summed
+  probability of the ground classes (:data:`occle_core.ground.GROUND_CLASSES`), whichever of them. Label-free
+  like ``free_space``; the 2D pseudo labels pick the ground class.
 - ``unobserved_prior``: every term above ignores never-observed space (no LiDAR ray reaches it, no valid label),
   so nothing stops the network from filling it. This light prior pulls the occupied probability of the final
   logits there toward the scene's own statistics: the share of the frame's LiDAR-observed voxels that hold
@@ -356,6 +360,22 @@ def free_space_loss(logits: Tensor, occupied: Tensor, free: Tensor, empty_index:
     return balanced_bce(occupancy_logit(logits, empty_index), occupied, occupied | free)
 
 
+def ground_loss(logits: Tensor, ground: Tensor, ground_ids: Tensor) -> Tensor:
+    """Mean over the ``ground`` voxels of ``-log sum_{c in ground_ids} softmax(logits)_c``.
+
+    Args:
+        logits: (B, K, X, Y, Z) final logits; ground: (B, X, Y, Z) bool; ground_ids: (G,) int64 class ids.
+
+    Returns:
+        scalar; 0 when no voxel is marked.
+    """
+    if not bool(ground.any()):
+        return _zero(logits)
+    x = _select(logits, ground).float()  # (N, K)
+    ids = ground_ids.to(x.device)
+    return (torch.logsumexp(x, dim=1) - torch.logsumexp(x[:, ids], dim=1)).mean()
+
+
 def unobserved_prior_loss(
     logits: Tensor,
     occupied: Tensor,
@@ -398,6 +418,7 @@ def compute_losses(
     class_weights: Tensor | None = None,
     empty_index: int = 0,
     teacher_logits: Tensor | None = None,
+    ground_ids: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of the enabled loss terms.
 
@@ -409,6 +430,7 @@ def compute_losses(
             ``cfg.class_weighted`` computes them from this batch's labelled voxels, else unweighted.
         empty_index: the free-space class.
         teacher_logits: (B, K, X, Y, Z) from an EMA teacher; None = the model's own detached logits.
+        ground_ids: (G,) int64 ground class ids for ``ground`` (the term is skipped without them).
 
     Returns:
         total: scalar with gradient. terms: {name: detached unweighted scalar} of each computed term.
@@ -449,6 +471,8 @@ def compute_losses(
         add("projection", cfg.projection, projection_loss(out.proj, out.proj_weight, batch.pseudo2d, out.proj_stride))
     if cfg.free_space > 0 and batch.occupied is not None and batch.free is not None:
         add("free_space", cfg.free_space, free_space_loss(out.logits, batch.occupied, batch.free, empty_index))
+    if cfg.ground > 0 and batch.ground is not None and ground_ids is not None:
+        add("ground", cfg.ground, ground_loss(out.logits, batch.ground, ground_ids))
     if cfg.unobserved_prior > 0 and batch.occupied is not None and batch.free is not None:
         prior = unobserved_prior_loss(out.logits, batch.occupied, batch.free, labels, empty_index)
         add("unobserved_prior", cfg.unobserved_prior, prior)

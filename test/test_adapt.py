@@ -16,7 +16,7 @@ from occle_core.checkpoint import load_checkpoint
 from occle_core.data.factory import build_label_free
 from occle_core.data.sample import lidar_origin
 from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, TRAIN_LOG
-from occle_core.losses import free_space_loss, occupancy_logit, unobserved_prior_loss
+from occle_core.losses import free_space_loss, ground_loss, occupancy_logit, unobserved_prior_loss
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,23 @@ def test_unobserved_prior_by_hand():
     # nothing observed in the frame: the prior is undefined and the loss is 0
     nothing = torch.zeros_like(occupied)
     assert unobserved_prior_loss(logits, nothing, nothing).item() == 0.0
+
+
+def test_ground_loss_by_hand_and_in_the_adaptation_losses(replica, tmp_path):
+    ground = torch.tensor([True, True, False]).view(1, 3, 1, 1)
+    logits = torch.zeros(1, 4, 3, 1, 1)  # classes: empty, car, road, sidewalk; ground = road + sidewalk
+    logits[0, 2, 0] = math.log(2.0)  # voxel 0: p = (1, 1, 2, 1) / 5 -> ground 3/5
+    logits[0, 1, 1] = math.log(6.0)  # voxel 1: p = (1, 6, 1, 1) / 9 -> ground 2/9; voxel 2 not ground
+    expect = (-math.log(3 / 5) - math.log(2 / 9)) / 2
+    ids = torch.tensor([2, 3])
+    assert ground_loss(logits, ground, ids).item() == pytest.approx(expect, rel=1e-5)
+    assert ground_loss(logits, torch.zeros_like(ground), ids).item() == 0.0
+    # occle-adapt --ground: the batch carries the ground voxels and the term is trained
+    data, ckpt = replica
+    argv = _args(data, ckpt, tmp_path, "--steps", "1", "--ground", "1", "--guard-warn", "1e3", "--guard-stop", "1e3")
+    assert main(argv) == 0
+    row = json.loads((tmp_path / TRAIN_LOG).read_text().splitlines()[-1])
+    assert row["ground"] > 0 and load_checkpoint(tmp_path / MODEL_NAME)["config"]["loss"]["ground"] == 1.0
 
 
 def test_free_space_loss_on_the_final_logits_by_hand():

@@ -13,7 +13,6 @@ from occle_core.consistency import (
     ConsistencyFrame,
     ConsistencyReport,
     consistency_report,
-    fit_ground_plane,
     frame_consistency,
     kitti_vehicle_boxes,
     points_in_boxes,
@@ -22,6 +21,7 @@ from occle_core.consistency import (
 from occle_core.data.kitti import read_object_labels
 from occle_core.evaluate import main as eval_main
 from occle_core.geometry import VoxelGrid
+from occle_core.ground import fit_ground_plane, ground_voxels
 from occle_core.labels import class_table
 from occle_core.predictor import default_checkpoint
 
@@ -96,6 +96,18 @@ def test_ground_plane_fit_finds_a_tilted_road_under_clutter():
     np.testing.assert_allclose(plane, expect, atol=0.01)
     with pytest.raises(ValueError, match="at least 3"):
         fit_ground_plane(np.zeros((2, 3)))
+
+
+def test_ground_voxels_hold_ground_returns_not_outnumbered_by_objects():
+    grid = VoxelGrid((0.0, -2.0, -2.0), 0.5, (8, 8, 4))  # x 0..4, y -2..2, z -2..0
+    rng = np.random.default_rng(0)
+    road = np.c_[rng.uniform([0, -2], [4, 2], (4000, 2)), np.full(4000, -1.95)]  # ~62 returns per road voxel
+    foot = np.c_[rng.uniform([1.0, 0.0], [1.5, 0.5], (400, 2)), rng.uniform(-1.7, -1.55, 400)]  # > 0.2 m up
+    wheel = np.c_[rng.uniform([3.0, -2.0], [3.5, -1.5], (20, 2)), rng.uniform(-1.7, -1.55, 20)]  # fewer
+    ground = ground_voxels(np.r_[road, foot, wheel], grid)
+    assert ground[:, :, 0].sum() == 64 - 1 and not ground[:, :, 1:].any()
+    assert not ground[2, 4, 0] and ground[6, 0, 0]  # an object's lowest voxel, where its returns outnumber the road
+    assert not ground_voxels(np.zeros((2, 3)), grid).any()
 
 
 def test_points_in_rotated_boxes():

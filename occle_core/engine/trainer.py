@@ -47,6 +47,7 @@ from occle_core.engine.distributed import barrier, setup_distributed
 from occle_core.engine.reproducibility import isolated_rng, rng_state, seed_everything, seed_of, set_rng_state
 from occle_core.engine.schedule import build_scheduler
 from occle_core.evaluate import evaluate_model, scores_to_json
+from occle_core.ground import GROUND_CLASSES, class_ids
 from occle_core.losses import class_weights_from_counts, compute_losses, label_counts
 from occle_core.model.occle import OccLE
 
@@ -115,6 +116,7 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.classes = cfg.data.classes()
+        self.ground_ids = torch.from_numpy(class_ids(self.classes, GROUND_CLASSES[self.classes.name]))
         self.grid = cfg.data.voxel_grid()
         self.progress = progress and self.rank == 0
         self.tensorboard = tensorboard
@@ -319,7 +321,7 @@ class Trainer:
                     teacher_logits = self.ema(batch).logits
         cw = self.class_weights.to(self.device) if self.class_weights is not None else None
         total, terms = compute_losses(
-            out, batch, self.cfg.loss, cw, self.classes.empty_index, teacher_logits=teacher_logits
+            out, batch, self.cfg.loss, cw, self.classes.empty_index, teacher_logits, self.ground_ids
         )
         # touch every output so DDP sees each parameter used even when a loss term is switched off
         for t in (out.sem2d, out.sem3d, out.geo, out.proj):

@@ -1,0 +1,103 @@
+"""The ground of a LiDAR scan: a fitted plane, the ground classes of each class table, and the voxels that hold
+ground returns.
+
+The label-free checks (:mod:`occle_core.consistency`, ground consistency) and the label-free ground term of
+adaptation (``loss.ground``, :func:`occle_core.losses.ground_loss`) share one definition: a return is a ground
+return when it lies within ``tol`` of the plane :func:`fit_ground_plane` fits to its scan (RANSAC over
+near-vertical normals, then least squares on the inliers, so a tilted or offset road is handled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from occle_core.geometry import VoxelGrid
+from occle_core.labels import ClassTable
+
+GROUND_CLASSES = {
+    "semantic_kitti": ("road", "parking", "sidewalk", "other-ground", "terrain"),
+    "occ3d_nuscenes": ("driveable_surface", "other_flat", "sidewalk", "terrain"),
+}
+
+
+def class_ids(classes: ClassTable, names: Sequence[str]) -> np.ndarray:
+    """(C,) int64 ids of ``names`` in ``classes``."""
+    missing = [n for n in names if n not in classes.names]
+    if missing:
+        raise ValueError(f"classes {missing} are not in the {classes.name} class table")
+    return np.asarray([classes.names.index(n) for n in names], np.int64)
+
+
+def fit_ground_plane(
+    points: np.ndarray,
+    inlier_tol: float = 0.15,
+    max_tilt_deg: float = 15.0,
+    hypotheses: int = 256,
+    seed: int = 0,
+) -> np.ndarray:
+    """Ground plane of a scan: ``n . x + d = 0`` with a unit normal pointing up (n_z > 0).
+
+    RANSAC: ``hypotheses`` random point triples (all scored at once) whose normal is within ``max_tilt_deg`` of
+    vertical; the one with the most points within ``inlier_tol`` wins (ties: the lower plane), and is refined by
+    least squares (the smallest singular vector of its centred inliers).
+
+    Args:
+        points: (N, >=3) returns, z up.
+
+    Returns:
+        (4,) float64 ``(n_x, n_y, n_z, d)``.
+
+    Raises:
+        ValueError: fewer than 3 points, or no hypothesis was near-horizontal.
+    """
+    xyz = np.asarray(points, np.float64)[:, :3]
+    xyz = xyz[np.all(np.isfinite(xyz), axis=1)]
+    if len(xyz) < 3:
+        raise ValueError(f"a ground plane needs at least 3 points, got {len(xyz)}")
+    rng = np.random.default_rng(seed)
+    tri = xyz[rng.integers(0, len(xyz), (hypotheses, 3))]  # (K, 3, 3)
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (K, 3)
+    norm = np.linalg.norm(n, axis=1)
+    ok = norm > 1e-9
+    n = n[ok] / norm[ok, None]
+    n *= np.sign(n[:, 2:3]) + (n[:, 2:3] == 0)  # normals up
+    d = -np.einsum("kj,kj->k", n, tri[ok, 0])  # (K,)
+    level = n[:, 2] >= np.cos(np.deg2rad(max_tilt_deg))
+    if not level.any():
+        raise ValueError(f"no near-horizontal plane (within {max_tilt_deg} deg) among the point triples")
+    n, d = n[level], d[level]
+    sample = xyz[rng.permutation(len(xyz))[:20000]]  # scoring subset bounds the (K, S) distance matrix
+    inliers = (np.abs(sample @ n.T + d) < inlier_tol).sum(axis=0)  # (K,)
+    height = -d / n[:, 2]  # plane height at x = y = 0
+    best = np.lexsort((height, -inliers))[0]
+    close = np.abs(xyz @ n[best] + d[best]) < inlier_tol
+    centre = xyz[close].mean(axis=0)
+    normal = np.linalg.svd(xyz[close] - centre, full_matrices=False)[2][-1]
+    normal = normal if normal[2] > 0 else -normal
+    return np.append(normal, -normal @ centre)
+
+
+def ground_voxels(points: np.ndarray, grid: VoxelGrid, tol: float = 0.2, plane: np.ndarray | None = None) -> np.ndarray:
+    """(X, Y, Z) bool: voxels holding ground returns (within ``tol`` of the scan's ground plane), at least as many
+    as returns above it (objects standing on the road share their lowest voxel with it; such voxels are left out).
+
+    Args:
+        points: (N, >=3) returns in the grid frame (rows with NaN / Inf are dropped).
+        plane: (4,) ground plane ``n . x + d = 0`` (n up); None fits one with :func:`fit_ground_plane`.
+    """
+    xyz = np.asarray(points, np.float64)[:, :3]
+    xyz = xyz[np.all(np.isfinite(xyz), axis=1)]
+    out = np.zeros(grid.shape, bool)
+    if len(xyz) < 3:
+        return out
+    plane = fit_ground_plane(xyz) if plane is None else np.asarray(plane, np.float64)
+    height = xyz @ plane[:3] + plane[3]  # (N,) signed distance above the plane
+    ijk, inside = grid.point_indices(xyz)
+    flat = np.ravel_multi_index(ijk.T, grid.shape)  # (M,) voxel of each point inside the grid
+    h = height[inside]
+    ground = np.bincount(flat, np.abs(h) <= tol, grid.num_voxels)
+    above = np.bincount(flat, h > tol, grid.num_voxels)
+    out.reshape(-1)[:] = (ground > 0) & (ground >= above)
+    return out
