@@ -79,9 +79,19 @@ def fit_ground_plane(
     return np.append(normal, -normal @ centre)
 
 
-def ground_voxels(points: np.ndarray, grid: VoxelGrid, tol: float = 0.2, plane: np.ndarray | None = None) -> np.ndarray:
-    """(X, Y, Z) bool: voxels holding ground returns (within ``tol`` of the scan's ground plane), at least as many
-    as returns above it (objects standing on the road share their lowest voxel with it; such voxels are left out).
+GROUND, RAISED, NEITHER = 1, 0, 255  # values of :func:`ground_target`
+
+
+def ground_target(
+    points: np.ndarray, grid: VoxelGrid, tol: float = 0.2, raised: float = 0.5, plane: np.ndarray | None = None
+) -> np.ndarray:
+    """(X, Y, Z) uint8 ground / not-ground target of a scan's voxels.
+
+    ``GROUND`` (1): the voxel holds ground returns (within ``tol`` of the scan's ground plane), at least as many as
+    returns above it (an object standing on the road shares its lowest voxel with the road; where its returns
+    outnumber the road's, the voxel is not ground). ``RAISED`` (0): the voxel's returns are mostly more than
+    ``raised`` metres above the plane (walls, vehicles, trunks). ``NEITHER`` (255): everything else (no return,
+    or returns between ``tol`` and ``raised``: curbs, low vegetation, a slope the plane does not follow).
 
     Args:
         points: (N, >=3) returns in the grid frame (rows with NaN / Inf are dropped).
@@ -89,7 +99,7 @@ def ground_voxels(points: np.ndarray, grid: VoxelGrid, tol: float = 0.2, plane: 
     """
     xyz = np.asarray(points, np.float64)[:, :3]
     xyz = xyz[np.all(np.isfinite(xyz), axis=1)]
-    out = np.zeros(grid.shape, bool)
+    out = np.full(grid.shape, NEITHER, np.uint8)
     if len(xyz) < 3:
         return out
     plane = fit_ground_plane(xyz) if plane is None else np.asarray(plane, np.float64)
@@ -97,7 +107,12 @@ def ground_voxels(points: np.ndarray, grid: VoxelGrid, tol: float = 0.2, plane: 
     ijk, inside = grid.point_indices(xyz)
     flat = np.ravel_multi_index(ijk.T, grid.shape)  # (M,) voxel of each point inside the grid
     h = height[inside]
-    ground = np.bincount(flat, np.abs(h) <= tol, grid.num_voxels)
-    above = np.bincount(flat, h > tol, grid.num_voxels)
-    out.reshape(-1)[:] = (ground > 0) & (ground >= above)
+    n = grid.num_voxels
+    ground = np.bincount(flat, np.abs(h) <= tol, n)
+    above = np.bincount(flat, h > tol, n)
+    high = np.bincount(flat, h > raised, n)
+    total = np.bincount(flat, minlength=n)
+    view = out.reshape(-1)
+    view[2 * high > total] = RAISED
+    view[(ground > 0) & (ground >= above)] = GROUND
     return out

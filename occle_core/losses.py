@@ -25,10 +25,11 @@ Supervision sources and where they act:
 - ``free_space``: the LiDAR hits / ray-crossed voxels on the final logits (occupied = "not the empty class"),
   class-balanced; ``geometry`` supervises the geometric branch only, so without voxel labels (adaptation) this is
   what holds the class decision to the scan.
-- ``ground``: the voxels of the scan's ground returns (within 0.2 m of the plane fitted to the scan, not
-  outnumbered by returns above it: :func:`occle_core.ground.ground_voxels`) on the final logits: the summed
-  probability of the ground classes (:data:`occle_core.ground.GROUND_CLASSES`), whichever of them. Label-free
-  like ``free_space``; the 2D pseudo labels pick the ground class.
+- ``ground``: ground vs not ground on the final logits, from the scan alone (:func:`ground_loss`): voxels of
+  ground returns (within 0.2 m of the plane fitted to the scan, not outnumbered by returns above it) toward the
+  ground classes (:data:`occle_core.ground.GROUND_CLASSES`, whichever of them: the 2D pseudo labels pick it),
+  voxels of returns mostly more than 0.5 m above the plane away from them (:func:`occle_core.ground.ground_target`).
+  Label-free like ``free_space``.
 - ``unobserved_prior``: every term above ignores never-observed space (no LiDAR ray reaches it, no valid label),
   so nothing stops the network from filling it. This light prior pulls the occupied probability of the final
   logits there toward the scene's own statistics: the share of the frame's LiDAR-observed voxels that hold
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from occle_core.ground import NEITHER as NEITHER_GROUND
 from occle_core.labels import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -361,19 +363,26 @@ def free_space_loss(logits: Tensor, occupied: Tensor, free: Tensor, empty_index:
 
 
 def ground_loss(logits: Tensor, ground: Tensor, ground_ids: Tensor) -> Tensor:
-    """Mean over the ``ground`` voxels of ``-log sum_{c in ground_ids} softmax(logits)_c``.
+    """Ground vs not ground on the final logits: class-balanced BCE of ``p_ground = sum_{c in ground_ids} p_c``
+    (a logit: ``logsumexp`` of the ground classes minus ``logsumexp`` of the others, empty included), 1 on the
+    ground voxels, 0 on the raised ones.
 
     Args:
-        logits: (B, K, X, Y, Z) final logits; ground: (B, X, Y, Z) bool; ground_ids: (G,) int64 class ids.
+        logits: (B, K, X, Y, Z) final logits; ground: (B, X, Y, Z) uint8 1 ground / 0 raised / 255 neither
+            (:func:`occle_core.ground.ground_target`); ground_ids: (G,) int64 class ids.
 
     Returns:
-        scalar; 0 when no voxel is marked.
+        scalar; 0 when no voxel is ground or raised.
     """
-    if not bool(ground.any()):
+    used = ground != NEITHER_GROUND
+    if not bool(used.any()):
         return _zero(logits)
-    x = _select(logits, ground).float()  # (N, K)
-    ids = ground_ids.to(x.device)
-    return (torch.logsumexp(x, dim=1) - torch.logsumexp(x[:, ids], dim=1)).mean()
+    x = _select(logits, used).float()  # (N, K)
+    is_ground = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+    is_ground[ground_ids.to(x.device)] = True
+    z = torch.logsumexp(x[:, is_ground], dim=1) - torch.logsumexp(x[:, ~is_ground], dim=1)  # (N,)
+    target = ground[used] == 1
+    return balanced_bce(z, target, torch.ones_like(target))
 
 
 def unobserved_prior_loss(

@@ -150,14 +150,15 @@ def test_unobserved_prior_by_hand():
 
 
 def test_ground_loss_by_hand_and_in_the_adaptation_losses(replica, tmp_path):
-    ground = torch.tensor([True, True, False]).view(1, 3, 1, 1)
-    logits = torch.zeros(1, 4, 3, 1, 1)  # classes: empty, car, road, sidewalk; ground = road + sidewalk
+    ground = torch.tensor([1, 1, 0, 255], dtype=torch.uint8).view(1, 4, 1, 1)  # ground, ground, raised, neither
+    logits = torch.zeros(1, 4, 4, 1, 1)  # classes: empty, car, road, sidewalk; ground = road + sidewalk
     logits[0, 2, 0] = math.log(2.0)  # voxel 0: p = (1, 1, 2, 1) / 5 -> ground 3/5
-    logits[0, 1, 1] = math.log(6.0)  # voxel 1: p = (1, 6, 1, 1) / 9 -> ground 2/9; voxel 2 not ground
-    expect = (-math.log(3 / 5) - math.log(2 / 9)) / 2
+    logits[0, 1, 1] = math.log(6.0)  # voxel 1: p = (1, 6, 1, 1) / 9 -> ground 2/9
+    logits[0, 3, 2] = math.log(8.0)  # voxel 2: p = (1, 1, 1, 8) / 11 -> ground 9/11 (raised: wrong)
+    expect = ((-math.log(3 / 5) - math.log(2 / 9)) / 2 - math.log(2 / 11)) / 2  # positives, negatives apart
     ids = torch.tensor([2, 3])
     assert ground_loss(logits, ground, ids).item() == pytest.approx(expect, rel=1e-5)
-    assert ground_loss(logits, torch.zeros_like(ground), ids).item() == 0.0
+    assert ground_loss(logits, torch.full_like(ground, 255), ids).item() == 0.0
     # occle-adapt --ground: the batch carries the ground voxels and the term is trained
     data, ckpt = replica
     argv = _args(data, ckpt, tmp_path, "--steps", "1", "--ground", "1", "--guard-warn", "1e3", "--guard-stop", "1e3")

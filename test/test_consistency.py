@@ -21,7 +21,7 @@ from occle_core.consistency import (
 from occle_core.data.kitti import read_object_labels
 from occle_core.evaluate import main as eval_main
 from occle_core.geometry import VoxelGrid
-from occle_core.ground import fit_ground_plane, ground_voxels
+from occle_core.ground import GROUND, NEITHER, RAISED, fit_ground_plane, ground_target
 from occle_core.labels import class_table
 from occle_core.predictor import default_checkpoint
 
@@ -98,16 +98,18 @@ def test_ground_plane_fit_finds_a_tilted_road_under_clutter():
         fit_ground_plane(np.zeros((2, 3)))
 
 
-def test_ground_voxels_hold_ground_returns_not_outnumbered_by_objects():
+def test_ground_target_marks_ground_and_raised_voxels():
     grid = VoxelGrid((0.0, -2.0, -2.0), 0.5, (8, 8, 4))  # x 0..4, y -2..2, z -2..0
     rng = np.random.default_rng(0)
     road = np.c_[rng.uniform([0, -2], [4, 2], (4000, 2)), np.full(4000, -1.95)]  # ~62 returns per road voxel
-    foot = np.c_[rng.uniform([1.0, 0.0], [1.5, 0.5], (400, 2)), rng.uniform(-1.7, -1.55, 400)]  # > 0.2 m up
+    foot = np.c_[rng.uniform([1.0, 0.0], [1.5, 0.5], (400, 2)), rng.uniform(-1.7, -1.55, 400)]  # 0.25-0.4 m up
     wheel = np.c_[rng.uniform([3.0, -2.0], [3.5, -1.5], (20, 2)), rng.uniform(-1.7, -1.55, 20)]  # fewer
-    ground = ground_voxels(np.r_[road, foot, wheel], grid)
-    assert ground[:, :, 0].sum() == 64 - 1 and not ground[:, :, 1:].any()
-    assert not ground[2, 4, 0] and ground[6, 0, 0]  # an object's lowest voxel, where its returns outnumber the road
-    assert not ground_voxels(np.zeros((2, 3)), grid).any()
+    wall = np.c_[rng.uniform([0.0, 1.5], [4.0, 2.0], (800, 2)), rng.uniform(-1.0, 0.0, 800)]  # 0.95-1.95 m up
+    target = ground_target(np.r_[road, foot, wheel, wall], grid)
+    assert (target[:, :, 0] == GROUND).sum() == 64 - 1
+    assert target[2, 4, 0] == NEITHER and target[6, 0, 0] == GROUND  # the foot outnumbers the road; the wheel not
+    assert (target[:, 7, 2:] == RAISED).all() and (target[:, :7, 1:] == NEITHER).all()
+    assert (ground_target(np.zeros((2, 3)), grid) == NEITHER).all()
 
 
 def test_points_in_rotated_boxes():

@@ -26,7 +26,7 @@ from torch import Tensor
 from occle_core.config import OccleConfig
 from occle_core.data.sample import CameraView, Sample, lidar_origin
 from occle_core.geometry import Calib, VoxelGrid, free_space_mask
-from occle_core.ground import ground_voxels
+from occle_core.ground import NEITHER, ground_target
 from occle_core.labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,8 +53,8 @@ class Batch:
         occupied: (B, X, Y, Z) bool voxels hit by the LiDAR scan; None when not computed.
         free: (B, X, Y, Z) bool voxels crossed by a LiDAR ray (from the sensor,
             :func:`~occle_core.data.sample.lidar_origin`) before its hit; None when not computed.
-        ground: (B, X, Y, Z) bool voxels holding ground returns (:func:`occle_core.ground.ground_voxels`); None
-            when not computed (only ``loss.ground`` reads it).
+        ground: (B, X, Y, Z) uint8 ground (1) / raised (0) / neither (255) voxels of the scan
+            (:func:`occle_core.ground.ground_target`); None when not computed (only ``loss.ground`` reads it).
         frame_ids: the B frame ids.
         num_cameras: N, the cameras of every frame.
     """
@@ -293,8 +293,8 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
         a copy of ``batch`` with ``voxel_labels`` / ``label_mask`` (labels under the budget), ``pseudo2d``
         (B*N, H, W) (each camera's 2D pseudo labels resized to the network image) / ``pseudo3d`` (lifted to
         voxels through every camera, see :func:`~occle_core.pseudo.lift.lift_views_to_voxels`) and ``occupied``
-        / ``free`` (LiDAR free space, rays from :func:`~occle_core.data.sample.lidar_origin`), ``ground`` (the
-        voxels of ground returns, only with ``loss.ground`` > 0: it fits a plane per frame); a target is None
+        / ``free`` (LiDAR free space, rays from :func:`~occle_core.data.sample.lidar_origin`), ``ground`` (ground /
+        raised voxels of the scan, only with ``loss.ground`` > 0: it fits a plane per frame); a target is None
         when no camera of any sample carries it, and 255-filled for cameras / samples without it when others have
         it.
     """
@@ -313,7 +313,7 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
     pseudo3d = np.full((B, *grid.shape), IGNORE_INDEX, np.uint8) if has_p2d else None
     occupied = np.zeros((B, *grid.shape), bool)
     free = np.zeros((B, *grid.shape), bool)
-    ground = np.zeros((B, *grid.shape), bool) if cfg.loss.ground > 0 else None
+    ground = np.full((B, *grid.shape), NEITHER, np.uint8) if cfg.loss.ground > 0 else None
     for b, s in enumerate(samples):
         if masks is not None and s.label_mask is not None:
             masks[b] &= np.asarray(s.label_mask, bool)
@@ -327,7 +327,7 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
         # at the LiDAR mount (nuScenes / Occ3D: ~(0.94, 0, 1.84) m in the ego grid frame), not at the grid origin
         occupied[b], free[b] = free_space_mask(grid, _own_scan(s)[:, :3], lidar_origin(s))
         if ground is not None:
-            ground[b] = ground_voxels(_own_scan(s), grid)
+            ground[b] = ground_target(_own_scan(s), grid)
 
     def tensor(a: np.ndarray | None, long: bool = False) -> Tensor | None:
         return None if a is None else (torch.from_numpy(a).long() if long else torch.from_numpy(a))
