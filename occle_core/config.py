@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from occle_core.data.label_budget import LABEL_BUDGETS
+from occle_core.data.label_budget import LABEL_BUDGETS, check_labelled_share
 from occle_core.data.sample import GRID_FRAMES, is_past_view, past_view_names
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import DATASETS, ClassTable, class_table
@@ -55,8 +55,9 @@ class DataConfig:
         height_shift: training augmentation: each training frame moved up or down by a whole number of voxel
             layers drawn from ``-n .. n`` per frame and epoch (``data/augment.py``), so that the network does not
             tie the road to one layer of the grid; 0 = off (the default).
-        labelled_frames_only: with ``label_budget: frame``, train on the labelled frames alone (the supervised-only
-            baseline of the semi-supervised protocol: same steps, no unlabelled frame); False = every frame.
+        labelled_frame_share: with ``label_budget: frame``, the share of each epoch's frames that are labelled
+            (labelled frames repeated to reach it: the labelled / unlabelled balance of semi-supervised training;
+            1.0 = the labelled frames alone, the supervised-only baseline); None = every frame once (the default).
     """
 
     dataset: str = "semantic_kitti"
@@ -75,7 +76,7 @@ class DataConfig:
     past_frames: int = 0
     past_images: int = 0
     height_shift: int = 0
-    labelled_frames_only: bool = False
+    labelled_frame_share: float | None = None
 
     def camera_names(self) -> list[str]:
         """The camera set: ``cameras`` when set, else the dataset's (SemanticKITTI ``["image_2"]``, Occ3D-nuScenes
@@ -420,8 +421,7 @@ def _build(kind: type, values: dict | None, section: str) -> Any:
         if obj.label_budget not in LABEL_BUDGETS:
             raise ValueError(f"data.label_budget must be one of {list(LABEL_BUDGETS)}, got {obj.label_budget!r}")
         obj.image_size = tuple(int(v) for v in obj.image_size)
-        if obj.labelled_frames_only and obj.label_budget != "frame":
-            raise ValueError(f"data.labelled_frames_only needs data.label_budget frame, got {obj.label_budget!r}")
+        check_labelled_share(obj.label_budget, obj.labelled_frame_share)
         if int(obj.height_shift) != obj.height_shift or obj.height_shift < 0:
             raise ValueError(f"data.height_shift must be a whole number of layers >= 0, got {obj.height_shift!r}")
         if obj.grid_frame is not None and obj.grid_frame not in GRID_FRAMES:

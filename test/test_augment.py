@@ -108,11 +108,11 @@ def test_train_frames_shift_is_seeded_per_frame_and_epoch_and_keeps_the_budget(t
     assert seen == {-1, 0, 1}
 
 
-def test_labelled_frames_only_serves_the_frame_budget_frames(tiny_data, tmp_path):  # noqa: F811
+def test_labelled_frame_share_serves_the_frame_budget_frames(tiny_data, tmp_path):  # noqa: F811
     cfg = tiny_config(tiny_data, tmp_path)
     base = build_dataset(cfg, "train")
     every = TrainFrames(base, 0.5, 0, 7, budget="frame")
-    only = TrainFrames(base, 0.5, 0, 7, budget="frame", labelled_only=True)
+    only = TrainFrames(base, 0.5, 0, 7, budget="frame", labelled_share=1.0)
     labelled = [i for i in range(len(base)) if every[i].label_mask.any()]
     assert len(only) == len(labelled) == 2 < len(base)
     for k, i in enumerate(labelled):  # the same frames, read and budgeted as in the full view
@@ -121,7 +121,12 @@ def test_labelled_frames_only_serves_the_frame_budget_frames(tiny_data, tmp_path
         np.testing.assert_array_equal(a.points, b.points)
     with pytest.raises(IndexError):
         only[len(only)]
-    with pytest.raises(ValueError, match="labelled_frames_only"):
-        TrainFrames(base, 0.5, 0, 7, budget="voxel", labelled_only=True)
-    with pytest.raises(ValueError, match="labelled_frames_only"):
-        load_config(None, {"data": {"labelled_frames_only": True}})
+    # a quarter labelled budget (1 of 4 frames) mixed to half of the epoch: the labelled frame 3 times, the rest once
+    mixed = TrainFrames(base, 0.25, 0, 7, budget="frame", labelled_share=0.5)
+    served = [mixed[k].label_mask.any() for k in range(len(mixed))]
+    assert len(mixed) == 6 and sum(served) == 3
+    for bad in ({"labelled_frame_share": 1.0}, {"labelled_frame_share": 0.0, "label_budget": "frame"}):
+        with pytest.raises(ValueError, match="labelled_frame_share"):
+            load_config(None, {"data": bad})
+    with pytest.raises(ValueError, match="labelled_frame_share"):
+        TrainFrames(base, 0.5, 0, 7, budget="voxel", labelled_share=1.0)

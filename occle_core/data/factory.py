@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from occle_core.config import DataConfig, OccleConfig
 from occle_core.data.augment import draw_height_shift, shift_height
-from occle_core.data.label_budget import select_budget, select_labelled_frames
+from occle_core.data.label_budget import check_labelled_share, select_budget, select_labelled_frames
 from occle_core.data.sample import Sample
 from occle_core.engine.reproducibility import isolated_rng, seed_of
 from occle_core.geometry import VoxelGrid
@@ -112,9 +112,10 @@ class TrainFrames(Dataset):
         height_shift / voxel_size: ``data.height_shift`` (the augmentation of ``data/augment.py``, drawn under the
             same seed after the label budget is chosen, so the budget does not depend on it) and the grid's voxel
             edge in metres.
-        labelled_only: ``data.labelled_frames_only``: serve only the frames the ``frame`` budget labels (the
-            supervised-only baseline of the semi-supervised protocol); frame ``i`` keeps its index in ``base``
-            for its seed and its budget.
+        labelled_share: ``data.labelled_frame_share`` (``frame`` budget only): the share of each epoch's frames that
+            are labelled frames (the labelled frames repeated to reach it, every unlabelled frame once; 1.0 = the
+            labelled frames alone, the supervised-only baseline); None = every frame once. A served frame keeps
+            its index in ``base`` for its seed and its budget.
     """
 
     def __init__(
@@ -126,10 +127,8 @@ class TrainFrames(Dataset):
         budget: str = "voxel",
         height_shift: int = 0,
         voxel_size: float = 0.2,
-        labelled_only: bool = False,
+        labelled_share: float | None = None,
     ) -> None:
-        if labelled_only and budget != "frame":
-            raise ValueError(f"data.labelled_frames_only needs data.label_budget frame, got {budget!r}")
         self.base = base
         self.height_shift = int(height_shift)
         self.voxel_size = float(voxel_size)
@@ -138,15 +137,16 @@ class TrainFrames(Dataset):
         self.label_seed = int(label_seed)
         self.seed = int(seed)
         self.epoch = 0
-        every = np.arange(len(base))
-        self.frames = every[select_labelled_frames(len(base), ratio, label_seed)] if labelled_only else every
+        self.frames = np.arange(len(base))  # indices into ``base``, in the order served
+        if labelled_share is not None:
+            self.frames = labelled_mix(len(base), ratio, label_seed, budget, labelled_share)
 
     @classmethod
     def of(cls, base: Dataset, data: DataConfig, seed: int) -> TrainFrames:
         """The training view of ``base`` under the budget and augmentation of ``data`` (a ``DataConfig``)."""
         return cls(
             base, data.label_ratio, data.label_seed, seed, data.label_budget, data.height_shift,
-            data.voxel_grid().voxel_size, data.labelled_frames_only,
+            data.voxel_grid().voxel_size, data.labelled_frame_share,
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -165,6 +165,23 @@ class TrainFrames(Dataset):
             self.budget, s.voxel_labels, self.ratio, self.label_seed, s.frame_id, s.invalid, (i, len(self.base))
         )
         return shift_height(s, layers, self.voxel_size)
+
+
+def labelled_mix(n_frames: int, ratio: float, label_seed: int, budget: str, share: float) -> np.ndarray:
+    """Indices of one epoch of a ``frame`` budget with labelled frames at ``share`` of it (see :class:`TrainFrames`).
+
+    Raises:
+        ValueError: ``budget`` is not ``frame``, ``share`` is not in (0, 1], or the budget labels no frame.
+    """
+    check_labelled_share(budget, share)
+    labelled = select_labelled_frames(n_frames, ratio, label_seed)  # (n_frames,) bool
+    lab, unl = np.flatnonzero(labelled), np.flatnonzero(~labelled)
+    if len(lab) == 0:
+        raise ValueError(f"the frame budget {ratio} labels none of the {n_frames} training frames")
+    if share == 1 or len(unl) == 0:
+        return lab
+    count = max(len(lab), round(share / (1 - share) * len(unl)))  # labelled entries: share of the epoch
+    return np.concatenate([np.resize(lab, count), unl])
 
 
 #: readers of frames without voxel truth (label-free evaluation and adaptation)

@@ -176,6 +176,17 @@ def select_labelled_frames(n_frames: int, ratio: float, seed: int) -> np.ndarray
     return out
 
 
+def check_labelled_share(budget: str, share: float | None) -> None:
+    """Raise ``ValueError`` unless ``share`` (``data.labelled_frame_share``) is None, or in (0, 1] with the
+    ``frame`` budget."""
+    if share is None:
+        return
+    if budget != "frame":
+        raise ValueError(f"data.labelled_frame_share needs data.label_budget frame, got {budget!r}")
+    if not 0 < share <= 1:
+        raise ValueError(f"data.labelled_frame_share must be in (0, 1] or null, got {share!r}")
+
+
 def select_budget(
     mode: str,
     labels: np.ndarray,
