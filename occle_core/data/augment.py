@@ -2,8 +2,8 @@
 
 A network trained with one LiDAR mounting height learns "the road lies in the lowest layer" instead of "the road is
 where the low returns are". On a synthetic scene seen from 1.55 m instead of the training rig's 1.73 m (the road one
-layer higher in the grid) the shipped model's ground consistency fell from 0.91 to 0.55 and its hit recall from
-0.85 to 0.69 (``docs/real_frames.md``, "Mounting height"); real KITTI frames put the road partly in the second
+layer higher in the grid) the shipped model's ground consistency fell from 0.91 to 0.59 and its hit recall from
+0.84 to 0.71 (``docs/real_frames.md``, "Mounting height"); real KITTI frames put the road partly in the second
 layer by sensor height and road grade. Moving the frame by ``k`` layers (``k * voxel_size`` metres along z) is
 exact for voxel labels: the labels, the invalid / label / camera masks shift by ``k`` along Z (layers that move in
 from outside the grid are ignored), the points and the LiDAR origin move by ``k * voxel_size``, and every camera's
