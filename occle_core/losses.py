@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from occle_core.ground import GROUND
 from occle_core.ground import NEITHER as NEITHER_GROUND
 from occle_core.labels import IGNORE_INDEX
 
@@ -381,7 +382,7 @@ def ground_loss(logits: Tensor, ground: Tensor, ground_ids: Tensor) -> Tensor:
     is_ground = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
     is_ground[ground_ids.to(x.device)] = True
     z = torch.logsumexp(x[:, is_ground], dim=1) - torch.logsumexp(x[:, ~is_ground], dim=1)  # (N,)
-    target = ground[used] == 1
+    target = ground[used] == GROUND
     return balanced_bce(z, target, torch.ones_like(target))
 
 

@@ -7,10 +7,11 @@ import pytest
 from test_train import tiny_config, tiny_data  # noqa: F401  (session fixture)
 
 from occle_core.config import load_config
-from occle_core.data.augment import IGNORE, draw_height_shift, shift_height
+from occle_core.data.augment import draw_height_shift, shift_height
 from occle_core.data.factory import TrainFrames, build_dataset
 from occle_core.data.sample import Sample, lidar_origin
 from occle_core.geometry import Calib, VoxelGrid
+from occle_core.labels import IGNORE_INDEX
 
 GRID = VoxelGrid(origin=(0.0, -4.0, -2.0), voxel_size=0.5, shape=(16, 16, 8))
 
@@ -54,7 +55,7 @@ def test_shift_moves_labels_points_and_keeps_every_projection(layers):
     np.testing.assert_array_equal(t.voxel_labels[j[0], j[1], j[2]], s.voxel_labels[i[0], i[1], i[2]])
     # layers moved in from outside are ignored, invalid and unlabelled
     vacated = slice(0, layers) if layers > 0 else slice(GRID.shape[2] + layers, None)
-    assert (t.voxel_labels[:, :, vacated] == IGNORE).all()
+    assert (t.voxel_labels[:, :, vacated] == IGNORE_INDEX).all()
     assert t.invalid[:, :, vacated].all() and not t.label_mask[:, :, vacated].any()
     # the camera sees every point where it saw it before; the rays start one shift higher
     uv_s, _, vis_s = s.calib.project(s.points[:, :3])
@@ -71,7 +72,7 @@ def test_zero_shift_and_shift_out_of_the_grid():
     s = _sample(np.random.default_rng(1))
     assert shift_height(s, 0, GRID.voxel_size) is s
     t = shift_height(s, GRID.shape[2], GRID.voxel_size)
-    assert (t.voxel_labels == IGNORE).all() and t.invalid.all()
+    assert (t.voxel_labels == IGNORE_INDEX).all() and t.invalid.all()
 
 
 def test_draw_covers_the_range_and_refuses_negative():

@@ -18,8 +18,7 @@ import numpy as np
 
 from occle_core.data.sample import Sample, lidar_origin
 from occle_core.geometry import Calib
-
-IGNORE = 255  # voxel label of layers moved in from outside the grid
+from occle_core.labels import IGNORE_INDEX
 
 
 def _shift_z(volume: np.ndarray | None, layers: int, fill: int | bool) -> np.ndarray | None:
@@ -61,7 +60,7 @@ def shift_height(sample: Sample, layers: int, voxel_size: float) -> Sample:
         sample,
         points=points,
         cameras=cameras,
-        voxel_labels=_shift_z(sample.voxel_labels, layers, IGNORE),
+        voxel_labels=_shift_z(sample.voxel_labels, layers, IGNORE_INDEX),  # moved in from outside: ignored
         invalid=_shift_z(sample.invalid, layers, True),
         camera_mask=_shift_z(sample.camera_mask, layers, False),
         label_mask=_shift_z(sample.label_mask, layers, False),

@@ -137,9 +137,10 @@ class TrainFrames(Dataset):
         self.label_seed = int(label_seed)
         self.seed = int(seed)
         self.epoch = 0
-        self.frames = np.arange(len(base))  # indices into ``base``, in the order served
-        if labelled_share is not None:
-            self.frames = labelled_mix(len(base), ratio, label_seed, budget, labelled_share)
+        self.frames = (  # indices into ``base``, in the order served
+            np.arange(len(base)) if labelled_share is None
+            else labelled_mix(len(base), ratio, label_seed, budget, labelled_share)
+        )  # fmt: skip
 
     @classmethod
     def of(cls, base: Dataset, data: DataConfig, seed: int) -> TrainFrames:
