@@ -5,7 +5,8 @@ For every variant (``base`` = the occle-synth defaults, then one randomisation f
 them together):
 
 1. its training data, N sequences x F frames written by ``occle-synth`` (in this process) into
-   ``DATA_ROOT/<variant>/`` with the variant's knobs, reused when a sequence was written with the same arguments
+   ``DATA_ROOT/<variant>/`` with the variant's knobs (a variant that changes only the training, not the world,
+   shares the folder of the first variant with its knobs), reused when a sequence was written with the same arguments
    (``occle_synth_argv.json`` beside it);
 2. the start checkpoint fine-tuned S steps on it with the checkpoint's own labelled recipe (the definition's
    ``finetune.overrides``: 10 % voxel labels, one seed for every variant) into ``OUT/<variant>/model.pt``
@@ -136,6 +137,13 @@ class Definition:
         seed = self.seed + index
         return {k: resolve_knob(v, index, seed, k) for k, v in merged.items()}
 
+    def data_variant(self, variant: str) -> str:
+        """The variant whose data folder ``variant`` trains on: the first variant of the definition with the same
+        occle-synth knobs for every sequence (a variant that differs in its ``train`` families only, such as
+        ``all_shift``, shares the world of ``all``)."""
+        world = [self.knobs(variant, i) for i in range(self.sequences)]
+        return next(v for v in self.variants if [self.knobs(v, i) for i in range(self.sequences)] == world)
+
     def train_overrides(self, variant: str) -> list[str]:
         """The fine-tuning overrides of ``variant``: ``finetune.overrides``, then its families' ``train`` entries."""
         extra = [str(o) for family in self.variants[variant] for o in self.families[family].get(TRAIN_KEY) or []]
@@ -226,8 +234,9 @@ def ensure_sequence(root: Path, argv: list[str], quiet: bool) -> tuple[Path, flo
 
 
 def variant_data(defn: Definition, variant: str, quiet: bool = False) -> tuple[Path, list[str], float]:
-    """The training data of ``variant``: (root, sequence ids, seconds spent writing)."""
-    root = Path(defn.data_root) / variant
+    """The training data of ``variant``: (root, sequence ids, seconds spent writing); variants of one world
+    share a folder (:meth:`Definition.data_variant`)."""
+    root = Path(defn.data_root) / defn.data_variant(variant)
     ids, spent = [], 0.0
     for i in range(defn.sequences):
         seq = f"{i:02d}"

@@ -65,6 +65,7 @@ def test_definition_variants_differ_only_in_their_families():
             "accumulate": 15,
         }
         assert defn.knobs("all_shift", i) == every  # the shift family is training, not world
+    assert defn.data_variant("all_shift") == "all" and defn.data_variant("rig") == "rig"
     assert defn.train_overrides("all") == defn.overrides
     assert defn.train_overrides("all_shift") == [*defn.overrides, "data.height_shift=1"]
     argv = synth_argv(defn.knobs("sensor", 0), 40, 20, "00", 0.5)
