@@ -185,10 +185,13 @@ class ModelConfig:
     # None (the default) resolves to data.past_frames > 0 when the OccleConfig is built; false with past scans merged
     # in is the ablation that ignores the time column; true needs data.past_frames > 0
     time_features: bool | None = None
+    # the logits head also reads which output voxels hold a return of the current scan (model/occle.py); a
+    # checkpoint trained without it loads with that input's weights at zero
+    hit_skip: bool = False
 
 
 # what a saved config written before a model switch existed meant by its absence (the network it was trained as)
-LEGACY_MODEL = {"shared_encoders": True, "sem3d_head": "coarse", "time_features": False}
+LEGACY_MODEL = {"shared_encoders": True, "sem3d_head": "coarse", "time_features": False, "hit_skip": False}
 DECOUPLED = {"shared_encoders": False, "sem3d_head": "full"}
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {

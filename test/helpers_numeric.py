@@ -20,7 +20,7 @@ def head_rounding_bound(head: UpsampleHead, x: Tensor) -> float:
     value whatever the summation order (Higham, Accuracy and Stability, 3.1); two such results are within twice
     that of each other. ``sum |w_k x_k| <= max_row ||w||_1 max |x|`` gives one bound for every logit.
     """
-    w, b = head.proj.weight.detach(), head.proj.bias.detach()  # (out * s^3, C), (out * s^3,)
+    w, b = head.weight.detach(), head.proj.bias.detach()  # (out * s^3, C), (out * s^3,)
     eps = torch.finfo(x.dtype).eps
     scale = float(w.abs().sum(1).max()) * float(x.detach().abs().max()) + float(b.abs().max())
     return 2.0 * (x.shape[1] + 1) * eps * scale

@@ -11,6 +11,7 @@ from occle_core.geometry import VoxelGrid
 from occle_core.model.lidar_encoder import (
     LidarEncoder,
     SparseConv3d,
+    hit_bits,
     in_channels_for,
     spconv_available,
     voxelize_points,
@@ -59,6 +60,28 @@ def test_voxelize_known_answer():
     dense, mask = vox.dense()
     assert dense.shape == (2, 14, 2, 2, 2) and mask.sum() == 2
     torch.testing.assert_close(dense[1, :, 1, 0, 1], f1)
+
+
+def test_hit_bits_known_answer_match_the_encoder_input_and_leave_past_scans_out():
+    grid = VoxelGrid((0.0, 0.0, 0.0), 1.0, (4, 4, 4))
+    pts = torch.tensor(
+        [
+            [0, 0.25, 0.25, 0.25, 0.2, 0.0],  # output voxel (0, 0, 0): feature voxel (0, 0, 0), child 0
+            [0, 1.5, 1.5, 1.5, 0.9, 0.0],  # (1, 1, 1): child 7
+            [1, 3.5, 0.5, 2.5, 1.0, 0.0],  # frame 1, (3, 0, 2): feature voxel (1, 0, 1), child (1, 0, 0) = 4
+            [1, 0.5, 0.5, 0.5, 1.0, -0.1],  # a past scan: not a hit of this one
+            [0, 9.0, 0.5, 0.5, 1.0, 0.0],  # outside the grid: dropped
+        ]
+    )
+    bits = hit_bits(pts, grid, 2, batch_size=2)  # (B, 8, 2, 2, 2)
+    assert bits.shape == (2, 8, 2, 2, 2) and bits.is_contiguous(memory_format=torch.channels_last_3d)
+    assert bits.sum() == 3
+    assert bits[0, :, 0, 0, 0].tolist() == [1, 0, 0, 0, 0, 0, 0, 1]
+    assert bits[1, :, 1, 0, 1].tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+    current = pts[pts[:, 5] == 0, :5]
+    dense, _ = voxelize_points(current, grid, 2, batch_size=2).dense()
+    assert torch.equal(bits, dense[:, 6:])  # the encoder's space-to-depth occupancy input, same child order
+    assert hit_bits(torch.zeros(0, 5), grid, 2, batch_size=1).sum() == 0
 
 
 def test_time_features_per_voxel_and_ignored_without_them():

@@ -15,7 +15,14 @@ from occle_core.data.batch import Batch
 from occle_core.geometry import OCC3D_GRID, SEMANTIC_KITTI_GRID
 from occle_core.model.lidar_encoder import spconv_available
 from occle_core.model.mamba import MambaBlock
-from occle_core.model.occle import PARAMETER_GROUPS, OccLE, OccleOutput, model_summary, synthetic_batch
+from occle_core.model.occle import (
+    HIT_SKIP_LR_SCALE,
+    PARAMETER_GROUPS,
+    OccLE,
+    OccleOutput,
+    model_summary,
+    synthetic_batch,
+)
 
 SMALL_GRID = {"origin": [0.0, -6.4, -2.0], "voxel_size": 0.2, "shape": [64, 64, 16]}
 
@@ -220,3 +227,33 @@ def test_predict_labels_equals_argmax_of_the_logits() -> None:
         tol = head_rounding_bound(model.heads["logits"], model.features(batch))
     assert labels.dtype == torch.uint8 and labels.shape == (2, *cfg.data.voxel_grid().shape)
     assert_labels_are_argmax(labels, logits, tol)  # the label head's GEMMs have other shapes: ties may differ
+
+
+def test_hit_skip_loads_weights_without_it_unchanged_then_learns_from_the_hits() -> None:
+    torch.manual_seed(0)
+    plain = OccLE(_cfg()).eval()
+    cfg = _cfg(hit_skip=True)
+    model = OccLE(cfg).eval()
+    model.load_state_dict(plain.state_dict())  # the skip's weights are absent: they load as zeros
+    batch = synthetic_batch(cfg, 2000, batch_size=2)
+    s3 = model.feature_stride**3
+    with torch.no_grad():  # the projection's ray layouts are cached: not inference tensors
+        fused = model.features(batch)
+        assert fused.shape[1] == cfg.model.feat_dim + s3 and fused[:, -s3:].sum() > 0
+        torch.testing.assert_close(model(batch).logits, plain(batch).logits)
+        labels = model.predict_labels(batch)
+        logits = model(batch, inference=True).logits
+        tol = head_rounding_bound(model.heads["logits"], fused)
+    assert_labels_are_argmax(labels, logits, tol)
+    model.train()
+    _loss(model(batch)).backward()
+    skip = model.heads["logits"].extra_weight  # (K * s^3, s^3)
+    assert skip.grad is not None and skip.grad.abs().sum() > 0
+    groups = model.optimizer_groups(1e-3)
+    assert [g["params"] for g in groups[1:]] == [[skip]] and groups[1]["lr"] == 1e-3 * HIT_SKIP_LR_SCALE
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(plain.optimizer_groups(1e-3)) == 1
+    with pytest.raises(RuntimeError, match="size mismatch"):  # other shapes still refuse to load
+        OccLE(_cfg(hit_skip=True, feat_dim=8)).load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="model.hit_skip"):
+        OccLE(_cfg(hit_skip="yes"))

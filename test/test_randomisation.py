@@ -43,7 +43,7 @@ def _elevations(velodyne: Path) -> int:
 def test_definition_variants_differ_only_in_their_families():
     defn = load_definition(DEFINITION)
     assert set(defn.variants) == {
-        "base", "rig", "appearance", "sensor", "accumulate", "all", "rig_accumulate", "all_shift"
+        "base", "rig", "appearance", "sensor", "accumulate", "all", "rig_accumulate", "all_shift", "all_hits"
     }  # fmt: skip
     assert all(defn.knobs("base", i) == defn.base for i in range(defn.sequences))
     rig = [defn.knobs("rig", i) for i in range(defn.sequences)]
@@ -64,10 +64,12 @@ def test_definition_variants_differ_only_in_their_families():
             **{k: rig[i][k] for k in ("beams", "lidar_height", "lidar_pitch")},
             "accumulate": 15,
         }
-        assert defn.knobs("all_shift", i) == every  # the shift family is training, not world
+        assert defn.knobs("all_shift", i) == defn.knobs("all_hits", i) == every  # training families, not world
     assert defn.data_variant("all_shift") == "all" and defn.data_variant("rig") == "rig"
     assert defn.train_overrides("all") == defn.overrides
     assert defn.train_overrides("all_shift") == [*defn.overrides, "data.height_shift=1"]
+    assert defn.data_variant("all_hits") == "all"
+    assert defn.train_overrides("all_hits") == [*defn.overrides, "model.hit_skip=true"]
     argv = synth_argv(defn.knobs("sensor", 0), 40, 20, "00", 0.5)
     assert "--fov-only" in argv and argv[argv.index("--intensity") + 1] == "kitti"
     assert "--fov-only" not in synth_argv(defn.base, 40, 20, "00", 0.5)

@@ -133,7 +133,7 @@ class Trainer:
         if cfg.train.teacher == "ema" and cfg.loss.teacher > 0:
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+            self.model.optimizer_groups(cfg.train.lr), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.amp_dtype = self._amp_dtype()

@@ -81,16 +81,32 @@ class UpsampleHead(nn.Module):
     #: stays in a server CPU's L3 until it is decided
     LABEL_BLOCK = 8192
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, extra_inputs: int = 0) -> None:
+        """``extra_inputs``: channels appended to the ``in_channels`` features (the input then has both). Their
+        weights are a parameter of their own, ``extra_weight`` (out * s^3, extra_inputs), zero at the start and
+        zero when a state dict lacks it (a checkpoint of the head without them): such a head predicts what the
+        features alone did until training moves them."""
         super().__init__()
         self.stride, self.out_channels = stride, out_channels
         self.proj = PointwiseConv3d(in_channels, out_channels * stride**3)
+        self.extra_weight = nn.Parameter(torch.zeros(out_channels * stride**3, extra_inputs)) if extra_inputs else None
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        if self.extra_weight is not None and prefix + "proj.weight" in state_dict:
+            state_dict.setdefault(prefix + "extra_weight", torch.zeros_like(self.extra_weight))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def weight(self) -> Tensor:
+        """(out * s^3, C) weight over the whole input, the features' columns then the extra inputs'."""
+        w = self.proj.weight
+        return w if self.extra_weight is None else torch.cat([w, self.extra_weight], 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, X, Y, Z) -> (B, out, sX, sY, sZ), standard contiguous layout."""
         B, C = x.shape[:2]
         flat = x.contiguous().view(B, C, -1)  # (B, C, V)
-        w, b = self.proj.weight, self.proj.bias
+        w, b = self.weight, self.proj.bias
         if B == 1:
             y = torch.addmm(b[:, None], w, flat[0])[None]  # (1, out * s^3, V)
         else:
@@ -105,7 +121,7 @@ class UpsampleHead(nn.Module):
         flat = x.movedim(1, -1).reshape(B, -1, C)  # (B, V, C); a view for channels-last input
         V = flat.shape[1]
         # in the features' dtype (half under autocast: out= is not autocast)
-        w, b = self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype)[:, None]  # (out * s^3, C), (out * s^3, 1)
+        w, b = self.weight.to(x.dtype), self.proj.bias.to(x.dtype)[:, None]  # (out * s^3, C), (out * s^3, 1)
         buf = torch.empty(w.shape[0], min(V, self.LABEL_BLOCK), dtype=x.dtype, device=x.device)
         for i in range(B):
             for lo in range(0, V, self.LABEL_BLOCK):
@@ -130,7 +146,7 @@ class UpsampleHead(nn.Module):
             non_empty_mask(y.view(K, n, -1), empty_index, out=non_empty[i, :, voxels])
         out = torch.full((B * n * V,), empty_index, dtype=torch.uint8, device=x.device)  # flat (B, s^3, V)
         flat = x.movedim(1, -1).reshape(B * V, C)  # (B V, C) features, a view for channels-last input
-        w = self.proj.weight.to(x.dtype).view(K, n, C)
+        w = self.weight.to(x.dtype).view(K, n, C)
         b = self.proj.bias.to(x.dtype).view(K, n)
         for child in range(n):
             rows = non_empty[:, child].reshape(-1).nonzero().squeeze(1)  # (M,) flat (b, v) with a non-empty child
@@ -143,6 +159,6 @@ class UpsampleHead(nn.Module):
     def coarse(self, x: Tensor) -> Tensor:
         """(B, C, X, Y, Z) -> (B, out, X, Y, Z): the mean of the ``s^3`` children's predictions."""
         n = self.stride**3
-        w = self.proj.weight.view(self.out_channels, n, -1).mean(1)  # (out, C)
+        w = self.weight.view(self.out_channels, n, -1).mean(1)  # (out, C)
         b = self.proj.bias.view(self.out_channels, n).mean(1)  # (out,)
         return F.linear(x.movedim(1, -1), w, b).movedim(-1, 1)

@@ -91,6 +91,46 @@ def _flat(b: Tensor, i: Tensor, j: Tensor, k: Tensor, shape: tuple[int, int, int
     return ((b * X + i) * Y + j) * Z + k
 
 
+def _in_grid(points: Tensor, grid: VoxelGrid, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The rows of ``points`` (M, 5 or 6) inside the grid and the batch, as float32, and their (M', 3) int64
+    output-resolution voxel indices; rows with a non-finite coordinate or intensity are dropped."""
+    origin = torch.tensor(grid.origin, dtype=torch.float32, device=points.device)
+    pts = points.float()
+    fine_f = torch.floor((pts[:, 1:4] - origin) / grid.voxel_size)  # (M, 3) output-resolution index, as float
+    frame = pts[:, 0]
+    keep = torch.isfinite(pts[:, 4]) & (frame >= 0) & (frame < batch_size)  # NaN compares False: dropped too
+    for axis, n in enumerate(grid.shape):  # column by column: row-wise .all(1) over (M, 3) is slower
+        keep &= (fine_f[:, axis] >= 0) & (fine_f[:, axis] < n)
+    if not bool(keep.all()):  # the Predictor crops to the grid already: usually nothing to drop
+        pts, fine_f = pts[keep], fine_f[keep]
+    return pts, fine_f.long()
+
+
+def hit_bits(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int) -> Tensor:
+    """Which output voxels hold a return of the current scan, space-to-depth at the feature resolution.
+
+    Args:
+        points: (M, 5) or (M, 6) as :func:`voxelize_points`; rows with ``dt != 0`` (past scans merged in) are
+            left out, so a moving object's trail is not marked.
+        grid, stride, batch_size: as :func:`voxelize_points`.
+
+    Returns:
+        (B, s^3, X/s, Y/s, Z/s) float 0 / 1, channel ``(a * s + b) * s + d`` = child (a, b, d) of each feature
+        voxel, the order of :func:`~occle_core.model.layers.depth_to_space3d` and of the encoder's occupancy
+        input; channels-last memory.
+    """
+    if points.shape[1] == 6:
+        points = points[points[:, 5] == 0]
+    pts, fine = _in_grid(points, grid, batch_size)  # (M, 3)
+    b = pts[:, 0].long()
+    X, Y, Z = grid.shape
+    s = stride
+    occ = torch.zeros(batch_size * X * Y * Z, dtype=torch.float32, device=points.device)
+    occ[_flat(b, *fine.unbind(1), grid.shape)] = 1.0
+    occ = occ.view(batch_size, X // s, s, Y // s, s, Z // s, s).permute(0, 1, 3, 5, 2, 4, 6)  # (B, Xs, Ys, Zs, s, s, s)
+    return occ.reshape(batch_size, X // s, Y // s, Z // s, s**3).permute(0, 4, 1, 2, 3)
+
+
 def voxelize_points(
     points: Tensor, grid: VoxelGrid, stride: int, batch_size: int, time_features: bool = False
 ) -> VoxelFeatures:
@@ -124,20 +164,11 @@ def voxelize_points(
         raise ValueError(
             f"points must be (M, 5) [batch, x, y, z, intensity] or (M, 6) with dt, got {tuple(points.shape)}"
         )
-    device = points.device
     coarse_shape = tuple(s // stride for s in grid.shape)
     if any(s % stride for s in grid.shape):
         raise ValueError(f"grid shape {grid.shape} is not divisible by the feature stride {stride}")
-    origin = torch.tensor(grid.origin, dtype=torch.float32, device=device)
-    pts = points.float()
-    fine_f = torch.floor((pts[:, 1:4] - origin) / grid.voxel_size)  # (M, 3) output-resolution index, as float
-    frame = pts[:, 0]
-    keep = torch.isfinite(pts[:, 4]) & (frame >= 0) & (frame < batch_size)  # NaN compares False: dropped too
-    for axis, n in enumerate(grid.shape):  # column by column: row-wise .all(1) over (M, 3) is slower
-        keep &= (fine_f[:, axis] >= 0) & (fine_f[:, axis] < n)
-    if not bool(keep.all()):  # the Predictor crops to the grid already: usually nothing to drop
-        pts, fine_f = pts[keep], fine_f[keep]
-    fine = fine_f.long()  # (M, 3)
+    pts, fine = _in_grid(points, grid, batch_size)  # (M, 5 or 6), (M, 3)
+    origin = torch.tensor(grid.origin, dtype=torch.float32, device=points.device)
     b = pts[:, 0].long()
     coarse = torch.div(fine, stride, rounding_mode="floor")  # (M, 3)
     Xs, Ys, Zs = coarse_shape

@@ -21,7 +21,11 @@ frame stacked frame-major as in :class:`~occle_core.data.batch.Batch`; N = 1 is 
 The ``logits`` and ``geo`` heads predict the output grid from the feature grid by a 1x1 convolution to
 ``out * s**3`` channels followed by a depth-to-space rearrangement (a transposed convolution with kernel =
 stride = ``s``): every output voxel gets its own prediction at the cost of one small matrix product, and the
-LiDAR encoder's space-to-depth occupancy input carries the output-resolution detail. The auxiliary ``sem3d``
+LiDAR encoder's space-to-depth occupancy input carries the output-resolution detail. With ``model.hit_skip`` the
+logits head also reads that detail directly: the ``s**3`` bits saying which of a feature voxel's output voxels
+hold a return of the current scan (:func:`~occle_core.model.lidar_encoder.hit_bits`) are appended to the fused
+features, so a voxel's own LiDAR evidence reaches its logits through one weight instead of through the 3D
+convolutions, the fusion and a linear map shared by its ``s**3`` siblings. The auxiliary ``sem3d``
 head (``model.sem3d_head``) is either such a head too (``full``) or predicts at the feature resolution and is
 upsampled (nearest, ``coarse``; the shipped tiny checkpoint's).
 
@@ -46,7 +50,7 @@ from occle_core.geometry import Calib
 from occle_core.model.geometric_branch import GeometricBranch
 from occle_core.model.image_encoder import ImageEncoder
 from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
-from occle_core.model.lidar_encoder import LidarEncoder
+from occle_core.model.lidar_encoder import LidarEncoder, hit_bits
 from occle_core.model.projection import LayoutCache, composite, gather_voxels, occupied_class_probs
 from occle_core.model.semantic_branch import SemanticBranch, lift_cameras
 from occle_core.model.sparse_unet3d import SparseUNet3D
@@ -58,6 +62,10 @@ SEM3D_HEADS = ("coarse", "full")
 # the semantic branch's own encoders (model.shared_encoders: false): modules of the network, called by it, whose
 # parameters and FLOPs count in the semantic_branch group
 SEMANTIC_ENCODERS = ("semantic_image_unet", "semantic_lidar_unet")
+# learning-rate factor of the hit skip's weights (model.hit_skip): they start at zero and under Adam move about one
+# learning rate per step, so at the base rate a fine-tune of a few hundred steps could not give a hit more than a
+# fraction of a logit (a weight of the fused features is ~0.3)
+HIT_SKIP_LR_SCALE = 10.0
 
 
 @dataclass
@@ -145,7 +153,11 @@ class OccLE(nn.Module):
                 "merge": conv3d_bn_relu(3 * Fd, Fd, 1),
             }
         )
-        heads: dict[str, nn.Module] = {"logits": UpsampleHead(Fd, K, s), "geo": UpsampleHead(Fd, 1, s)}
+        if not isinstance(m.hit_skip, bool):
+            raise ValueError(f"model.hit_skip must be true or false, got {m.hit_skip!r}")
+        self.hit_skip = m.hit_skip
+        skip = s**3 if m.hit_skip else 0  # the scan's hit bits of each feature voxel's children
+        heads: dict[str, nn.Module] = {"logits": UpsampleHead(Fd, K, s, skip), "geo": UpsampleHead(Fd, 1, s)}
         if self.semantic_branch is not None:
             # full: one prediction per output voxel; coarse: at the feature resolution, upsampled (nearest)
             heads["sem3d"] = UpsampleHead(Fd, K, s) if m.sem3d_head == "full" else PointwiseConv3d(Fd, K)
@@ -168,6 +180,16 @@ class OccLE(nn.Module):
             module = getattr(self, name)
             if module is not None:
                 groups["semantic_branch"] += list(module.parameters())
+        return groups
+
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """Parameter groups for the optimiser: everything at ``lr`` (group 0), the hit skip's weights, if any, at
+        ``lr * HIT_SKIP_LR_SCALE`` (a ``LambdaLR`` schedule scales both alike)."""
+        skip = self.heads["logits"].extra_weight
+        rest = [p for p in self.parameters() if p is not skip]
+        groups = [{"params": rest, "lr": lr}]
+        if skip is not None:
+            groups.append({"params": [skip], "lr": lr * HIT_SKIP_LR_SCALE})
         return groups
 
     def _tokens(self, x: Tensor) -> Tensor:
@@ -231,7 +253,8 @@ class OccLE(nn.Module):
 
     def _trunk(self, batch: Batch, inference: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Encoders, branches and fusion: ``(fused, geo_feat, sem2d, sem3d)``, the grids at the feature resolution
-        (B, F, Xs, Ys, Zs); ``sem3d`` only when not ``inference``."""
+        (B, F, Xs, Ys, Zs) (``fused`` (B, F + s^3, ...) with ``model.hit_skip``: the hit bits appended);
+        ``sem3d`` only when not ``inference``."""
         B = batch.batch_size
         lidar, _ = self.lidar_encoder(batch.points, B)  # (B, F, Xs, Ys, Zs)
         sem2d = img_vox = valid = None
@@ -256,6 +279,8 @@ class OccLE(nn.Module):
         if mixed.shape[2:] != sem_feat.shape[2:]:
             mixed = F.interpolate(mixed, size=sem_feat.shape[2:], mode="trilinear", align_corners=False)
         fused = self.fusion["merge"](cat_cl([sem_feat, geo_feat, mixed]))  # (B, F, Xs, Ys, Zs)
+        if self.hit_skip:  # (B, F + s^3, Xs, Ys, Zs): each output voxel's own LiDAR evidence reaches its logits
+            fused = cat_cl([fused, hit_bits(batch.points, self.grid, self.feature_stride, B)])
         return fused, geo_feat, sem2d, sem3d
 
     def forward(self, batch: Batch, inference: bool = False) -> OccleOutput:
@@ -275,7 +300,8 @@ class OccLE(nn.Module):
         return OccleOutput(logits, sem2d, sem3d, geo, proj, proj_weight, self.proj_stride)
 
     def features(self, batch: Batch) -> Tensor:
-        """(B, F, Xs, Ys, Zs) fused features, the input of the logits head (inference: no training outputs)."""
+        """(B, F, Xs, Ys, Zs) fused features, the input of the logits head (inference: no training outputs);
+        (B, F + s^3, ...) with ``model.hit_skip``."""
         return self._trunk(batch, inference=True)[0]
 
     def classify(self, fused: Tensor) -> Tensor:
