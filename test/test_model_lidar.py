@@ -62,7 +62,7 @@ def test_voxelize_known_answer():
     torch.testing.assert_close(dense[1, :, 1, 0, 1], f1)
 
 
-def test_hit_bits_known_answer_match_the_encoder_input_and_leave_past_scans_out():
+def test_hit_bits_known_answer_match_the_encoder_input_and_past_scans_are_left_out_on_request():
     grid = VoxelGrid((0.0, 0.0, 0.0), 1.0, (4, 4, 4))
     pts = torch.tensor(
         [
@@ -73,7 +73,8 @@ def test_hit_bits_known_answer_match_the_encoder_input_and_leave_past_scans_out(
             [0, 9.0, 0.5, 0.5, 1.0, 0.0],  # outside the grid: dropped
         ]
     )
-    bits = hit_bits(pts, grid, 2, batch_size=2)  # (B, 8, 2, 2, 2)
+    assert hit_bits(pts, grid, 2, batch_size=2).sum() == 4  # a single-frame model ignores dt
+    bits = hit_bits(pts, grid, 2, batch_size=2, current_only=True)  # (B, 8, 2, 2, 2)
     assert bits.shape == (2, 8, 2, 2, 2) and bits.is_contiguous(memory_format=torch.channels_last_3d)
     assert bits.sum() == 3
     assert bits[0, :, 0, 0, 0].tolist() == [1, 0, 0, 0, 0, 0, 0, 1]

@@ -106,20 +106,21 @@ def _in_grid(points: Tensor, grid: VoxelGrid, batch_size: int) -> tuple[Tensor, 
     return pts, fine_f.long()
 
 
-def hit_bits(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int) -> Tensor:
-    """Which output voxels hold a return of the current scan, space-to-depth at the feature resolution.
+def hit_bits(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int, current_only: bool = False) -> Tensor:
+    """Which output voxels hold a return, space-to-depth at the feature resolution.
 
     Args:
-        points: (M, 5) or (M, 6) as :func:`voxelize_points`; rows with ``dt != 0`` (past scans merged in) are
-            left out, so a moving object's trail is not marked.
+        points: (M, 5) or (M, 6) as :func:`voxelize_points`.
         grid, stride, batch_size: as :func:`voxelize_points`.
+        current_only: leave out the rows with ``dt != 0`` (past scans merged in, a multi-frame model), so that a
+            moving object's trail is not marked; False ignores ``dt`` as a single-frame model does.
 
     Returns:
         (B, s^3, X/s, Y/s, Z/s) float 0 / 1, channel ``(a * s + b) * s + d`` = child (a, b, d) of each feature
         voxel, the order of :func:`~occle_core.model.layers.depth_to_space3d` and of the encoder's occupancy
         input; channels-last memory.
     """
-    if points.shape[1] == 6:
+    if current_only and points.shape[1] == 6:
         points = points[points[:, 5] == 0]
     pts, fine = _in_grid(points, grid, batch_size)  # (M, 3)
     b = pts[:, 0].long()

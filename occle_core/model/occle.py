@@ -133,6 +133,7 @@ class OccLE(nn.Module):
         self.empty_index = self.classes.empty_index
 
         tf = bool(m.time_features)  # multi-frame input: two more voxel channels (lidar_encoder.voxelize_points)
+        self.time_features = tf
         own = m.use_semantic_branch and not m.shared_encoders  # the semantic branch has encoders of its own
         own_image = own and m.use_image
         self.semantic_image_unet = UNet2D(m.image_channels, Fd, K, m.pretrained_image) if own_image else None
@@ -280,7 +281,7 @@ class OccLE(nn.Module):
             mixed = F.interpolate(mixed, size=sem_feat.shape[2:], mode="trilinear", align_corners=False)
         fused = self.fusion["merge"](cat_cl([sem_feat, geo_feat, mixed]))  # (B, F, Xs, Ys, Zs)
         if self.hit_skip:  # (B, F + s^3, Xs, Ys, Zs): each output voxel's own LiDAR evidence reaches its logits
-            fused = cat_cl([fused, hit_bits(batch.points, self.grid, self.feature_stride, B)])
+            fused = cat_cl([fused, hit_bits(batch.points, self.grid, self.feature_stride, B, self.time_features)])
         return fused, geo_feat, sem2d, sem3d
 
     def forward(self, batch: Batch, inference: bool = False) -> OccleOutput:
