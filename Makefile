@@ -90,22 +90,26 @@ checkpoint-occ3d: synth-occ3d
 	cp runs/occ3d_synthetic/model.pt models/occle_tiny_occ3d_synthetic.pt
 
 # Retrain the shipped checkpoint: stage 1, OccLE tiny, 10% labels, seed 0 on the default synthetic scenes; stage 2,
-# 300 steps on the fully randomised scenes (the `all` variant of config/randomisation.yaml; docs/real_frames.md).
+# 300 steps on the fully randomised scenes (the `all` variant of config/randomisation.yaml; docs/real_frames.md);
+# stage 3 (round 4), 300 more with the height shift and the hit skip on the same scenes (`all_hits_shift`).
 CHECKPOINT_STEPS ?= 2000
 checkpoint: synth-data
 	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments --results runs/checkpoint/results.json run occle_10 \
 		--seed 0 --steps $(CHECKPOINT_STEPS) --out runs/checkpoint/occle_10
 	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments randomisation --variants all \
 		--checkpoint runs/checkpoint/occle_10/model.pt --out runs/checkpoint/randomised
-	cp runs/checkpoint/randomised/all/model.pt models/occle_tiny_synthetic.pt
+	OMP_NUM_THREADS=2 $(BIN)/python -m occle_experiments randomisation --variants all_hits_shift \
+		--checkpoint runs/checkpoint/randomised/all/model.pt --out runs/checkpoint/hits
+	cp runs/checkpoint/hits/all_hits_shift/model.pt models/occle_tiny_synthetic.pt
 
 # The KITTI-adapted checkpoint: the shipped model adapted label-free on the real KITTI object frames 000000-000003
-# (../shared/real/kitti, 002155 and 007347 held out and reported), the real Cityscapes DeepLab's pseudo labels.
+# (../shared/real/kitti, 002155 and 007347 held out and reported), the real Cityscapes DeepLab's pseudo labels;
+# 120 steps (docs/real_frames.md, "The hit skip": fold 2 of the shipped chain).
 KITTI_OBJECT ?= ../shared/real/kitti/training
 checkpoint-kitti: install
 	OMP_NUM_THREADS=2 $(BIN)/occle-adapt --checkpoint models/occle_tiny_synthetic.pt --dataset kitti_object \
 		--data $(KITTI_OBJECT) --segmenter deeplab-cityscapes --segmenter-model $(DEEPLAB) \
-		--out runs/adapt_kitti --steps 60 --hold-out 002155 007347 --no-progress
+		--out runs/adapt_kitti --steps 120 --hold-out 002155 007347 --no-progress
 	cp runs/adapt_kitti/model.pt models/occle_tiny_kitti_adapted.pt
 
 # One row of the label-efficiency experiment (docs/results.md): `make results ROW=occle_10 SEED=1 [STEPS=...]`
