@@ -193,7 +193,7 @@ def adaptation_config(base: OccleConfig, args: argparse.Namespace) -> OccleConfi
     loss = replace(
         base.loss, voxel_ce=base.loss.voxel_ce if replay else 0.0, lovasz=base.loss.lovasz if replay else 0.0,
         projection=args.projection, free_space=args.free_space, unobserved_prior=args.unobserved_prior,
-        ground=args.ground,
+        ground=args.ground, pseudo_voxel=args.pseudo_voxel,
     )  # fmt: skip
     train = replace(
         base.train, steps=args.steps, lr=args.lr, out_dir=str(args.out), ckpt_every=args.guard_every,
@@ -355,6 +355,10 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--ground", type=float, default=0.0, help="weight of loss.ground (LiDAR ground returns: a ground class)"
     )
+    p.add_argument(
+        "--pseudo-voxel", type=float, default=0.0,
+        help="weight of loss.pseudo_voxel (the lifted 3D pseudo labels on the final logits)",
+    )  # fmt: skip
     p.add_argument("--unobserved-prior", type=float, default=1.0, help="weight of loss.unobserved_prior")
     p.add_argument("--guard-every", type=int, default=10, help="guard check (and checkpoint) period in steps")
     p.add_argument("--guard-frames", type=int, default=8, help="adaptation frames the guard predicts (evenly spaced)")

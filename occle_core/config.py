@@ -223,6 +223,9 @@ class LossConfig:
     projection: float = 0.5
     free_space: float = 0.0  # LiDAR hits / crossed voxels on the final logits (label-free adaptation)
     ground: float = 0.0  # voxels of LiDAR ground returns on the final logits: a ground class (label-free adaptation)
+    # the lifted 3D pseudo labels (pseudo_3d's targets) on the final logits too, not only on the semantic branch's
+    # sem3d: without voxel labels the only per-voxel class target the class decision gets (label-free adaptation)
+    pseudo_voxel: float = 0.0
     # never-observed voxels toward the observed occupied share (losses.py); 1.0 measured on synthetic frames:
     # 120 fine-tuning steps took the predicted occupied share from 12x the truth's to 2.7x, IoU 35 -> 47 (docs)
     unobserved_prior: float = 1.0
@@ -231,7 +234,7 @@ class LossConfig:
 
     WEIGHTS = (
         "voxel_ce", "lovasz", "pseudo_2d", "pseudo_3d", "geometry", "teacher", "projection", "free_space",
-        "ground", "unobserved_prior",
+        "ground", "pseudo_voxel", "unobserved_prior",
     )  # fmt: skip
 
     def validate(self) -> None:

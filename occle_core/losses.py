@@ -483,6 +483,8 @@ def compute_losses(
         add("free_space", cfg.free_space, free_space_loss(out.logits, batch.occupied, batch.free, empty_index))
     if cfg.ground > 0 and batch.ground is not None and ground_ids is not None:
         add("ground", cfg.ground, ground_loss(out.logits, batch.ground, ground_ids))
+    if cfg.pseudo_voxel > 0 and batch.pseudo3d is not None:
+        add("pseudo_voxel", cfg.pseudo_voxel, pseudo_label_ce(out.logits, batch.pseudo3d))
     if cfg.unobserved_prior > 0 and batch.occupied is not None and batch.free is not None:
         prior = unobserved_prior_loss(out.logits, batch.occupied, batch.free, labels, empty_index)
         add("unobserved_prior", cfg.unobserved_prior, prior)

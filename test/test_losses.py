@@ -277,6 +277,19 @@ def test_compute_losses_weights_and_switches():
     assert "pseudo_3d" not in terms3 and "pseudo_2d" not in terms3
 
 
+def test_pseudo_voxel_puts_the_lifted_labels_on_the_final_logits():
+    out, batch = _fake()
+    cfg = LossConfig(**{name: 2.0 if name == "pseudo_voxel" else 0.0 for name in LossConfig.WEIGHTS})
+    total, terms = compute_losses(out, batch, cfg)
+    assert set(terms) == {"pseudo_voxel"}
+    assert float(terms["pseudo_voxel"]) == pytest.approx(float(pseudo_label_ce(out.logits, batch.pseudo3d)))
+    assert float(total) == pytest.approx(2.0 * float(terms["pseudo_voxel"]))
+    total.backward()
+    assert out.logits.grad is not None and out.sem3d.grad is None  # the final logits, not the semantic branch
+    batch.pseudo3d = None
+    assert compute_losses(out, batch, cfg)[1] == {}
+
+
 def test_compute_losses_class_weights_passed_in_are_used():
     out, batch = _fake(requires_grad=False)
     cfg = LossConfig(lovasz=0, pseudo_2d=0, pseudo_3d=0, geometry=0, teacher=0, projection=0)
