@@ -83,19 +83,29 @@ GROUND, RAISED, NEITHER = 1, 0, 255  # values of :func:`ground_target`
 
 
 def ground_target(
-    points: np.ndarray, grid: VoxelGrid, tol: float = 0.2, raised: float = 0.5, plane: np.ndarray | None = None
+    points: np.ndarray,
+    grid: VoxelGrid,
+    tol: float = 0.2,
+    raised: float = 0.5,
+    plane: np.ndarray | None = None,
+    block: int = 1,
 ) -> np.ndarray:
     """(X, Y, Z) uint8 ground / not-ground target of a scan's voxels.
 
     ``GROUND`` (1): the voxel holds ground returns (within ``tol`` of the scan's ground plane), at least as many as
     returns above it (an object standing on the road shares its lowest voxel with the road; where its returns
-    outnumber the road's, the voxel is not ground). ``RAISED`` (0): the voxel's returns are mostly more than
-    ``raised`` metres above the plane (walls, vehicles, trunks). ``NEITHER`` (255): everything else (no return,
-    or returns between ``tol`` and ``raised``: curbs, low vegetation, a slope the plane does not follow).
+    outnumber the road's, the voxel is not ground), and with ``block`` > 1 no return above ``tol`` lies anywhere in
+    its block. ``RAISED`` (0): the voxel's returns are mostly more than ``raised`` metres above the plane (walls,
+    vehicles, trunks). ``NEITHER`` (255): everything else (no return, or returns between ``tol`` and ``raised``:
+    curbs, low vegetation, a slope the plane does not follow).
 
     Args:
         points: (N, >=3) returns in the grid frame (rows with NaN / Inf are dropped).
         plane: (4,) ground plane ``n . x + d = 0`` (n up); None fits one with :func:`fit_ground_plane`.
+        block: edge of the voxel blocks (``block`` must divide the grid shape); pass the model's feature stride.
+            The network decides the ``s^3`` output voxels of a feature voxel from one feature vector, so a road
+            voxel pulled toward ground pulls the car body above or beside it in the same block too: on the real
+            KITTI frames the ground term then called parked cars road (``docs/real_frames.md``, "The hit skip").
     """
     xyz = np.asarray(points, np.float64)[:, :3]
     xyz = xyz[np.all(np.isfinite(xyz), axis=1)]
@@ -114,5 +124,15 @@ def ground_target(
     total = np.bincount(flat, minlength=n)
     view = out.reshape(-1)
     view[2 * high > total] = RAISED
-    view[(ground > 0) & (ground >= above)] = GROUND
+    is_ground = (ground > 0) & (ground >= above)
+    if block > 1:
+        if any(n % block for n in grid.shape):
+            raise ValueError(f"block {block} must divide the grid shape {grid.shape}")
+        X, Y, Z = grid.shape
+        b = block
+        occupied_above = (above > 0).reshape(X // b, b, Y // b, b, Z // b, b).any(axis=(1, 3, 5))  # per block
+        is_ground &= ~np.broadcast_to(
+            occupied_above[:, None, :, None, :, None], (X // b, b, Y // b, b, Z // b, b)
+        ).reshape(-1)
+    view[is_ground] = GROUND
     return out

@@ -110,6 +110,13 @@ def test_ground_target_marks_ground_and_raised_voxels():
     assert target[2, 4, 0] == NEITHER and target[6, 0, 0] == GROUND  # the foot outnumbers the road; the wheel not
     assert (target[:, 7, 2:] == RAISED).all() and (target[:, :7, 1:] == NEITHER).all()
     assert (ground_target(np.zeros((2, 3)), grid) == NEITHER).all()
+    # blocks of 2^3 voxels (a model's feature voxels): no road voxel is ground in a block with a return above the band
+    blocked = ground_target(np.r_[road, foot, wheel, wall], grid, block=2)
+    assert (blocked[:, :, 0] == GROUND).sum() == 64 - 4 - 4  # the foot's block and the wheel's block
+    assert blocked[3, 5, 0] == blocked[7, 1, 0] == NEITHER and blocked[4, 4, 0] == GROUND
+    assert np.array_equal(blocked == RAISED, target == RAISED)
+    with pytest.raises(ValueError, match="block 3"):
+        ground_target(road, grid, block=3)
 
 
 def test_points_in_rotated_boxes():
