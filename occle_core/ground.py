@@ -126,7 +126,7 @@ def ground_target(
     view[2 * high > total] = RAISED
     is_ground = (ground > 0) & (ground >= above)
     if block > 1:
-        if any(n % block for n in grid.shape):
+        if any(size % block for size in grid.shape):
             raise ValueError(f"block {block} must divide the grid shape {grid.shape}")
         X, Y, Z = grid.shape
         b = block
