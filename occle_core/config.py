@@ -185,7 +185,7 @@ class ModelConfig:
     # None (the default) resolves to data.past_frames > 0 when the OccleConfig is built; false with past scans merged
     # in is the ablation that ignores the time column; true needs data.past_frames > 0
     time_features: bool | None = None
-    # the logits head also reads which output voxels hold a return of the current scan (model/occle.py); a
+    # the logits head also reads which output voxels hold a return (model/occle.py, lidar_encoder.hit_bits); a
     # checkpoint trained without it loads with that input's weights at zero
     hit_skip: bool = False
 

@@ -23,9 +23,9 @@ The ``logits`` and ``geo`` heads predict the output grid from the feature grid b
 stride = ``s``): every output voxel gets its own prediction at the cost of one small matrix product, and the
 LiDAR encoder's space-to-depth occupancy input carries the output-resolution detail. With ``model.hit_skip`` the
 logits head also reads that detail directly: the ``s**3`` bits saying which of a feature voxel's output voxels
-hold a return of the current scan (:func:`~occle_core.model.lidar_encoder.hit_bits`) are appended to the fused
-features, so a voxel's own LiDAR evidence reaches its logits through one weight instead of through the 3D
-convolutions, the fusion and a linear map shared by its ``s**3`` siblings. The auxiliary ``sem3d``
+hold a return (:func:`~occle_core.model.lidar_encoder.hit_bits`; of the current scan for a multi-frame model) are
+appended to the fused features, so a voxel's own LiDAR evidence reaches its logits through one weight instead of
+through the 3D convolutions, the fusion and a linear map shared by its ``s**3`` siblings. The auxiliary ``sem3d``
 head (``model.sem3d_head``) is either such a head too (``full``) or predicts at the feature resolution and is
 upsampled (nearest, ``coarse``; the shipped tiny checkpoint's).
 
