@@ -188,6 +188,10 @@ class ModelConfig:
     # the logits head also reads which output voxels hold a return (model/occle.py, lidar_encoder.hit_bits); a
     # checkpoint trained without it loads with that input's weights at zero
     hit_skip: bool = False
+    # the class decision only (OccLE.predict_labels, not the logits): a voxel whose centre lies more than this many
+    # metres above the ground plane fitted to its frame's scan takes no ground class (road, sidewalk, terrain...);
+    # 0 = off. Where the ground is not one plane (hills, ramps, multi-level car parks) keep it off or generous
+    ground_gate: float = 0.0
 
 
 # what a saved config written before a model switch existed meant by its absence (the network it was trained as)

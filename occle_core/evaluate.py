@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
+        "--ground-gate",
+        type=float,
+        help="metres above the scan's fitted ground plane beyond which no voxel takes a ground class "
+        "(model.ground_gate; 0 = off); default: the checkpoint's",
+    )
+    p.add_argument(
         "--consistency", action="store_true", help="label-free checks against each frame's LiDAR scan (no voxel truth)"
     )
     p.add_argument(
@@ -231,7 +237,7 @@ def consistency_main(args: argparse.Namespace) -> int:
     if extra is not None and not extra.is_dir():
         raise FileNotFoundError(f"--extra-labels: no folder {extra}")
     reader = build_label_free(args.dataset, args.data, args.sequences)
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = Predictor(args.checkpoint, device=args.device, ground_gate=args.ground_gate)
 
     def frame(i: int) -> ConsistencyFrame:
         sample = reader[i]
@@ -261,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.config:
             expect = load_config(args.config)
         model, cfg, ckpt = load_model(args.checkpoint, device, expect)
+        if args.ground_gate is not None:
+            model.set_ground_gate(args.ground_gate)
         cfg.data.root = args.data
         if args.sequences:
             if args.split == "val":

@@ -4,7 +4,8 @@ ground returns.
 The label-free checks (:mod:`occle_core.consistency`, ground consistency) and the label-free ground term of
 adaptation (``loss.ground``, :func:`occle_core.losses.ground_loss`) share one definition: a return is a ground
 return when it lies within ``tol`` of the plane :func:`fit_ground_plane` fits to its scan (RANSAC over
-near-vertical normals, then least squares on the inliers, so a tilted or offset road is handled).
+near-vertical normals, then least squares on the inliers, so a tilted or offset road is handled). The ground
+gate of the class decision (``model.ground_gate``, :func:`above_plane_mask`) uses the same plane.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def fit_ground_plane(
     max_tilt_deg: float = 15.0,
     hypotheses: int = 256,
     seed: int = 0,
+    samples: int = 20000,
 ) -> np.ndarray:
     """Ground plane of a scan: ``n . x + d = 0`` with a unit normal pointing up (n_z > 0).
 
@@ -45,6 +47,7 @@ def fit_ground_plane(
 
     Args:
         points: (N, >=3) returns, z up.
+        samples: hypotheses are scored on at most this many of the points (a random subset; the refit uses all).
 
     Returns:
         (4,) float64 ``(n_x, n_y, n_z, d)``.
@@ -68,7 +71,7 @@ def fit_ground_plane(
     if not level.any():
         raise ValueError(f"no near-horizontal plane (within {max_tilt_deg} deg) among the point triples")
     n, d = n[level], d[level]
-    sample = xyz[rng.permutation(len(xyz))[:20000]]  # scoring subset bounds the (K, S) distance matrix
+    sample = xyz[rng.permutation(len(xyz))[:samples]]  # scoring subset bounds the (K, S) distance matrix
     inliers = (np.abs(sample @ n.T + d) < inlier_tol).sum(axis=0)  # (K,)
     height = -d / n[:, 2]  # plane height at x = y = 0
     best = np.lexsort((height, -inliers))[0]
@@ -136,3 +139,21 @@ def ground_target(
         ).reshape(-1)
     view[is_ground] = GROUND
     return out
+
+
+def above_plane_mask(grid: VoxelGrid, plane: np.ndarray, height: float) -> np.ndarray:
+    """(X, Y, Z) bool: the voxels whose centre lies more than ``height`` metres above ``plane``.
+
+    The ground gate of the class decision (``model.ground_gate``, :meth:`occle_core.model.occle.OccLE.predict_labels`)
+    gives these voxels no ground class: a road, sidewalk or terrain voxel is a surface on the ground, not a car roof
+    1.3 m above it.
+
+    Args:
+        plane: (4,) ``n . x + d = 0`` with the normal up (:func:`fit_ground_plane`), in the grid frame.
+        height: metres above the plane.
+    """
+    n = np.asarray(plane, np.float64)
+    axes = [(np.arange(size) + 0.5) * grid.voxel_size + o for size, o in zip(grid.shape, grid.origin)]
+    # the signed distance n . c + d of each centre c, summed over the three axes by broadcasting: (X, Y, Z)
+    dist = (n[0] * axes[0])[:, None, None] + (n[1] * axes[1])[None, :, None] + (n[2] * axes[2])[None, None, :]
+    return dist > height - n[3]

@@ -57,6 +57,9 @@ class Predictor:
     Args:
         checkpoint: an occle checkpoint; None takes the shipped default (``models/occle_tiny_synthetic.pt``).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        ground_gate: metres above the scan's fitted ground plane beyond which :meth:`predict` gives a voxel no
+            ground class (``model.ground_gate``, :meth:`~occle_core.model.occle.OccLE.predict_labels`); 0 = off;
+            None keeps the checkpoint's.
 
     Attributes:
         grid: the output voxel grid; classes: the class table; config: the model's config; device.
@@ -72,7 +75,7 @@ class Predictor:
     Raises:
         FileNotFoundError: the checkpoint does not exist.
         CheckpointError: it is damaged, unsafe, or does not fit the network.
-        ValueError: unknown or unavailable device.
+        ValueError: unknown or unavailable device, or a bad ``ground_gate``.
     """
 
     grid: VoxelGrid
@@ -83,10 +86,15 @@ class Predictor:
     camera_names: list[str]
     time_features: bool
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str = "auto") -> None:
+    def __init__(
+        self, checkpoint: str | Path | None = None, device: str = "auto", ground_gate: float | None = None
+    ) -> None:
         dev = resolve_device(device)
         path = default_checkpoint() if checkpoint is None else Path(checkpoint)
         model, cfg, _ = load_model(path)
+        if ground_gate is not None:
+            model.set_ground_gate(ground_gate)
+            cfg.model.ground_gate = model.ground_gate
         self.checkpoint_path: Path | None = path
         self._setup(model, cfg, dev)
 
@@ -172,7 +180,8 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_logits(self, image: ImageOrViews, points: np.ndarray, calib: Calib | None = None) -> torch.Tensor:
-        """(K, X, Y, Z) float logits on the predictor's device (same inputs and validation as :meth:`predict`)."""
+        """(K, X, Y, Z) float logits on the predictor's device (same inputs and validation as :meth:`predict`;
+        the network's, before the ground gate of :meth:`predict`)."""
         return self.model(self.batch(image, points, calib), inference=True).logits[0]
 
     @torch.inference_mode()
@@ -190,7 +199,8 @@ class Predictor:
 
         Returns:
             (X, Y, Z) uint8 class ids of ``self.classes`` (``predict_logits(...).argmax(0)``, computed without
-            the float logits grid); ``classes.empty_index`` marks free space.
+            the float logits grid, and with ``model.ground_gate`` on no ground class above the gate);
+            ``classes.empty_index`` marks free space.
         """
         return self.model.predict_labels(self.batch(image, points, calib))[0].cpu().numpy()
 

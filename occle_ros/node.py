@@ -153,8 +153,9 @@ class OccleNode(Node):
         from occle_core.predictor import Predictor
 
         checkpoint, device = self.settings.checkpoint, self.settings.device
+        gate = self.settings.ground_gate
         try:
-            return Predictor(checkpoint or None, device=device)
+            return Predictor(checkpoint or None, device=device, ground_gate=None if gate < 0 else gate)
         except FileNotFoundError as exc:
             hint = "" if checkpoint else " (the shipped checkpoint; set the checkpoint parameter)"
             raise StartupError(f"checkpoint: {exc}{hint}") from exc

@@ -58,6 +58,11 @@ SPECS: dict[str, Spec] = {
     "checkpoint": Spec("model checkpoint; empty = the shipped models/occle_tiny_synthetic.pt"),
     "device": Spec("auto (cuda when available, else cpu) | cpu | cuda | cuda:N"),
     "torch_threads": Spec("torch intra-op threads (process-wide); 0 = torch's default", (0, 1024)),
+    "ground_gate": Spec(
+        "no ground class more than this many metres above the scan's fitted ground plane; 0 = off, "
+        "-1 = the checkpoint's model.ground_gate",
+        (-1.0, 100.0),
+    ),
     "cameras.names": Spec("camera names, front first (the checkpoint's camera set, e.g. CAM_FRONT ... or image_2)"),
     "cameras.image_topics": Spec("image topic of each camera (same order as cameras.names)"),
     "cameras.info_topics": Spec("camera_info topic of each camera (same order as cameras.names)"),
@@ -168,6 +173,7 @@ class StartupParams:
     checkpoint: str
     device: str
     torch_threads: int
+    ground_gate: float
     cameras: tuple[CameraParams, ...]
     lidar_topic: str
     warn_distortion: bool
@@ -280,6 +286,7 @@ def declare(node: Node) -> tuple[StartupParams, RuntimeParams]:
         checkpoint=values["checkpoint"],
         device=values["device"],
         torch_threads=values["torch_threads"],
+        ground_gate=values["ground_gate"],
         cameras=camera_params(values),
         lidar_topic=values["lidar_topic"],
         warn_distortion=values["warn_distortion"],

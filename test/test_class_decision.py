@@ -1,5 +1,5 @@
 """Class decision: the empty / not-empty mask and the fused label head equal argmax (any empty class, ties,
-blocks, batches)."""
+blocks, batches, classes forbidden where a mask says)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from helpers_numeric import assert_labels_are_argmax, head_rounding_bound
 
 from occle_core.model.class_decision import non_empty_mask
-from occle_core.model.layers import UpsampleHead, to_cl
+from occle_core.model.layers import UpsampleHead, depth_to_space3d, space_to_depth3d, to_cl
 
 
 def _logits(K: int, shape: tuple[int, ...], empty: int, occupied: float, seed: int = 0) -> torch.Tensor:
@@ -73,3 +73,39 @@ def test_label_head_equals_argmax_of_forward(batch: int, empty: int, channels_la
     assert got.shape == (batch, 20, 12, 8) and got.dtype == torch.uint8
     assert_labels_are_argmax(got, logits, head_rounding_bound(head, x))  # another GEMM shape: ties may differ
     assert 0 < (got != empty).float().mean() < 0.5
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_label_head_forbids_classes_where_the_mask_says(batch: int, monkeypatch) -> None:
+    torch.manual_seed(1)
+    head = UpsampleHead(8, 20, 2).eval()
+    banned = torch.tensor([3, 5, 9])
+    with torch.no_grad():
+        head.proj.bias.view(20, 8)[0] += 1.0  # empty: about half of the voxels
+        head.proj.bias.view(20, 8)[banned] += 1.5  # the banned classes win often where they are allowed
+    x = torch.randn(batch, 8, 10, 6, 4)
+    where = torch.rand(batch, 20, 12, 8, generator=torch.Generator().manual_seed(2)) < 0.5
+    monkeypatch.setattr(UpsampleHead, "LABEL_BLOCK", 64)
+    with torch.inference_mode():
+        logits = head(x)  # (B, 20, 20, 12, 8)
+        free = head.labels(x, 0)
+        got = head.labels(x, 0, (where, banned))
+    allowed = logits.clone()
+    allowed[:, banned] = allowed[:, banned].masked_fill(where[:, None], float("-inf"))
+    assert_labels_are_argmax(got, allowed, head_rounding_bound(head, x))
+    assert not torch.isin(got[where], banned).any()
+    assert torch.isin(free[where], banned).float().mean() > 0.1  # the mask changed something
+    assert torch.equal(got[~where], free[~where])  # and nothing where it is False
+    assert ((got == 0) & (free != 0) & where).any()  # where a banned class lost, the next may be the empty one
+    with torch.inference_mode(), pytest.raises(ValueError, match="forbid mask must be"):
+        head.labels(x, 0, (where[..., :4], banned))
+    with torch.inference_mode(), pytest.raises(ValueError, match="empty class 3"):
+        head.labels(x, 3, (where, banned))
+
+
+def test_space_to_depth_inverts_depth_to_space() -> None:
+    x = torch.randn(2, 3, 8, 6, 4)
+    for s in (1, 2):
+        y = space_to_depth3d(x, s)
+        assert y.shape == (2, 3 * s**3, 8 // s, 6 // s, 4 // s)
+        assert torch.equal(depth_to_space3d(y, s), x)

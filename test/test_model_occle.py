@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -227,6 +228,43 @@ def test_predict_labels_equals_argmax_of_the_logits() -> None:
         tol = head_rounding_bound(model.heads["logits"], model.features(batch))
     assert labels.dtype == torch.uint8 and labels.shape == (2, *cfg.data.voxel_grid().shape)
     assert_labels_are_argmax(labels, logits, tol)  # the label head's GEMMs have other shapes: ties may differ
+
+
+def test_ground_gate_gives_no_ground_class_above_the_fitted_plane() -> None:
+    torch.manual_seed(0)
+    cfg = _cfg(ground_gate=0.6)
+    model = OccLE(cfg).eval()
+    ground = model.ground_class_ids
+    assert [cfg.data.classes().names[i] for i in ground] == ["road", "parking", "sidewalk", "other-ground", "terrain"]
+    with torch.no_grad():  # ground classes win about everywhere, as a network pulled toward road might
+        model.heads["logits"].proj.bias.view(len(cfg.data.classes().names), -1)[ground] += 4.0
+    batch = synthetic_batch(cfg, 2000, batch_size=2)
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(1500, 2, generator=g) * torch.tensor([12.8, 12.8]) + torch.tensor([0.0, -6.4])
+    road = torch.cat([xy, (-1.7 + 0.02 * xy[:, :1])], 1)  # a tilted road under frame 0
+    clutter = torch.rand(300, 3, generator=g) * torch.tensor([12.8, 12.8, 4.0]) + torch.tensor([0.0, -6.4, -1.0])
+    frame0 = torch.cat([torch.zeros(1800, 1), torch.cat([road, clutter]), torch.zeros(1800, 2)], 1)  # (1800, 6)
+    frame1 = torch.tensor([[1.0, 1.0, 0.0, -1.0, 0.5, 0.0]])  # one return: no plane, no gate
+    batch = dataclasses.replace(batch, points=torch.cat([frame0, frame1]))
+    with torch.no_grad():
+        where, ids = model.ground_forbid(batch)
+        labels = model.predict_labels(batch)
+        logits = model(batch, inference=True).logits  # (2, K, X, Y, Z): the network's, without the gate
+        tol = head_rounding_bound(model.heads["logits"], model.features(batch))
+    assert torch.equal(ids, ground) and where.shape == labels.shape and not where[1].any()
+    assert 0.3 < where[0].float().mean() < 0.95  # the grid reaches 2 m below and 1.2 m above the road
+    gated = logits.clone()
+    gated[:, ground] = gated[:, ground].masked_fill(where[:, None], float("-inf"))
+    assert_labels_are_argmax(labels, gated, tol)
+    assert not torch.isin(labels[where], ground).any()
+    assert torch.isin(logits.argmax(1)[where], ground).float().mean() > 0.5  # without it: ground in the air
+    model.set_ground_gate(0.0)
+    assert model.ground_forbid(batch) is None
+    for bad in (-0.5, float("nan"), True, "0.6"):
+        with pytest.raises(ValueError, match="model.ground_gate must be a number of metres"):
+            model.set_ground_gate(bad)
+    with pytest.raises(ValueError, match="model.ground_gate"):
+        OccLE(_cfg(ground_gate=-1.0))
 
 
 def test_hit_skip_loads_weights_without_it_unchanged_then_learns_from_the_hits() -> None:

@@ -66,6 +66,20 @@ def test_predict_shape_dtype_determinism_and_from_model(tmp_path):
     assert_labels_are_argmax(torch.from_numpy(labels), logits, tol, dim=0)  # other GEMM shapes: ties may differ
 
 
+def test_ground_gate_from_the_checkpoint_or_the_caller(tmp_path):
+    path, _, _ = _checkpoint(tmp_path, _cfg(ground_gate=0.8))
+    assert Predictor(path, device="cpu").model.ground_gate == 0.8
+    pred = Predictor(path, device="cpu", ground_gate=0.0)
+    assert pred.model.ground_gate == 0.0 and pred.config.model.ground_gate == 0.0
+    image, pts, calib = _frame()
+    labels, logits = pred.predict(image, pts, calib), pred.predict_logits(image, pts, calib)
+    with torch.inference_mode():
+        tol = head_rounding_bound(pred.model.heads["logits"], pred.model.features(pred.batch(image, pts, calib)))
+    assert_labels_are_argmax(torch.from_numpy(labels), logits, tol, dim=0)  # no gate: the network's argmax
+    with pytest.raises(ValueError, match="model.ground_gate must be a number of metres >= 0"):
+        Predictor(path, device="cpu", ground_gate=-1.0)
+
+
 def test_non_finite_points_are_dropped_and_extra_columns_ignored(tmp_path):
     path, _, _ = _checkpoint(tmp_path)
     pred = Predictor(path, device="cpu")

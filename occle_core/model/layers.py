@@ -67,6 +67,15 @@ def depth_to_space3d(x: Tensor, s: int) -> Tensor:
     return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(B, C, X * s, Y * s, Z * s)
 
 
+def space_to_depth3d(x: Tensor, s: int) -> Tensor:
+    """(B, C, sX, sY, sZ) -> (B, C * s^3, X, Y, Z), the inverse of :func:`depth_to_space3d` (same channel order)."""
+    if s == 1:
+        return x
+    B, C, Xf, Yf, Zf = x.shape
+    x = x.reshape(B, C, Xf // s, s, Yf // s, s, Zf // s, s)
+    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(B, C * s**3, Xf // s, Yf // s, Zf // s)
+
+
 class UpsampleHead(nn.Module):
     """Pointwise prediction of ``out`` channels at every voxel of a grid ``s`` times finer than the input.
 
@@ -128,7 +137,7 @@ class UpsampleHead(nn.Module):
                 hi = min(lo + self.LABEL_BLOCK, V)
                 yield i, slice(lo, hi), torch.addmm(b, w, flat[i, lo:hi].t(), out=buf[:, : hi - lo])
 
-    def labels(self, x: Tensor, empty_index: int) -> Tensor:
+    def labels(self, x: Tensor, empty_index: int, forbid: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """(B, C, X, Y, Z) -> (B, sX, sY, sZ) uint8, ``forward(x).argmax(1)``.
 
         The fine float grid is never built. Each block of :meth:`blocks` (:attr:`LABEL_BLOCK` input voxels) only
@@ -137,10 +146,25 @@ class UpsampleHead(nn.Module):
         their first maximum taken. Only uint8 labels are rearranged to the fine grid. At 256 x 256 x 32 with 20
         classes this skips writing and reading two 168 MB float grids per frame. The non-empty voxels' logits come
         from a GEMM of another shape, so a tie within float rounding between two classes may resolve either way.
+
+        Args:
+            forbid: optional ``(where, classes)``: (B, sX, sY, sZ) bool output voxels and (k,) int64 class ids
+                they may not take (the argmax over the other classes there; the empty class cannot be one of them,
+                so a voxel whose maximum is empty stays empty and the "empty or not" pass is unchanged).
         """
         B, C, X, Y, Z = x.shape
         s, K = self.stride, self.out_channels
         n, V = s**3, X * Y * Z
+        barred = None
+        if forbid is not None:
+            where, classes = forbid
+            if tuple(where.shape) != (B, s * X, s * Y, s * Z):
+                raise ValueError(
+                    f"forbid mask must be (B, sX, sY, sZ) = {(B, s * X, s * Y, s * Z)}, got {tuple(where.shape)}"
+                )
+            if bool((classes == empty_index).any()):
+                raise ValueError(f"forbid classes must not include the empty class {empty_index}")
+            barred = space_to_depth3d(where[:, None], s).reshape(-1)  # flat (B, s^3, V), the order of ``out``
         non_empty = torch.empty(B, n, V, dtype=torch.bool, device=x.device)  # (B, s^3, V)
         for i, voxels, y in self.blocks(x):
             non_empty_mask(y.view(K, n, -1), empty_index, out=non_empty[i, :, voxels])
@@ -153,6 +177,8 @@ class UpsampleHead(nn.Module):
             if rows.numel():
                 logits = torch.addmm(b[:, child], flat.index_select(0, rows), w[:, child].t())  # (M, K)
                 target = rows + (rows // V) * ((n - 1) * V) + child * V  # flat index into (B, s^3, V)
+                if barred is not None:
+                    logits[:, classes] = logits[:, classes].masked_fill(barred[target, None], float("-inf"))
                 out[target] = logits.max(1).indices.to(torch.uint8)  # first maximum, as argmax
         return depth_to_space3d(out.view(B, n, X, Y, Z), s)[:, 0]  # (B, sX, sY, sZ)
 

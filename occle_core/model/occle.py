@@ -31,12 +31,16 @@ upsampled (nearest, ``coarse``; the shipped tiny checkpoint's).
 
 Inference that only needs class ids (the node, ``occle-predict``) calls :meth:`OccLE.predict_labels`: the
 trunk, then the logits head fused with the class decision block by block, so the (B, K, X, Y, Z) float logits
-are never built (and the ``geo`` head, a training output, is skipped).
+are never built (and the ``geo`` head, a training output, is skipped). With ``model.ground_gate`` the class
+decision gives no ground class to a voxel whose centre lies more than that many metres above the ground plane
+fitted to the frame's scan (:func:`~occle_core.ground.fit_ground_plane`): a flat car roof is not road. It is a rule
+of the decision, not of the network: the logits, training and the losses do not see it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +51,7 @@ from torch import Tensor, nn
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch
 from occle_core.geometry import Calib
+from occle_core.ground import GROUND_CLASSES, above_plane_mask, class_ids, fit_ground_plane
 from occle_core.model.geometric_branch import GeometricBranch
 from occle_core.model.image_encoder import ImageEncoder
 from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
@@ -66,6 +71,9 @@ SEMANTIC_ENCODERS = ("semantic_image_unet", "semantic_lidar_unet")
 # learning rate per step, so at the base rate a fine-tune of a few hundred steps could not give a hit more than a
 # fraction of a logit (a weight of the fused features is ~0.3)
 HIT_SKIP_LR_SCALE = 10.0
+# returns scoring the ground-plane hypotheses of the ground gate (model.ground_gate): the fit's cost is that of scoring,
+# and a few thousand returns pick the same plane (the winner is refitted on all its inliers)
+GATE_PLANE_SAMPLES = 4096
 
 
 @dataclass
@@ -163,6 +171,10 @@ class OccLE(nn.Module):
             # full: one prediction per output voxel; coarse: at the feature resolution, upsampled (nearest)
             heads["sem3d"] = UpsampleHead(Fd, K, s) if m.sem3d_head == "full" else PointwiseConv3d(Fd, K)
         self.heads = nn.ModuleDict(heads)
+
+        ground = GROUND_CLASSES.get(self.classes.name, ())
+        self.register_buffer("ground_class_ids", torch.as_tensor(class_ids(self.classes, ground)), persistent=False)
+        self.set_ground_gate(m.ground_gate)
 
         # (Xs*Ys*Zs, 3) centres of the feature voxels: lifting and projection targets, built once, not saved
         coarse = self.grid.scaled(s)
@@ -305,14 +317,44 @@ class OccLE(nn.Module):
         (B, F + s^3, ...) with ``model.hit_skip``."""
         return self._trunk(batch, inference=True)[0]
 
-    def classify(self, fused: Tensor) -> Tensor:
+    def classify(self, fused: Tensor, forbid: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """(B, F, Xs, Ys, Zs) fused features -> (B, X, Y, Z) uint8 class ids, ``forward(...).logits.argmax(1)``
-        without building the float logits grid (see :meth:`UpsampleHead.labels`)."""
-        return self.heads["logits"].labels(fused, self.empty_index)
+        without building the float logits grid (see :meth:`UpsampleHead.labels`, which also says what ``forbid``
+        does)."""
+        return self.heads["logits"].labels(fused, self.empty_index, forbid)
+
+    def set_ground_gate(self, metres: float) -> None:
+        """Set the ground gate of :meth:`predict_labels` (``model.ground_gate``; 0 = off).
+
+        Raises:
+            ValueError: not a finite number >= 0, or > 0 for a class table without ground classes.
+        """
+        if isinstance(metres, bool) or not isinstance(metres, int | float) or not math.isfinite(metres) or metres < 0:
+            raise ValueError(f"model.ground_gate must be a number of metres >= 0 (0 = off), got {metres!r}")
+        if metres > 0 and not len(self.ground_class_ids):
+            raise ValueError(f"model.ground_gate needs ground classes; the {self.classes.name} class table has none")
+        self.ground_gate = float(metres)
+
+    def ground_forbid(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """The ground gate of a batch as :meth:`UpsampleHead.labels` takes it: (B, X, Y, Z) bool voxels more than
+        ``model.ground_gate`` above the plane fitted to each frame's points, and the ground class ids; None when
+        the gate is off. A frame whose points give no plane (too few, none near-horizontal) is not gated."""
+        if self.ground_gate <= 0:
+            return None
+        pts = batch.points.detach().cpu().numpy()  # (M, 5 or 6) [frame, x, y, z, intensity, (dt)]
+        where = np.zeros((batch.batch_size, *self.grid.shape), bool)  # (B, X, Y, Z)
+        for b in range(batch.batch_size):
+            try:
+                plane = fit_ground_plane(pts[pts[:, 0] == b, 1:4], samples=GATE_PLANE_SAMPLES)
+            except ValueError:
+                continue
+            where[b] = above_plane_mask(self.grid, plane, self.ground_gate)
+        return torch.from_numpy(where).to(batch.points.device), self.ground_class_ids
 
     def predict_labels(self, batch: Batch) -> Tensor:
-        """(B, X, Y, Z) uint8 class ids of a batch: :meth:`features` then :meth:`classify`."""
-        return self.classify(self.features(batch))
+        """(B, X, Y, Z) uint8 class ids of a batch: :meth:`features` then :meth:`classify`, with the ground gate
+        (``model.ground_gate``, :meth:`ground_forbid`) when it is on; off, ``forward(batch).logits.argmax(1)``."""
+        return self.classify(self.features(batch), self.ground_forbid(batch))
 
 
 def model_summary(cfg: OccleConfig, batch: Batch | None = None, num_points: int = 20_000) -> dict:
