@@ -5,7 +5,8 @@ The label-free checks (:mod:`occle_core.consistency`, ground consistency) and th
 adaptation (``loss.ground``, :func:`occle_core.losses.ground_loss`) share one definition: a return is a ground
 return when it lies within ``tol`` of the plane :func:`fit_ground_plane` fits to its scan (RANSAC over
 near-vertical normals, then least squares on the inliers, so a tilted or offset road is handled). The ground
-gate of the class decision (``model.ground_gate``, :func:`above_plane_mask`) uses the same plane.
+gate of the class decision (``model.ground_gate``) and the ground-height input of the logits head
+(``model.ground_height``) use the same plane (:func:`plane_heights`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import ClassTable
@@ -141,19 +143,24 @@ def ground_target(
     return out
 
 
-def above_plane_mask(grid: VoxelGrid, plane: np.ndarray, height: float) -> np.ndarray:
-    """(X, Y, Z) bool: the voxels whose centre lies more than ``height`` metres above ``plane``.
+def plane_heights(grid: VoxelGrid, planes: torch.Tensor) -> torch.Tensor:
+    """(B, X, Y, Z) float32 signed distance of each voxel centre above each frame's plane, on ``planes``' device.
 
-    The ground gate of the class decision (``model.ground_gate``, :meth:`occle_core.model.occle.OccLE.predict_labels`)
-    gives these voxels no ground class: a road, sidewalk or terrain voxel is a surface on the ground, not a car roof
-    1.3 m above it.
+    The ground gate of the class decision (``model.ground_gate``: no ground class above it) and the ground-height
+    input of the logits head (``model.ground_height``) read it (:mod:`occle_core.model.occle`).
 
     Args:
-        plane: (4,) ``n . x + d = 0`` with the normal up (:func:`fit_ground_plane`), in the grid frame.
-        height: metres above the plane.
+        planes: (B, 4) ``n . x + d = 0`` with the normal up (:func:`fit_ground_plane`), in the grid frame.
     """
-    n = np.asarray(plane, np.float64)
-    axes = [(np.arange(size) + 0.5) * grid.voxel_size + o for size, o in zip(grid.shape, grid.origin)]
-    # the signed distance n . c + d of each centre c, summed over the three axes by broadcasting: (X, Y, Z)
-    dist = (n[0] * axes[0])[:, None, None] + (n[1] * axes[1])[None, :, None] + (n[2] * axes[2])[None, None, :]
-    return dist > height - n[3]
+    n = planes.float()
+    axes = [
+        (torch.arange(size, device=n.device, dtype=torch.float32) + 0.5) * grid.voxel_size + o
+        for size, o in zip(grid.shape, grid.origin)
+    ]
+    # n . c + d summed over the three axes by broadcasting: (B, X, 1, 1) + (B, 1, Y, 1) + (B, 1, 1, Z) + (B, 1, 1, 1)
+    return (
+        (n[:, 0, None] * axes[0])[:, :, None, None]
+        + (n[:, 1, None] * axes[1])[:, None, :, None]
+        + (n[:, 2, None] * axes[2])[:, None, None, :]
+        + n[:, 3, None, None, None]
+    )

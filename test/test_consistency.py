@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from occle_core.consistency import (
     ConsistencyFrame,
@@ -21,7 +22,7 @@ from occle_core.consistency import (
 from occle_core.data.kitti import read_object_labels
 from occle_core.evaluate import main as eval_main
 from occle_core.geometry import VoxelGrid
-from occle_core.ground import GROUND, NEITHER, RAISED, above_plane_mask, fit_ground_plane, ground_target
+from occle_core.ground import GROUND, NEITHER, RAISED, fit_ground_plane, ground_target, plane_heights
 from occle_core.labels import class_table
 from occle_core.predictor import default_checkpoint
 
@@ -98,15 +99,17 @@ def test_ground_plane_fit_finds_a_tilted_road_under_clutter():
         fit_ground_plane(np.zeros((2, 3)))
 
 
-def test_above_plane_mask_of_a_tilted_plane():
+def test_plane_heights_of_tilted_planes():
     grid = VoxelGrid((0.0, -4.0, -2.0), 0.4, (20, 20, 10))
     n = np.array([0.05, -0.03, 1.0])
-    plane = np.append(n / np.linalg.norm(n), 1.6 / np.linalg.norm(n))  # z = -1.6 - 0.05 x + 0.03 y
-    got = above_plane_mask(grid, plane, 0.6)
-    dist = grid.centers().reshape(-1, 3).astype(np.float64) @ plane[:3] + plane[3]
-    np.testing.assert_array_equal(got.reshape(-1), dist > 0.6)
-    assert 0.2 < got.mean() < 0.9
-    assert not above_plane_mask(grid, plane, 100.0).any()
+    planes = np.stack([np.append(n, 1.6), [0.0, 0.0, 1.0, 2.0]]) / np.array([[np.linalg.norm(n)], [1.0]])
+    got = plane_heights(grid, torch.from_numpy(planes))  # (2, X, Y, Z)
+    centres = grid.centers().reshape(-1, 3).astype(np.float64)
+    assert got.shape == (2, 20, 20, 10) and got.dtype == torch.float32
+    for b in range(2):
+        want = centres @ planes[b, :3] + planes[b, 3]  # z = -1.6 - 0.05 x + 0.03 y (scaled), and the grid floor
+        np.testing.assert_allclose(got[b].reshape(-1).numpy(), want, atol=1e-5)
+    assert float(got[1].min()) == pytest.approx(0.2)  # the lowest centres: half a voxel above the floor
 
 
 def test_ground_target_marks_ground_and_raised_voxels():
