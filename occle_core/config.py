@@ -188,9 +188,6 @@ class ModelConfig:
     # the logits head also reads which output voxels hold a return (model/occle.py, lidar_encoder.hit_bits); a
     # checkpoint trained without it loads with that input's weights at zero
     hit_skip: bool = False
-    # the logits head also reads each output voxel's height above the ground plane fitted to its frame's scan
-    # (model/occle.py, "ground height"); a checkpoint trained without it loads with that input's weights at zero
-    ground_height: bool = False
     # the class decision only (OccLE.predict_labels, not the logits): a voxel whose centre lies more than this many
     # metres above the ground plane fitted to its frame's scan takes no ground class (road, sidewalk, terrain...);
     # 0 = off. Where the ground is not one plane (hills, ramps, multi-level car parks) keep it off or generous
@@ -198,13 +195,7 @@ class ModelConfig:
 
 
 # what a saved config written before a model switch existed meant by its absence (the network it was trained as)
-LEGACY_MODEL = {
-    "shared_encoders": True,
-    "sem3d_head": "coarse",
-    "time_features": False,
-    "hit_skip": False,
-    "ground_height": False,
-}
+LEGACY_MODEL = {"shared_encoders": True, "sem3d_head": "coarse", "time_features": False, "hit_skip": False}
 DECOUPLED = {"shared_encoders": False, "sem3d_head": "full"}
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {

@@ -5,8 +5,7 @@ The label-free checks (:mod:`occle_core.consistency`, ground consistency) and th
 adaptation (``loss.ground``, :func:`occle_core.losses.ground_loss`) share one definition: a return is a ground
 return when it lies within ``tol`` of the plane :func:`fit_ground_plane` fits to its scan (RANSAC over
 near-vertical normals, then least squares on the inliers, so a tilted or offset road is handled). The ground
-gate of the class decision (``model.ground_gate``) and the ground-height input of the logits head
-(``model.ground_height``) use the same plane (:func:`plane_heights`).
+gate of the class decision (``model.ground_gate``, :func:`plane_heights`) uses the same plane.
 """
 
 from __future__ import annotations
@@ -146,8 +145,8 @@ def ground_target(
 def plane_heights(grid: VoxelGrid, planes: torch.Tensor) -> torch.Tensor:
     """(B, X, Y, Z) float32 signed distance of each voxel centre above each frame's plane, on ``planes``' device.
 
-    The ground gate of the class decision (``model.ground_gate``: no ground class above it) and the ground-height
-    input of the logits head (``model.ground_height``) read it (:mod:`occle_core.model.occle`).
+    The ground gate of the class decision reads it (``model.ground_gate``: no ground class above it,
+    :meth:`occle_core.model.occle.OccLE.ground_forbid`).
 
     Args:
         planes: (B, 4) ``n . x + d = 0`` with the normal up (:func:`fit_ground_plane`), in the grid frame.

@@ -17,7 +17,6 @@ from occle_core.geometry import OCC3D_GRID, SEMANTIC_KITTI_GRID
 from occle_core.model.lidar_encoder import spconv_available
 from occle_core.model.mamba import MambaBlock
 from occle_core.model.occle import (
-    GROUND_HEIGHT_RANGE,
     HIT_SKIP_LR_SCALE,
     PARAMETER_GROUPS,
     OccLE,
@@ -266,36 +265,6 @@ def test_ground_gate_gives_no_ground_class_above_the_fitted_plane() -> None:
             model.set_ground_gate(bad)
     with pytest.raises(ValueError, match="model.ground_gate"):
         OccLE(_cfg(ground_gate=-1.0))
-
-
-def test_ground_height_input_loads_a_hit_skip_checkpoint_unchanged_then_learns() -> None:
-    torch.manual_seed(0)
-    skip = OccLE(_cfg(hit_skip=True)).eval()
-    with torch.no_grad():
-        skip.heads["logits"].extra_weight.normal_()  # a trained hit skip
-    cfg = _cfg(hit_skip=True, ground_height=True)
-    model = OccLE(cfg).eval()
-    model.load_state_dict(skip.state_dict())  # the height columns are absent: they load as zeros
-    s3 = model.feature_stride**3
-    head = model.heads["logits"].extra_weight  # (K * s^3, 2 s^3): the hits' columns, then the heights'
-    assert head.shape[1] == 2 * s3
-    torch.testing.assert_close(head[:, :s3], skip.heads["logits"].extra_weight)
-    assert not head[:, s3:].any()
-    batch = synthetic_batch(cfg, 2000, batch_size=2)
-    with torch.no_grad():
-        fused = model.features(batch)  # (B, F + 2 s^3, Xs, Ys, Zs)
-        torch.testing.assert_close(model(batch).logits, skip(batch).logits)
-        plane, fitted = model.ground_planes(batch)
-    assert fused.shape[1] == cfg.model.feat_dim + 2 * s3 and plane.shape == (2, 4) and fitted.shape == (2,)
-    heights = fused[:, -s3:]  # metres above each frame's plane, clipped
-    lo, hi = GROUND_HEIGHT_RANGE
-    assert float(heights.min()) >= lo and float(heights.max()) <= hi and float(heights.std()) > 0.3
-    torch.testing.assert_close(heights, model.ground_height_inputs(plane))
-    model.train()
-    _loss(model(batch)).backward()
-    assert head.grad[:, s3:].abs().sum() > 0  # the heights' weights learn
-    with pytest.raises(ValueError, match="model.ground_height"):
-        OccLE(_cfg(ground_height=1))
 
 
 def test_hit_skip_loads_weights_without_it_unchanged_then_learns_from_the_hits() -> None:

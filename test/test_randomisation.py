@@ -44,7 +44,7 @@ def test_definition_variants_differ_only_in_their_families():
     defn = load_definition(DEFINITION)
     assert set(defn.variants) == {
         "base", "rig", "appearance", "sensor", "accumulate", "all", "rig_accumulate", "all_shift", "all_hits",
-        "all_hits_shift", "all_hits_shift_height",
+        "all_hits_shift",
     }  # fmt: skip
     assert all(defn.knobs("base", i) == defn.base for i in range(defn.sequences))
     rig = [defn.knobs("rig", i) for i in range(defn.sequences)]
@@ -66,7 +66,6 @@ def test_definition_variants_differ_only_in_their_families():
             "accumulate": 15,
         }
         assert defn.knobs("all_shift", i) == defn.knobs("all_hits", i) == every  # training families, not world
-        assert defn.knobs("all_hits_shift_height", i) == every
     assert defn.data_variant("all_shift") == "all" and defn.data_variant("rig") == "rig"
     assert defn.train_overrides("all") == defn.overrides
     assert defn.train_overrides("all_shift") == [*defn.overrides, "data.height_shift=1"]

@@ -93,9 +93,8 @@ class UpsampleHead(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, extra_inputs: int = 0) -> None:
         """``extra_inputs``: channels appended to the ``in_channels`` features (the input then has both). Their
         weights are a parameter of their own, ``extra_weight`` (out * s^3, extra_inputs), zero at the start and
-        zero when a state dict lacks it (a checkpoint of the head without them), or lacks the last of them (a
-        checkpoint with fewer extra inputs: its columns load, the new ones are zero): such a head predicts what
-        it did before until training moves them."""
+        zero when a state dict lacks it (a checkpoint of the head without them): such a head predicts what the
+        features alone did until training moves them."""
         super().__init__()
         self.stride, self.out_channels = stride, out_channels
         self.proj = PointwiseConv3d(in_channels, out_channels * stride**3)
@@ -103,13 +102,7 @@ class UpsampleHead(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
         if self.extra_weight is not None and prefix + "proj.weight" in state_dict:
-            full = torch.zeros_like(self.extra_weight)
-            old = state_dict.get(prefix + "extra_weight")
-            if old is not None and old.shape[0] == full.shape[0] and old.shape[1] < full.shape[1]:
-                full[:, : old.shape[1]] = old  # inputs appended since: their columns start at zero
-                old = None
-            if old is None:
-                state_dict[prefix + "extra_weight"] = full
+            state_dict.setdefault(prefix + "extra_weight", torch.zeros_like(self.extra_weight))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property

@@ -25,10 +25,7 @@ LiDAR encoder's space-to-depth occupancy input carries the output-resolution det
 logits head also reads that detail directly: the ``s**3`` bits saying which of a feature voxel's output voxels
 hold a return (:func:`~occle_core.model.lidar_encoder.hit_bits`; of the current scan for a multi-frame model) are
 appended to the fused features, so a voxel's own LiDAR evidence reaches its logits through one weight instead of
-through the 3D convolutions, the fusion and a linear map shared by its ``s**3`` siblings. With
-``model.ground_height`` it also reads each output voxel's height above the ground plane fitted to the frame's scan
-(:func:`~occle_core.ground.plane_heights`, clipped to :data:`GROUND_HEIGHT_RANGE`): where the road is, which the
-grid's own height feature cannot say once the mount, the pitch or the road changes. The auxiliary ``sem3d``
+through the 3D convolutions, the fusion and a linear map shared by its ``s**3`` siblings. The auxiliary ``sem3d``
 head (``model.sem3d_head``) is either such a head too (``full``) or predicts at the feature resolution and is
 upsampled (nearest, ``coarse``; the shipped tiny checkpoint's).
 
@@ -57,7 +54,7 @@ from occle_core.geometry import Calib
 from occle_core.ground import GROUND_CLASSES, class_ids, fit_ground_plane, plane_heights
 from occle_core.model.geometric_branch import GeometricBranch
 from occle_core.model.image_encoder import ImageEncoder
-from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu, space_to_depth3d, to_cl
+from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
 from occle_core.model.lidar_encoder import LidarEncoder, hit_bits
 from occle_core.model.projection import LayoutCache, composite, gather_voxels, occupied_class_probs
 from occle_core.model.semantic_branch import SemanticBranch, lift_cameras
@@ -70,18 +67,13 @@ SEM3D_HEADS = ("coarse", "full")
 # the semantic branch's own encoders (model.shared_encoders: false): modules of the network, called by it, whose
 # parameters and FLOPs count in the semantic_branch group
 SEMANTIC_ENCODERS = ("semantic_image_unet", "semantic_lidar_unet")
-# learning-rate factor of the weights of the logits head's extra inputs (model.hit_skip, model.ground_height): they
-# start at zero and under Adam move about one
+# learning-rate factor of the hit skip's weights (model.hit_skip): they start at zero and under Adam move about one
 # learning rate per step, so at the base rate a fine-tune of a few hundred steps could not give a hit more than a
 # fraction of a logit (a weight of the fused features is ~0.3)
 HIT_SKIP_LR_SCALE = 10.0
-# returns scoring the ground-plane hypotheses of the ground gate and the ground-height input (model.ground_gate,
-# model.ground_height): the fit's cost is that of scoring, and a few thousand returns pick the same plane (the winner
-# is refitted on all its inliers)
+# returns scoring the ground-plane hypotheses of the ground gate (model.ground_gate): the fit's cost is that of scoring,
+# and a few thousand returns pick the same plane (the winner is refitted on all its inliers)
 PLANE_SAMPLES = 4096
-# metres: the ground-height input of the logits head is clipped to this range (below the road nothing is hit; above
-# 2 m nothing on the ground is a question of height any more)
-GROUND_HEIGHT_RANGE = (-1.0, 2.0)
 
 
 @dataclass
@@ -172,12 +164,8 @@ class OccLE(nn.Module):
         )
         if not isinstance(m.hit_skip, bool):
             raise ValueError(f"model.hit_skip must be true or false, got {m.hit_skip!r}")
-        if not isinstance(m.ground_height, bool):
-            raise ValueError(f"model.ground_height must be true or false, got {m.ground_height!r}")
-        self.hit_skip, self.ground_height = m.hit_skip, m.ground_height
-        # the logits head's extra inputs per feature voxel: the scan's hit bits of its s^3 children, then their
-        # heights above the ground plane
-        skip = s**3 * (int(m.hit_skip) + int(m.ground_height))
+        self.hit_skip = m.hit_skip
+        skip = s**3 if m.hit_skip else 0  # the scan's hit bits of each feature voxel's children
         heads: dict[str, nn.Module] = {"logits": UpsampleHead(Fd, K, s, skip), "geo": UpsampleHead(Fd, 1, s)}
         if self.semantic_branch is not None:
             # full: one prediction per output voxel; coarse: at the feature resolution, upsampled (nearest)
@@ -208,9 +196,8 @@ class OccLE(nn.Module):
         return groups
 
     def optimizer_groups(self, lr: float) -> list[dict]:
-        """Parameter groups for the optimiser: everything at ``lr`` (group 0), the weights of the logits head's
-        extra inputs (hit skip, ground height), if any, at ``lr * HIT_SKIP_LR_SCALE`` (a ``LambdaLR`` schedule
-        scales both alike)."""
+        """Parameter groups for the optimiser: everything at ``lr`` (group 0), the hit skip's weights, if any, at
+        ``lr * HIT_SKIP_LR_SCALE`` (a ``LambdaLR`` schedule scales both alike)."""
         skip = self.heads["logits"].extra_weight
         rest = [p for p in self.parameters() if p is not skip]
         groups = [{"params": rest, "lr": lr}]
@@ -277,13 +264,10 @@ class OccLE(nn.Module):
         s = self.feature_stride
         return F.interpolate(sem3d, scale_factor=s, mode="nearest") if s > 1 else sem3d
 
-    def _trunk(
-        self, batch: Batch, inference: bool, planes: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    def _trunk(self, batch: Batch, inference: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Encoders, branches and fusion: ``(fused, geo_feat, sem2d, sem3d)``, the grids at the feature resolution
-        (B, F, Xs, Ys, Zs) (``fused`` (B, F + s^3, ...) with ``model.hit_skip``: the hit bits appended; + s^3 more
-        with ``model.ground_height``: the heights above the ground, of ``planes`` or fitted here); ``sem3d`` only
-        when not ``inference``."""
+        (B, F, Xs, Ys, Zs) (``fused`` (B, F + s^3, ...) with ``model.hit_skip``: the hit bits appended);
+        ``sem3d`` only when not ``inference``."""
         B = batch.batch_size
         lidar, _ = self.lidar_encoder(batch.points, B)  # (B, F, Xs, Ys, Zs)
         sem2d = img_vox = valid = None
@@ -308,13 +292,8 @@ class OccLE(nn.Module):
         if mixed.shape[2:] != sem_feat.shape[2:]:
             mixed = F.interpolate(mixed, size=sem_feat.shape[2:], mode="trilinear", align_corners=False)
         fused = self.fusion["merge"](cat_cl([sem_feat, geo_feat, mixed]))  # (B, F, Xs, Ys, Zs)
-        extras = []  # (B, s^3, Xs, Ys, Zs) each: what reaches each output voxel's logits directly
-        if self.hit_skip:  # its own LiDAR evidence
-            extras.append(hit_bits(batch.points, self.grid, self.feature_stride, B, self.time_features))
-        if self.ground_height:  # where it is with respect to the road
-            extras.append(self.ground_height_inputs((planes or self.ground_planes(batch))[0]))
-        if extras:
-            fused = cat_cl([fused, *extras])  # (B, F + s^3 * len(extras), Xs, Ys, Zs)
+        if self.hit_skip:  # (B, F + s^3, Xs, Ys, Zs): each output voxel's own LiDAR evidence reaches its logits
+            fused = cat_cl([fused, hit_bits(batch.points, self.grid, self.feature_stride, B, self.time_features)])
         return fused, geo_feat, sem2d, sem3d
 
     def forward(self, batch: Batch, inference: bool = False) -> OccleOutput:
@@ -333,11 +312,10 @@ class OccLE(nn.Module):
             proj, proj_weight = self.project(fused, batch.lidar_to_image, hw, batch.num_cameras)
         return OccleOutput(logits, sem2d, sem3d, geo, proj, proj_weight, self.proj_stride)
 
-    def features(self, batch: Batch, planes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def features(self, batch: Batch) -> Tensor:
         """(B, F, Xs, Ys, Zs) fused features, the input of the logits head (inference: no training outputs);
-        (B, F + s^3, ...) with ``model.hit_skip`` or ``model.ground_height``, (B, F + 2 s^3, ...) with both.
-        ``planes``: :meth:`ground_planes` of the batch, if known."""
-        return self._trunk(batch, inference=True, planes=planes)[0]
+        (B, F + s^3, ...) with ``model.hit_skip``."""
+        return self._trunk(batch, inference=True)[0]
 
     def classify(self, fused: Tensor, forbid: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """(B, F, Xs, Ys, Zs) fused features -> (B, X, Y, Z) uint8 class ids, ``forward(...).logits.argmax(1)``
@@ -375,27 +353,20 @@ class OccLE(nn.Module):
         device = batch.points.device
         return torch.from_numpy(planes).float().to(device), torch.from_numpy(fitted).to(device)
 
-    def ground_forbid(self, batch: Batch, planes: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor] | None:
+    def ground_forbid(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
         """The ground gate of a batch as :meth:`UpsampleHead.labels` takes it: (B, X, Y, Z) bool voxels more than
-        ``model.ground_gate`` above each frame's ground plane, and the ground class ids; None when the gate is off.
-        A frame whose points give no plane is not gated. ``planes``: :meth:`ground_planes` of the batch, if known."""
+        ``model.ground_gate`` above each frame's ground plane (:meth:`ground_planes`), and the ground class ids;
+        None when the gate is off. A frame whose points give no plane is not gated."""
         if self.ground_gate <= 0:
             return None
-        plane, fitted = self.ground_planes(batch) if planes is None else planes
+        plane, fitted = self.ground_planes(batch)
         where = plane_heights(self.grid, plane) > self.ground_gate  # (B, X, Y, Z)
         return where & fitted[:, None, None, None], self.ground_class_ids
-
-    def ground_height_inputs(self, plane: Tensor) -> Tensor:
-        """(B, 4) ground planes -> (B, s^3, Xs, Ys, Zs) channels-last: the height of each feature voxel's ``s^3``
-        children above the plane, metres clipped to :data:`GROUND_HEIGHT_RANGE` (``model.ground_height``)."""
-        h = plane_heights(self.grid, plane).clamp_(*GROUND_HEIGHT_RANGE)  # (B, X, Y, Z)
-        return to_cl(space_to_depth3d(h[:, None], self.feature_stride))
 
     def predict_labels(self, batch: Batch) -> Tensor:
         """(B, X, Y, Z) uint8 class ids of a batch: :meth:`features` then :meth:`classify`, with the ground gate
         (``model.ground_gate``, :meth:`ground_forbid`) when it is on; off, ``forward(batch).logits.argmax(1)``."""
-        planes = self.ground_planes(batch) if self.ground_gate > 0 or self.ground_height else None
-        return self.classify(self.features(batch, planes), self.ground_forbid(batch, planes))
+        return self.classify(self.features(batch), self.ground_forbid(batch))
 
 
 def model_summary(cfg: OccleConfig, batch: Batch | None = None, num_points: int = 20_000) -> dict:
