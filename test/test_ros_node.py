@@ -253,6 +253,7 @@ def test_bag_from_kitti2bag_through_occle_play_into_the_node(tmp_path, ros_conte
         ({"sync.queue_size": "ten"}, "parameter sync.queue_size must be of type integer \\(e.g. 10\\), got 'ten'"),
         ({"torch_threads": -1}, "parameter torch_threads must be in \\[0, 1024\\], got -1"),
         ({"torch_threads": 1.5}, "parameter torch_threads must be of type integer"),
+        ({"ground_gate": -2.0}, "parameter ground_gate must be in \\[-1.0, 100.0\\], got -2.0"),
         ({"input_qos": "fast"}, "parameter input_qos must be one of \\['sensor_data', 'reliable'\\]"),
         ({"marker_alfa": 0.3}, "unknown parameter\\(s\\) \\['marker_alfa'\\]"),
     ],
@@ -262,6 +263,16 @@ def test_startup_errors_raise_one_clear_message(ros_context, checkpoint, overrid
     params += [Parameter(k, value=v) for k, v in override.items()]
     with pytest.raises(occle_node.StartupError, match=pattern):
         occle_node.OccleNode(context=ros_context, parameter_overrides=params)
+
+
+def test_ground_gate_parameter_reaches_the_predictor(ros_context, checkpoint):
+    for value, expect in ((-1.0, 0.0), (0.5, 0.5)):  # -1: the checkpoint's (off in the test checkpoint)
+        params = node_params(checkpoint) + [Parameter("ground_gate", value=value)]
+        node = occle_node.OccleNode(context=ros_context, parameter_overrides=params)
+        try:
+            assert node.predictor.model.ground_gate == expect
+        finally:
+            node.destroy_node()
 
 
 def test_foreign_checkpoint_and_cuda_on_cpu(ros_context, tmp_path, checkpoint):
