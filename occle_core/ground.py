@@ -1,5 +1,5 @@
-"""The ground of a LiDAR scan: a fitted plane, the ground classes of each class table, and the voxels that hold
-ground returns.
+"""The ground of a LiDAR scan: a fitted plane, the ground classes of each class table, the voxels that hold
+ground returns, and each voxel's height above the plane.
 
 The label-free checks (:mod:`occle_core.consistency`, ground consistency) and the label-free ground term of
 adaptation (``loss.ground``, :func:`occle_core.losses.ground_loss`) share one definition: a return is a ground
