@@ -246,7 +246,11 @@ def consistency_main(args: argparse.Namespace) -> int:
 
     frames = (frame(i) for i in frame_indices(len(reader), args.frames))
     report = consistency_report(predictor, frames)
-    print(f"{args.checkpoint} on {args.data} ({args.dataset}, {len(report.frames)} frames): label-free consistency")
+    gate = predictor.model.ground_gate
+    print(
+        f"{args.checkpoint} on {args.data} ({args.dataset}, {len(report.frames)} frames): label-free consistency"
+        + (f" (ground gate {gate:g} m)" if gate > 0 else "")
+    )
     print(report.table())
     if args.out:
         path = report.write_json(Path(args.out) / "consistency.json")
@@ -296,7 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         doc = scores_to_json(
-            scores, checkpoint=str(args.checkpoint), data=str(args.data), split=args.split, step=ckpt.get("step")
+            scores,
+            checkpoint=str(args.checkpoint),
+            data=str(args.data),
+            split=args.split,
+            step=ckpt.get("step"),
+            ground_gate=model.ground_gate,
         )
         (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {out / 'metrics.json'}")

@@ -294,6 +294,11 @@ def test_consistency_cli_on_a_kitti_object_replica(tmp_path, capsys):
     assert "(kitti_object, 2 frames)" in capsys.readouterr().out
     assert eval_main([a for a in argv if a not in ("--dataset", "kitti_object")]) == 2
     assert "--consistency needs --dataset" in capsys.readouterr().err
+    # the ground gate: stated in the header when on, refused when negative
+    assert eval_main([*argv, "--ground-gate", "0.6", "--device", "cpu"]) == 0
+    assert "label-free consistency (ground gate 0.6 m)" in capsys.readouterr().out
+    assert eval_main([*argv, "--ground-gate", "-1", "--device", "cpu"]) == 2
+    assert "model.ground_gate must be a number of metres >= 0" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not REAL_KITTI.is_dir(), reason="../shared/real/kitti (real KITTI object frames) is absent")

@@ -99,6 +99,10 @@ def test_cli_prints_table_and_writes_json_and_pngs(tiny_data, tmp_path, capsys):
     assert {"iou", "miou", "miou_present", "classes_present", "per_class_iou", "confusion", "frames"} <= set(doc)
     assert doc["frames"] == 2 and set(doc["per_class_iou"]) == set(cfg.data.classes().names)
     assert len(list((out / "frames").glob("*.png"))) == 2
+    assert doc["ground_gate"] == 0.0  # the checkpoint's; --ground-gate overrides it and is recorded
+    gated = ["--checkpoint", str(ckpt), "--data", str(tiny_data), "--render", "0", "--out", str(tmp_path / "gated")]
+    assert main([*gated, "--ground-gate", "0.5"]) == 0
+    assert json.loads((tmp_path / "gated" / "metrics.json").read_text())["ground_gate"] == 0.5
     # --frames takes an evenly spaced subset
     assert main(["--checkpoint", str(ckpt), "--data", str(tiny_data), "--frames", "1", "--render", "0"]) == 0
 
