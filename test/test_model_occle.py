@@ -14,6 +14,7 @@ from helpers_numeric import assert_labels_are_argmax, head_rounding_bound
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch
 from occle_core.geometry import OCC3D_GRID, SEMANTIC_KITTI_GRID
+from occle_core.ground import plane_heights
 from occle_core.model.lidar_encoder import spconv_available
 from occle_core.model.mamba import MambaBlock
 from occle_core.model.occle import (
@@ -265,6 +266,43 @@ def test_ground_gate_gives_no_ground_class_above_the_fitted_plane() -> None:
             model.set_ground_gate(bad)
     with pytest.raises(ValueError, match="model.ground_gate"):
         OccLE(_cfg(ground_gate=-1.0))
+
+
+def test_ground_gate_keeps_a_rising_road_and_bars_a_roof() -> None:
+    grid = {"origin": [0.0, -6.4, -2.0], "voxel_size": 0.4, "shape": [64, 32, 16]}
+    cfg = _cfg(grid=grid, ground_gate=0.6)
+    model = OccLE(cfg).eval()
+    g = torch.Generator().manual_seed(3)
+    near = torch.rand(3000, 2, generator=g) * torch.tensor([10.0, 12.0]) + torch.tensor([0.0, -6.0])
+    far = torch.rand(1500, 2, generator=g) * torch.tensor([15.0, 12.0]) + torch.tensor([10.0, -6.0])
+    road = torch.cat(
+        [torch.cat([near, torch.full((3000, 1), -1.7)], 1), torch.cat([far, -1.7 + 0.1 * (far[:, :1] - 10)], 1)]
+    )
+    road = road[
+        (road[:, 0] < 4.0) | (road[:, 0] > 8.0) | (road[:, 1] < 0.8) | (road[:, 1] > 3.2)
+    ]  # under the car: hidden
+    roof = torch.cat(
+        [
+            torch.rand(300, 2, generator=g) * torch.tensor([4.0, 2.0]) + torch.tensor([4.0, 1.0]),
+            torch.full((300, 1), -0.2),
+        ],
+        1,
+    )
+    xyz = torch.cat([road, roof])  # flat road to 10 m, then climbing 10 %; a car roof 1.5 m up at 4-8 m
+    points = torch.cat([torch.zeros(len(xyz), 1), xyz, torch.zeros(len(xyz), 2)], 1)  # (M, 6)
+    batch = dataclasses.replace(synthetic_batch(cfg, 10), points=points)
+    origin = torch.tensor(grid["origin"])
+
+    def voxel(p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(((p - origin) / grid["voxel_size"]).long().unbind(-1))
+
+    with torch.no_grad():
+        where = model.ground_forbid(batch)[0][0]  # (X, Y, Z)
+        plane_only = plane_heights(model.grid, model.ground_planes(batch)[0])[0] > 0.6
+    uphill = road[road[:, 0] > 20.0]  # 1-1.5 m above the plane of the flat part
+    assert plane_only[voxel(uphill)].float().mean() > 0.9  # the plane alone would take the road's class away there
+    assert not where[voxel(uphill)].any()  # its own returns are the lowest near it: it stays road
+    assert where[voxel(roof)].all()  # the road beside the car is lower than the roof by more than the gate
 
 
 def test_hit_skip_loads_weights_without_it_unchanged_then_learns_from_the_hits() -> None:

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch
 from occle_core.geometry import Calib
-from occle_core.ground import GROUND_CLASSES, class_ids, fit_ground_plane, plane_heights
+from occle_core.ground import GROUND_CLASSES, class_ids, fit_ground_plane, local_floor, plane_heights
 from occle_core.model.geometric_branch import GeometricBranch
 from occle_core.model.image_encoder import ImageEncoder
 from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
@@ -74,6 +74,9 @@ HIT_SKIP_LR_SCALE = 10.0
 # returns scoring the ground-plane hypotheses of the ground gate (model.ground_gate): the fit's cost is that of scoring,
 # and a few thousand returns pick the same plane (the winner is refitted on all its inliers)
 PLANE_SAMPLES = 4096
+# metres: the ground gate bars a voxel only if it also lies above the lowest return this close to its column, so that
+# a road rising away from the scan's plane keeps its class; 2 m reaches past the middle of a car to the road beside it
+GATE_FLOOR_RADIUS = 2.0
 
 
 @dataclass
@@ -354,13 +357,21 @@ class OccLE(nn.Module):
         return torch.from_numpy(planes).float().to(device), torch.from_numpy(fitted).to(device)
 
     def ground_forbid(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
-        """The ground gate of a batch as :meth:`UpsampleHead.labels` takes it: (B, X, Y, Z) bool voxels more than
-        ``model.ground_gate`` above each frame's ground plane (:meth:`ground_planes`), and the ground class ids;
-        None when the gate is off. A frame whose points give no plane is not gated."""
+        """The ground gate of a batch as :meth:`UpsampleHead.labels` takes it: (B, X, Y, Z) bool voxels whose
+        centre lies more than ``model.ground_gate`` above each frame's ground plane (:meth:`ground_planes`) and
+        more than that above the lowest return within :data:`GATE_FLOOR_RADIUS` of its column
+        (:func:`~occle_core.ground.local_floor`; a voxel with no return near it is not barred), and the ground
+        class ids; None when the gate is off. A frame whose points give no plane is not gated."""
         if self.ground_gate <= 0:
             return None
         plane, fitted = self.ground_planes(batch)
         where = plane_heights(self.grid, plane) > self.ground_gate  # (B, X, Y, Z)
+        floor = local_floor(self.grid, batch.points, batch.batch_size, GATE_FLOOR_RADIUS)  # (B, X, Y)
+        g = self.grid
+        z = torch.arange(g.shape[2], device=floor.device, dtype=torch.float32) * g.voxel_size + (
+            g.origin[2] + g.voxel_size / 2
+        )  # (Z,) voxel centre heights
+        where &= z - floor[..., None] > self.ground_gate
         return where & fitted[:, None, None, None], self.ground_class_ids
 
     def predict_labels(self, batch: Batch) -> Tensor:
