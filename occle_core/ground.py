@@ -1,11 +1,11 @@
 """The ground of a LiDAR scan: a fitted plane, the ground classes of each class table, the voxels that hold
-ground returns, each voxel's height above the plane and the lowest return near each column.
+ground returns, and each voxel's height above the plane.
 
 The label-free checks (:mod:`occle_core.consistency`, ground consistency) and the label-free ground term of
 adaptation (``loss.ground``, :func:`occle_core.losses.ground_loss`) share one definition: a return is a ground
 return when it lies within ``tol`` of the plane :func:`fit_ground_plane` fits to its scan (RANSAC over
 near-vertical normals, then least squares on the inliers, so a tilted or offset road is handled). The ground
-gate of the class decision (``model.ground_gate``, :func:`plane_heights`, :func:`local_floor`) uses the same plane.
+gate of the class decision (``model.ground_gate``, :func:`plane_heights`) uses the same plane.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from occle_core.geometry import VoxelGrid
 from occle_core.labels import ClassTable
@@ -143,6 +142,14 @@ def ground_target(
     return out
 
 
+def axis_centres(grid: VoxelGrid, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """The voxel centres of ``grid`` along x, y and z: float32 (X,), (Y,), (Z,) metres on ``device``."""
+    return tuple(
+        (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * grid.voxel_size + o
+        for size, o in zip(grid.shape, grid.origin)
+    )
+
+
 def plane_heights(grid: VoxelGrid, planes: torch.Tensor) -> torch.Tensor:
     """(B, X, Y, Z) float32 signed distance of each voxel centre above each frame's plane, on ``planes``' device.
 
@@ -153,10 +160,7 @@ def plane_heights(grid: VoxelGrid, planes: torch.Tensor) -> torch.Tensor:
         planes: (B, 4) ``n . x + d = 0`` with the normal up (:func:`fit_ground_plane`), in the grid frame.
     """
     n = planes.float()
-    axes = [
-        (torch.arange(size, device=n.device, dtype=torch.float32) + 0.5) * grid.voxel_size + o
-        for size, o in zip(grid.shape, grid.origin)
-    ]
+    axes = axis_centres(grid, n.device)
     # n . c + d summed over the three axes by broadcasting: (B, X, 1, 1) + (B, 1, Y, 1) + (B, 1, 1, Z) + (B, 1, 1, 1)
     return (
         (n[:, 0, None] * axes[0])[:, :, None, None]
@@ -164,33 +168,3 @@ def plane_heights(grid: VoxelGrid, planes: torch.Tensor) -> torch.Tensor:
         + (n[:, 2, None] * axes[2])[:, None, None, :]
         + n[:, 3, None, None, None]
     )
-
-
-def local_floor(grid: VoxelGrid, points: torch.Tensor, batch_size: int, radius: float) -> torch.Tensor:
-    """(B, X, Y) float32: the lowest z of the returns within ``radius`` metres of each BEV column (a square window
-    of columns), +inf where there is none; on ``points``' device.
-
-    The ground gate's second condition (:meth:`occle_core.model.occle.OccLE.ground_forbid`): a voxel is barred from
-    the ground classes only when it lies above the scan's plane *and* above the lowest return near it, so a road
-    that rises away from the plane (a hill, a ramp) keeps its class where it was seen, while a car roof, with the
-    road's returns beside it, does not.
-
-    Args:
-        points: (M, >=4) ``[frame, x, y, z, ...]`` in the grid frame; rows outside the grid or the batch, or not
-            finite, are left out.
-        radius: metres (rounded to whole columns).
-    """
-    X, Y, Z = grid.shape
-    b = points[:, 0].long()
-    xyz = points[:, 1:4].float()
-    origin = torch.tensor(grid.origin, dtype=torch.float32, device=points.device)
-    idx = torch.floor((xyz - origin) / grid.voxel_size)  # (M, 3) voxel index, as float (NaN stays NaN)
-    keep = (b >= 0) & (b < batch_size)
-    for axis, n in enumerate((X, Y, Z)):
-        keep &= (idx[:, axis] >= 0) & (idx[:, axis] < n)  # NaN compares False: dropped
-    col = (b[keep] * X + idx[keep, 0].long()) * Y + idx[keep, 1].long()  # (M',) flat (b, i, j)
-    low = torch.full((batch_size * X * Y,), float("inf"), device=points.device)
-    low.scatter_reduce_(0, col, xyz[keep, 2], reduce="amin")
-    r = max(0, round(radius / grid.voxel_size))
-    low = -F.max_pool2d(-low.view(batch_size, 1, X, Y), 2 * r + 1, stride=1, padding=r)  # min over the window
-    return low.view(batch_size, X, Y)

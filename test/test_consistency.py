@@ -28,7 +28,6 @@ from occle_core.ground import (
     RAISED,
     fit_ground_plane,
     ground_target,
-    local_floor,
     plane_heights,
 )
 from occle_core.labels import class_table
@@ -118,25 +117,6 @@ def test_plane_heights_of_tilted_planes():
         want = centres @ planes[b, :3] + planes[b, 3]  # z = -1.6 - 0.05 x + 0.03 y (scaled), and the grid floor
         np.testing.assert_allclose(got[b].reshape(-1).numpy(), want, atol=1e-5)
     assert float(got[1].min()) == pytest.approx(0.2)  # the lowest centres: half a voxel above the floor
-
-
-def test_local_floor_is_the_lowest_return_near_each_column():
-    grid = VoxelGrid((0.0, 0.0, -2.0), 1.0, (6, 4, 4))
-    pts = torch.tensor(
-        [
-            [0, 1.5, 1.5, -1.0, 0],  # column (1, 1)
-            [0, 1.5, 1.2, 1.0, 0],  # same column, higher
-            [0, 4.5, 2.5, -1.5, 0],  # column (4, 2)
-            [1, 0.5, 0.5, 0.5, 0],  # frame 1, column (0, 0)
-            [0, 9.0, 1.0, -3.0, 0],  # outside the grid: left out
-            [0, float("nan"), 1.0, -3.0, 0],
-        ]
-    )
-    low = local_floor(grid, pts, 2, radius=1.0)  # a 3 x 3 window of columns
-    assert low.shape == (2, 6, 4)
-    assert low[0, 1, 1] == -1.0 and low[0, 0, 0] == -1.0 and low[0, 2, 2] == -1.0  # (1, 1) is within one column
-    assert low[0, 3, 1] == -1.5 and low[0, 5, 3] == -1.5  # (4, 2) reaches them; it is lower than (1, 1)
-    assert torch.isinf(low[0, 5, 0]) and low[1, 1, 1] == 0.5 and torch.isinf(low[1, 3, 3])
 
 
 def test_ground_target_marks_ground_and_raised_voxels():

@@ -51,11 +51,11 @@ from torch import Tensor, nn
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch
 from occle_core.geometry import Calib
-from occle_core.ground import GROUND_CLASSES, class_ids, fit_ground_plane, local_floor, plane_heights
+from occle_core.ground import GROUND_CLASSES, axis_centres, class_ids, fit_ground_plane, plane_heights
 from occle_core.model.geometric_branch import GeometricBranch
 from occle_core.model.image_encoder import ImageEncoder
 from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
-from occle_core.model.lidar_encoder import LidarEncoder, hit_bits
+from occle_core.model.lidar_encoder import LidarEncoder, column_floor, hit_bits
 from occle_core.model.projection import LayoutCache, composite, gather_voxels, occupied_class_probs
 from occle_core.model.semantic_branch import SemanticBranch, lift_cameras
 from occle_core.model.sparse_unet3d import SparseUNet3D
@@ -341,11 +341,10 @@ class OccLE(nn.Module):
     def ground_planes(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Each frame's ground plane, fitted to its points (:func:`~occle_core.ground.fit_ground_plane`, hypotheses
         scored on :data:`PLANE_SAMPLES` returns): (B, 4) float32 ``n . x + d = 0`` and (B,) bool "fitted", on the
-        points' device. A frame whose points give no plane (too few, none near-horizontal) gets the horizontal
-        plane through the grid's floor and False."""
+        points' device. A frame whose points give no plane (too few, none near-horizontal) gets zeros and False."""
         pts = batch.points.detach().cpu().numpy()  # (M, 5 or 6) [frame, x, y, z, intensity, (dt)]
         B = batch.batch_size
-        planes = np.tile([0.0, 0.0, 1.0, -self.grid.origin[2]], (B, 1))  # (B, 4) the floor, until fitted
+        planes = np.zeros((B, 4))
         fitted = np.zeros(B, bool)
         for b in range(B):
             try:
@@ -360,17 +359,14 @@ class OccLE(nn.Module):
         """The ground gate of a batch as :meth:`UpsampleHead.labels` takes it: (B, X, Y, Z) bool voxels whose
         centre lies more than ``model.ground_gate`` above each frame's ground plane (:meth:`ground_planes`) and
         more than that above the lowest return within :data:`GATE_FLOOR_RADIUS` of its column
-        (:func:`~occle_core.ground.local_floor`; a voxel with no return near it is not barred), and the ground
-        class ids; None when the gate is off. A frame whose points give no plane is not gated."""
+        (:func:`~occle_core.model.lidar_encoder.column_floor`; a voxel with no return near it is not barred), and
+        the ground class ids; None when the gate is off. A frame whose points give no plane is not gated."""
         if self.ground_gate <= 0:
             return None
         plane, fitted = self.ground_planes(batch)
         where = plane_heights(self.grid, plane) > self.ground_gate  # (B, X, Y, Z)
-        floor = local_floor(self.grid, batch.points, batch.batch_size, GATE_FLOOR_RADIUS)  # (B, X, Y)
-        g = self.grid
-        z = torch.arange(g.shape[2], device=floor.device, dtype=torch.float32) * g.voxel_size + (
-            g.origin[2] + g.voxel_size / 2
-        )  # (Z,) voxel centre heights
+        floor = column_floor(batch.points, self.grid, batch.batch_size, GATE_FLOOR_RADIUS)  # (B, X, Y)
+        z = axis_centres(self.grid, floor.device)[2]  # (Z,) voxel centre heights
         where &= z - floor[..., None] > self.ground_gate
         return where & fitted[:, None, None, None], self.ground_class_ids
 
