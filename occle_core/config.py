@@ -188,9 +188,6 @@ class ModelConfig:
     # the logits head also reads which output voxels hold a return (model/occle.py, lidar_encoder.hit_bits); a
     # checkpoint trained without it loads with that input's weights at zero
     hit_skip: bool = False
-    # with hit_skip: the head also reads, per output voxel, whether one of the hit_above voxels over it holds a return
-    # (a car's lower flank has its body over it, the road beside it open sky); 0 = off. The new weights start at zero
-    hit_above: int = 0
     # the class decision only (OccLE.predict_labels, not the logits): a voxel whose centre lies more than this many
     # metres above the ground plane fitted to its frame's scan takes no ground class (road, sidewalk, terrain...);
     # 0 = off. Where the ground is not one plane (hills, ramps, multi-level car parks) keep it off or generous

@@ -93,7 +93,6 @@ def ground_target(
     raised: float = 0.5,
     plane: np.ndarray | None = None,
     block: int = 1,
-    over: int = 0,
 ) -> np.ndarray:
     """(X, Y, Z) uint8 ground / not-ground target of a scan's voxels.
 
@@ -111,10 +110,6 @@ def ground_target(
             The network decides the ``s^3`` output voxels of a feature voxel from one feature vector, so a road
             voxel pulled toward ground pulls the car body above or beside it in the same block too: on the real
             KITTI frames the ground term then called parked cars road (``docs/real_frames.md``, "The hit skip").
-        over: with ``over`` > 0 a voxel whose returns are mostly above ``tol`` is ``RAISED`` too when one of the
-            ``over`` voxels over it holds a return: a car's lower flank (0.2-0.5 m up) under its body, where a kerb,
-            a sidewalk or low grass has open space over it. Pass the model's ``model.hit_above``, the column the
-            logits head reads (``docs/real_frames.md``, "The column above").
     """
     xyz = np.asarray(points, np.float64)[:, :3]
     xyz = xyz[np.all(np.isfinite(xyz), axis=1)]
@@ -132,14 +127,7 @@ def ground_target(
     high = np.bincount(flat, h > raised, n)
     total = np.bincount(flat, minlength=n)
     view = out.reshape(-1)
-    raised_voxel = 2 * high > total
-    if over > 0:
-        hit = (total > 0).reshape(grid.shape)
-        covered = np.zeros(grid.shape, bool)  # a return in one of the `over` voxels over each voxel
-        for k in range(1, min(over, grid.shape[2] - 1) + 1):
-            covered[:, :, :-k] |= hit[:, :, k:]
-        raised_voxel |= (2 * above > total) & covered.reshape(-1)
-    view[raised_voxel] = RAISED
+    view[2 * high > total] = RAISED
     is_ground = (ground > 0) & (ground >= above)
     if block > 1:
         if any(size % block for size in grid.shape):

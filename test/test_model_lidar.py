@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from occle_core.geometry import VoxelGrid
-from occle_core.model.layers import space_to_depth3d
 from occle_core.model.lidar_encoder import (
     LidarEncoder,
     SparseConv3d,
@@ -85,21 +84,6 @@ def test_hit_bits_known_answer_match_the_encoder_input_and_past_scans_are_left_o
     dense, _ = voxelize_points(current, grid, 2, batch_size=2).dense()
     assert torch.equal(bits, dense[:, 6:])  # the encoder's space-to-depth occupancy input, same child order
     assert hit_bits(torch.zeros(0, 5), grid, 2, batch_size=1).sum() == 0
-
-
-def test_hit_bits_above_mark_the_voxels_under_a_return_within_the_reach():
-    grid = VoxelGrid((0.0, 0.0, 0.0), 1.0, (2, 2, 6))
-    pts = torch.tensor([[0, 0.5, 0.5, 3.5, 0.2], [0, 1.5, 1.5, 0.5, 0.2]])  # (0, 0, 3) and (1, 1, 0)
-    for above in (1, 2, 3):
-        bits = hit_bits(pts, grid, 1, batch_size=1, above=above)  # stride 1: (1, 2, X, Y, Z)
-        assert bits.shape == (1, 2, 2, 2, 6)
-        assert torch.equal(bits[:, :1], hit_bits(pts, grid, 1, batch_size=1))  # the hits come first, unchanged
-        over = bits[0, 1]
-        assert over[0, 0].nonzero().flatten().tolist() == list(range(max(0, 3 - above), 3))  # under (0, 0, 3)
-        assert over[1, 1].sum() == 0 and over[0, 1].sum() == 0 and over[1, 0].sum() == 0  # nothing over (1, 1, 0)
-    strided = hit_bits(pts, grid, 2, batch_size=1, above=2)  # (1, 16, 1, 1, 3): hits' 8 children, then over's 8
-    dense = hit_bits(pts, grid, 1, batch_size=1, above=2)
-    assert torch.equal(strided[:, 8:], space_to_depth3d(dense[:, 1:].contiguous(), 2))
 
 
 def test_time_features_per_voxel_and_ignored_without_them():

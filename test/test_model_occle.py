@@ -333,31 +333,3 @@ def test_hit_skip_loads_weights_without_it_unchanged_then_learns_from_the_hits()
         OccLE(_cfg(hit_skip=True, feat_dim=8)).load_state_dict(plain.state_dict())
     with pytest.raises(ValueError, match="model.hit_skip"):
         OccLE(_cfg(hit_skip="yes"))
-
-
-def test_hit_above_loads_a_hit_skip_checkpoint_unchanged_and_its_columns_learn() -> None:
-    torch.manual_seed(0)
-    skip = OccLE(_cfg(hit_skip=True)).eval()
-    with torch.no_grad():
-        skip.heads["logits"].extra_weight.normal_()  # a trained hit skip: its columns must survive the load
-    cfg = _cfg(hit_skip=True, hit_above=2)
-    model = OccLE(cfg).eval()
-    model.load_state_dict(skip.state_dict())
-    s3 = model.feature_stride**3
-    w = model.heads["logits"].extra_weight  # (K * s^3, 2 * s^3): the hits' columns, then the columns over them
-    assert torch.equal(w[:, :s3], skip.heads["logits"].extra_weight) and not w[:, s3:].any()
-    batch = synthetic_batch(cfg, 2000, batch_size=2)
-    with torch.no_grad():
-        fused = model.features(batch)
-        assert fused.shape[1] == cfg.model.feat_dim + 2 * s3 and fused[:, -s3:].sum() > 0
-        torch.testing.assert_close(model(batch).logits, skip(batch).logits)
-    model.train()
-    _loss(model(batch)).backward()
-    assert w.grad[:, s3:].abs().sum() > 0
-    with pytest.raises(RuntimeError, match="size mismatch"):  # a wider checkpoint does not load into a narrower head
-        skip.load_state_dict(model.state_dict())
-    with pytest.raises(ValueError, match="model.hit_above needs model.hit_skip"):
-        OccLE(_cfg(hit_above=2))
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="model.hit_above must be"):
-            OccLE(_cfg(hit_skip=True, hit_above=bad))

@@ -44,7 +44,7 @@ def test_definition_variants_differ_only_in_their_families():
     defn = load_definition(DEFINITION)
     assert set(defn.variants) == {
         "base", "rig", "appearance", "sensor", "accumulate", "all", "rig_accumulate", "all_shift", "all_hits",
-        "all_hits_shift", "all_above_shift",
+        "all_hits_shift",
     }  # fmt: skip
     assert all(defn.knobs("base", i) == defn.base for i in range(defn.sequences))
     rig = [defn.knobs("rig", i) for i in range(defn.sequences)]
@@ -72,10 +72,6 @@ def test_definition_variants_differ_only_in_their_families():
     assert defn.data_variant("all_hits") == "all"
     assert defn.train_overrides("all_hits") == [*defn.overrides, "model.hit_skip=true"]
     assert defn.train_overrides("all_hits_shift") == [*defn.overrides, "data.height_shift=1", "model.hit_skip=true"]
-    assert defn.data_variant("all_above_shift") == "all"
-    assert defn.train_overrides("all_above_shift") == [
-        *defn.overrides, "data.height_shift=1", "model.hit_skip=true", "model.hit_above=2",
-    ]  # fmt: skip
     argv = synth_argv(defn.knobs("sensor", 0), 40, 20, "00", 0.5)
     assert "--fov-only" in argv and argv[argv.index("--intensity") + 1] == "kitti"
     assert "--fov-only" not in synth_argv(defn.base, 40, 20, "00", 0.5)

@@ -327,7 +327,7 @@ def add_targets(batch: Batch, samples: list[Sample], cfg: OccleConfig) -> Batch:
         # at the LiDAR mount (nuScenes / Occ3D: ~(0.94, 0, 1.84) m in the ego grid frame), not at the grid origin
         occupied[b], free[b] = free_space_mask(grid, _own_scan(s)[:, :3], lidar_origin(s))
         if ground is not None:
-            ground[b] = ground_target(_own_scan(s), grid, block=cfg.model.feature_stride, over=cfg.model.hit_above)
+            ground[b] = ground_target(_own_scan(s), grid, block=cfg.model.feature_stride)
 
     def tensor(a: np.ndarray | None, long: bool = False) -> Tensor | None:
         return None if a is None else (torch.from_numpy(a).long() if long else torch.from_numpy(a))

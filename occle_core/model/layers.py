@@ -93,21 +93,16 @@ class UpsampleHead(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, extra_inputs: int = 0) -> None:
         """``extra_inputs``: channels appended to the ``in_channels`` features (the input then has both). Their
         weights are a parameter of their own, ``extra_weight`` (out * s^3, extra_inputs), zero at the start and
-        zero when a state dict lacks it (a checkpoint of the head without them), or lacks its last columns (one
-        with fewer extra inputs, which must be the first ones): such a head predicts what the checkpoint did until
-        training moves them."""
+        zero when a state dict lacks it (a checkpoint of the head without them): such a head predicts what the
+        features alone did until training moves them."""
         super().__init__()
         self.stride, self.out_channels = stride, out_channels
         self.proj = PointwiseConv3d(in_channels, out_channels * stride**3)
         self.extra_weight = nn.Parameter(torch.zeros(out_channels * stride**3, extra_inputs)) if extra_inputs else None
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
-        key = prefix + "extra_weight"
         if self.extra_weight is not None and prefix + "proj.weight" in state_dict:
-            rows, cols = self.extra_weight.shape
-            saved = state_dict.get(key, self.extra_weight.new_zeros(rows, 0))
-            if saved.ndim == 2 and saved.shape[0] == rows and saved.shape[1] < cols:  # other shapes: size mismatch
-                state_dict[key] = F.pad(saved, (0, cols - saved.shape[1]))
+            state_dict.setdefault(prefix + "extra_weight", torch.zeros_like(self.extra_weight))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property

@@ -108,27 +108,19 @@ def _in_grid(points: Tensor, grid: VoxelGrid, batch_size: int) -> tuple[Tensor, 
     return pts, fine_f.long()
 
 
-def hit_bits(
-    points: Tensor, grid: VoxelGrid, stride: int, batch_size: int, current_only: bool = False, above: int = 0
-) -> Tensor:
-    """Which output voxels hold a return, space-to-depth at the feature resolution; with ``above`` > 0 also which
-    have a return in one of the ``above`` voxels over them (the same column).
-
-    The second map tells a car's lower flank (its body over it) from the road beside it (open sky over it) where
-    the two share a feature voxel's children but the body lies in the feature voxel above (``docs/real_frames.md``,
-    "The column above").
+def hit_bits(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int, current_only: bool = False) -> Tensor:
+    """Which output voxels hold a return, space-to-depth at the feature resolution.
 
     Args:
         points: (M, 5) or (M, 6) as :func:`voxelize_points`.
         grid, stride, batch_size: as :func:`voxelize_points`.
         current_only: leave out the rows with ``dt != 0`` (past scans merged in, a multi-frame model), so that a
             moving object's trail is not marked; False ignores ``dt`` as a single-frame model does.
-        above: output voxels of the column over each voxel that the second map looks at (0: no second map).
 
     Returns:
         (B, s^3, X/s, Y/s, Z/s) float 0 / 1, channel ``(a * s + b) * s + d`` = child (a, b, d) of each feature
         voxel, the order of :func:`~occle_core.model.layers.depth_to_space3d` and of the encoder's occupancy
-        input; with ``above`` (B, 2 * s^3, ...), the hits then the hits over them; channels-last memory.
+        input; channels-last memory.
     """
     if current_only and points.shape[1] == 6:
         points = points[points[:, 5] == 0]
@@ -136,12 +128,7 @@ def hit_bits(
     b = pts[:, 0].long()
     occ = torch.zeros(batch_size * grid.num_voxels, dtype=torch.float32, device=points.device)
     occ[_flat(b, *fine.unbind(1), grid.shape)] = 1.0
-    occ = occ.view(batch_size, 1, *grid.shape)  # (B, 1, X, Y, Z)
-    if above > 0:
-        # voxel z reads the maximum of z+1 .. z+above (zeros past the top of the grid)
-        over = F.max_pool3d(F.pad(occ[..., 1:], (0, above)), (1, 1, above), stride=1)  # (B, 1, X, Y, Z)
-        occ = torch.cat([occ, over], 1)  # (B, 2, X, Y, Z)
-    return to_cl(space_to_depth3d(occ, stride))
+    return to_cl(space_to_depth3d(occ.view(batch_size, 1, *grid.shape), stride))
 
 
 def column_floor(points: Tensor, grid: VoxelGrid, batch_size: int, radius: float) -> Tensor:

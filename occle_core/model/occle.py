@@ -167,13 +167,8 @@ class OccLE(nn.Module):
         )
         if not isinstance(m.hit_skip, bool):
             raise ValueError(f"model.hit_skip must be true or false, got {m.hit_skip!r}")
-        if isinstance(m.hit_above, bool) or not isinstance(m.hit_above, int) or m.hit_above < 0:
-            raise ValueError(f"model.hit_above must be a whole number of voxels >= 0, got {m.hit_above!r}")
-        if m.hit_above and not m.hit_skip:
-            raise ValueError("model.hit_above needs model.hit_skip: true (it widens the hit skip)")
-        self.hit_skip, self.hit_above = m.hit_skip, m.hit_above
-        # the scan's hit bits of each feature voxel's children (and, with hit_above, of the columns over them)
-        skip = s**3 * (2 if m.hit_above else 1) if m.hit_skip else 0
+        self.hit_skip = m.hit_skip
+        skip = s**3 if m.hit_skip else 0  # the scan's hit bits of each feature voxel's children
         heads: dict[str, nn.Module] = {"logits": UpsampleHead(Fd, K, s, skip), "geo": UpsampleHead(Fd, 1, s)}
         if self.semantic_branch is not None:
             # full: one prediction per output voxel; coarse: at the feature resolution, upsampled (nearest)
@@ -301,8 +296,7 @@ class OccLE(nn.Module):
             mixed = F.interpolate(mixed, size=sem_feat.shape[2:], mode="trilinear", align_corners=False)
         fused = self.fusion["merge"](cat_cl([sem_feat, geo_feat, mixed]))  # (B, F, Xs, Ys, Zs)
         if self.hit_skip:  # (B, F + s^3, Xs, Ys, Zs): each output voxel's own LiDAR evidence reaches its logits
-            bits = hit_bits(batch.points, self.grid, self.feature_stride, B, self.time_features, self.hit_above)
-            fused = cat_cl([fused, bits])  # (B, F + 2 s^3, ...) with hit_above: the hits over each voxel too
+            fused = cat_cl([fused, hit_bits(batch.points, self.grid, self.feature_stride, B, self.time_features)])
         return fused, geo_feat, sem2d, sem3d
 
     def forward(self, batch: Batch, inference: bool = False) -> OccleOutput:
