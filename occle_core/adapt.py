@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from occle_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from occle_core.config import OccleConfig
 from occle_core.consistency import ConsistencyReport, consistency_frame, consistency_report, frame_consistency, pool
-from occle_core.data.augment import draw_height_shift, shift_height
+from occle_core.data.augment import Augmentation
 from occle_core.data.factory import LABEL_FREE_DATASETS, TrainFrames, build_dataset, build_label_free
 from occle_core.data.label_png import read_label_png, write_label_png
 from occle_core.data.replay import MixedFrames, ReplayFrames, replay_slots
@@ -72,9 +72,8 @@ class AdaptFrames(Dataset):
 
     Args:
         reader: a dataset of :class:`Sample`; indices: the frames of it to serve; pseudo_dir: the label cache.
-        height_shift / voxel_size / seed: ``data.height_shift`` (``data/augment.py``: each frame moved by up to
-            that many voxel layers, drawn per frame and epoch from ``(seed, epoch, frame)``), the grid's voxel
-            edge in metres and ``train.seed``.
+        augment / seed: ``data.height_shift`` and ``data.flip`` (:class:`~occle_core.data.augment.Augmentation`,
+            drawn per frame and epoch from ``(seed, epoch, frame)``; None = off) and ``train.seed``.
     """
 
     def __init__(
@@ -82,12 +81,11 @@ class AdaptFrames(Dataset):
         reader: Dataset,
         indices: Sequence[int],
         pseudo_dir: Path,
-        height_shift: int = 0,
-        voxel_size: float = 0.2,
+        augment: Augmentation | None = None,
         seed: int = 0,
     ) -> None:
         self.reader, self.indices, self.pseudo_dir = reader, list(indices), Path(pseudo_dir)
-        self.height_shift, self.voxel_size, self.seed = int(height_shift), float(voxel_size), int(seed)
+        self.augment, self.seed = augment, int(seed)
         self.epoch = 0  # set by the trainer
 
     def __len__(self) -> int:
@@ -96,9 +94,11 @@ class AdaptFrames(Dataset):
     def __getitem__(self, i: int) -> Sample:
         s: Sample = self.reader[self.indices[i]]
         s.cameras[0].pseudo2d = read_label_png(self.pseudo_dir / f"{frame_key(s.frame_id)}.png")
+        if self.augment is None:
+            return s
         with isolated_rng(seed_of(self.seed, self.epoch, i)):
-            layers = draw_height_shift(self.height_shift)
-        return shift_height(s, layers, self.voxel_size)
+            drawn = self.augment.draw()
+        return self.augment.apply(s, drawn)
 
 
 def cache_pseudo_labels(
@@ -239,7 +239,7 @@ def training_frames(args: argparse.Namespace, base: OccleConfig, cfg: OccleConfi
     sequences = list(args.replay_sequences or base.data.train_sequences)
     d = replace(
         base.data, root=str(args.replay), train_sequences=sequences, val_sequences=[],
-        height_shift=cfg.data.height_shift,
+        height_shift=cfg.data.height_shift, flip=cfg.data.flip,
     )  # fmt: skip
     labelled = TrainFrames.of(build_dataset(replace(base, data=d), "train"), d, cfg.train.seed)
     return MixedFrames(target, ReplayFrames(labelled, replay_slots(len(target), args.replay_share)))
@@ -285,9 +285,7 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = (), rea
     guard = OccupancyGuard(
         [reader[i] for i in guard_idx], args.guard_every, args.guard_warn, args.guard_stop, out / GUARD_LOG
     )
-    target = AdaptFrames(
-        reader, train_idx, pseudo_dir, cfg.data.height_shift, cfg.data.voxel_grid().voxel_size, cfg.train.seed
-    )
+    target = AdaptFrames(reader, train_idx, pseudo_dir, Augmentation.of(cfg.data), cfg.train.seed)
     train_set = training_frames(args, base, cfg, target)
     trainer = Trainer(
         cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress,

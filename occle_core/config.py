@@ -55,6 +55,8 @@ class DataConfig:
         height_shift: training augmentation: each training frame moved up or down by a whole number of voxel
             layers drawn from ``-n .. n`` per frame and epoch (``data/augment.py``), so that the network does not
             tie the road to one layer of the grid; 0 = off (the default).
+        flip: training augmentation: the share of training frames mirrored left to right about the grid's centre
+            line, images flipped with them (``data/augment.py``, exact); 0 = off (the default), 0.5 = half.
         labelled_frame_share: with ``label_budget: frame``, the share of each epoch's frames that are labelled
             (labelled frames repeated to reach it: the labelled / unlabelled balance of semi-supervised training;
             1.0 = the labelled frames alone, the supervised-only baseline); None = every frame once (the default).
@@ -76,6 +78,7 @@ class DataConfig:
     past_frames: int = 0
     past_images: int = 0
     height_shift: int = 0
+    flip: float = 0.0
     labelled_frame_share: float | None = None
 
     def camera_names(self) -> list[str]:
@@ -434,6 +437,8 @@ def _build(kind: type, values: dict | None, section: str) -> Any:
         check_labelled_share(obj.label_budget, obj.labelled_frame_share)
         if int(obj.height_shift) != obj.height_shift or obj.height_shift < 0:
             raise ValueError(f"data.height_shift must be a whole number of layers >= 0, got {obj.height_shift!r}")
+        if isinstance(obj.flip, bool) or not isinstance(obj.flip, int | float) or not 0 <= obj.flip <= 1:
+            raise ValueError(f"data.flip must be a share of frames in [0, 1], got {obj.flip!r}")
         if obj.grid_frame is not None and obj.grid_frame not in GRID_FRAMES:
             raise ValueError(f"data.grid_frame must be one of {list(GRID_FRAMES)} or null, got {obj.grid_frame!r}")
         if obj.cameras is not None:

@@ -13,9 +13,11 @@ from helpers_adapt import tiny_checkpoint, write_object_replica, write_pseudo_ca
 
 from occle_core.adapt import GUARD_LOG, PSEUDO_DIR, AdaptFrames, build_parser, main, run_adaptation
 from occle_core.checkpoint import load_checkpoint
+from occle_core.data.augment import Augmentation
 from occle_core.data.factory import build_label_free
 from occle_core.data.sample import lidar_origin
 from occle_core.engine.trainer import CHECKPOINT_NAME, MODEL_NAME, TRAIN_LOG
+from occle_core.geometry import VoxelGrid
 from occle_core.losses import free_space_loss, ground_loss, occupancy_logit, unobserved_prior_loss
 
 
@@ -64,7 +66,8 @@ def test_height_shift_moves_adaptation_frames_per_epoch(replica, tmp_path):
     reader = build_label_free("kitti_object", data)
     write_pseudo_cache(tmp_path)
     plain = AdaptFrames(reader, [0, 1], tmp_path)
-    shifted = AdaptFrames(reader, [0, 1], tmp_path, height_shift=1, voxel_size=0.5, seed=3)
+    grid = VoxelGrid((0.0, -4.0, -2.0), 0.5, (16, 16, 8))
+    shifted = AdaptFrames(reader, [0, 1], tmp_path, Augmentation(grid, height_shift=1), seed=3)
     seen = set()
     for epoch in range(8):
         plain.epoch = shifted.epoch = epoch
@@ -76,6 +79,9 @@ def test_height_shift_moves_adaptation_frames_per_epoch(replica, tmp_path):
             assert b.pseudo2d is not None
             seen.add(round(dz / 0.5))
     assert seen == {-1, 0, 1}
+    mirrored = AdaptFrames(reader, [0, 1], tmp_path, Augmentation(grid, flip=1.0))[1]  # its pseudo labels too
+    np.testing.assert_array_equal(mirrored.pseudo2d, plain[1].pseudo2d[:, ::-1])
+    np.testing.assert_allclose(mirrored.points[:, 1], -plain[1].points[:, 1])
 
 
 def test_interrupted_run_resumes_where_it_stopped(replica, tmp_path):

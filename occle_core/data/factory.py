@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from occle_core.config import DataConfig, OccleConfig
-from occle_core.data.augment import draw_height_shift, shift_height
+from occle_core.data.augment import Augmentation
 from occle_core.data.label_budget import check_labelled_share, select_budget, select_labelled_frames
 from occle_core.data.sample import Sample
 from occle_core.engine.reproducibility import isolated_rng, seed_of
@@ -109,9 +109,8 @@ class TrainFrames(Dataset):
         ratio / label_seed / budget: the label budget (``data.label_ratio`` / ``label_seed`` / ``label_budget``).
         seed: ``train.seed``; any randomness of the reader for frame ``i`` in epoch ``e`` is seeded by
             ``(seed, e, i)`` so that a resumed run reads the same frames the same way.
-        height_shift / voxel_size: ``data.height_shift`` (the augmentation of ``data/augment.py``, drawn under the
-            same seed after the label budget is chosen, so the budget does not depend on it) and the grid's voxel
-            edge in metres.
+        augment: ``data.height_shift`` and ``data.flip`` (:class:`~occle_core.data.augment.Augmentation`, drawn
+            under the same seed after the label budget is chosen, so the budget does not depend on it); None = off.
         labelled_share: ``data.labelled_frame_share`` (``frame`` budget only): the share of each epoch's frames that
             are labelled frames (the labelled frames repeated to reach it, every unlabelled frame once; 1.0 = the
             labelled frames alone, the supervised-only baseline); None = every frame once. A served frame keeps
@@ -125,13 +124,11 @@ class TrainFrames(Dataset):
         label_seed: int,
         seed: int,
         budget: str = "voxel",
-        height_shift: int = 0,
-        voxel_size: float = 0.2,
+        augment: Augmentation | None = None,
         labelled_share: float | None = None,
     ) -> None:
         self.base = base
-        self.height_shift = int(height_shift)
-        self.voxel_size = float(voxel_size)
+        self.augment = augment
         self.budget = budget
         self.ratio = float(ratio)
         self.label_seed = int(label_seed)
@@ -146,8 +143,8 @@ class TrainFrames(Dataset):
     def of(cls, base: Dataset, data: DataConfig, seed: int) -> TrainFrames:
         """The training view of ``base`` under the budget and augmentation of ``data`` (a ``DataConfig``)."""
         return cls(
-            base, data.label_ratio, data.label_seed, seed, data.label_budget, data.height_shift,
-            data.voxel_grid().voxel_size, data.labelled_frame_share,
+            base, data.label_ratio, data.label_seed, seed, data.label_budget, Augmentation.of(data),
+            data.labelled_frame_share,
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -159,13 +156,13 @@ class TrainFrames(Dataset):
         i = int(self.frames[index])  # the frame's index in ``base``
         with isolated_rng(seed_of(self.seed, self.epoch, i)):
             s: Sample = self.base[i]
-            layers = draw_height_shift(self.height_shift)
+            drawn = None if self.augment is None else self.augment.draw()
         if s.voxel_labels is None:
             raise ValueError(f"training frame {s.frame_id} has no voxel labels (voxels/*.label missing?)")
         s.label_mask = select_budget(
             self.budget, s.voxel_labels, self.ratio, self.label_seed, s.frame_id, s.invalid, (i, len(self.base))
         )
-        return shift_height(s, layers, self.voxel_size)
+        return s if drawn is None else self.augment.apply(s, drawn)
 
 
 def labelled_mix(n_frames: int, ratio: float, label_seed: int, budget: str, share: float) -> np.ndarray:
