@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from occle_core.config import DataConfig
 from occle_core.data.sample import Sample, lidar_origin
 from occle_core.geometry import Calib, VoxelGrid
 from occle_core.labels import IGNORE_INDEX
@@ -93,7 +93,9 @@ def mirror_y(sample: Sample, grid: VoxelGrid) -> Sample:
     """``sample`` mirrored left to right about the centre line of ``grid`` (``y = origin_y + Y * voxel / 2``, the
     LiDAR's x axis on the KITTI and Occ3D grids): points, LiDAR origin and pose reflected, volumes flipped along Y,
     every camera's image and pseudo labels flipped horizontally with the calibration that projects the mirrored
-    world onto them (module docstring). A new sample, the input is unchanged.
+    world onto them (module docstring). A new sample, the input is unchanged. Its pose is the original one composed
+    with the reflection (improper: it maps the mirrored grid onto the real world); past scans are merged in by the
+    readers before augmentation, so nothing after it chains poses.
 
     Raises:
         ValueError: a camera's image or pseudo labels do not have the width of its calibration.
@@ -150,8 +152,8 @@ class Augmentation:
     flip: float = 0.0
 
     @classmethod
-    def of(cls, data: Any) -> Augmentation:
-        """The augmentations of a ``DataConfig``."""
+    def of(cls, data: DataConfig) -> Augmentation:
+        """The augmentations of ``data``."""
         return cls(data.voxel_grid(), int(data.height_shift), float(data.flip))
 
     def draw(self) -> tuple[int, bool]:
