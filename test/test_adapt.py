@@ -165,12 +165,14 @@ def test_ground_loss_by_hand_and_in_the_adaptation_losses(replica, tmp_path):
     ids = torch.tensor([2, 3])
     assert ground_loss(logits, ground, ids).item() == pytest.approx(expect, rel=1e-5)
     assert ground_loss(logits, torch.full_like(ground, 255), ids).item() == 0.0
-    # occle-adapt --ground: the batch carries the ground voxels and the term is trained
+    # occle-adapt --ground: the batch carries the ground voxels and the term is trained (on mirrored frames here,
+    # data.flip end to end: the ground target, free space and projection of a mirrored frame)
     data, ckpt = replica
     argv = _args(data, ckpt, tmp_path, "--steps", "1", "--ground", "1", "--guard-warn", "1e3", "--guard-stop", "1e3")
-    assert main(argv) == 0
+    assert main([*argv, "--set", "data.flip=1.0"]) == 0
     row = json.loads((tmp_path / TRAIN_LOG).read_text().splitlines()[-1])
-    assert row["ground"] > 0 and load_checkpoint(tmp_path / MODEL_NAME)["config"]["loss"]["ground"] == 1.0
+    cfg = load_checkpoint(tmp_path / MODEL_NAME)["config"]
+    assert row["ground"] > 0 and row["projection"] > 0 and cfg["loss"]["ground"] == 1.0 and cfg["data"]["flip"] == 1.0
 
 
 def test_free_space_loss_on_the_final_logits_by_hand():
