@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from occle_core.data.kitti import KittiObjects
+from occle_core.data.kitti import KittiObjects, read_object_labels
 from occle_core.data.sample import Sample, lidar_origin
 from occle_core.geometry import Calib, VoxelGrid, free_space_mask
 from occle_core.ground import GROUND_CLASSES, class_ids, fit_ground_plane
@@ -363,6 +363,14 @@ def consistency_frame(sample: Sample, extra_objects: KittiObjects | None = None)
     return ConsistencyFrame(
         sample.frame_id, sample.image, sample.points, sample.calib, boxes, lidar_origin(sample), unannotated
     )
+
+
+def supplemented_frame(sample: Sample, extra_labels: str | Path | None) -> ConsistencyFrame:
+    """:func:`consistency_frame` with the objects of ``extra_labels/<frame>.txt`` added (a folder of KITTI
+    ``label_2`` files for what the release leaves out, ``occle-eval --extra-labels``); a frame without a file there,
+    or ``extra_labels`` None, gets its released objects only."""
+    path = None if extra_labels is None else Path(extra_labels) / f"{Path(sample.frame_id).name}.txt"
+    return consistency_frame(sample, read_object_labels(path) if path is not None and path.is_file() else None)
 
 
 def consistency_report(predictor: Any, frames: Iterable[ConsistencyFrame], **options: Any) -> ConsistencyReport:

@@ -227,8 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def consistency_main(args: argparse.Namespace) -> int:
     """``occle-eval --consistency``: the label-free table of ``args.frames`` frames of ``args.dataset``."""
-    from occle_core.consistency import ConsistencyFrame, consistency_frame, consistency_report
-    from occle_core.data.kitti import read_object_labels
+    from occle_core.consistency import consistency_report, supplemented_frame
     from occle_core.predictor import Predictor
 
     if not args.dataset:
@@ -239,12 +238,7 @@ def consistency_main(args: argparse.Namespace) -> int:
     reader = build_label_free(args.dataset, args.data, args.sequences)
     predictor = Predictor(args.checkpoint, device=args.device, ground_gate=args.ground_gate)
 
-    def frame(i: int) -> ConsistencyFrame:
-        sample = reader[i]
-        path = None if extra is None else extra / f"{Path(sample.frame_id).name}.txt"
-        return consistency_frame(sample, read_object_labels(path) if path and path.is_file() else None)
-
-    frames = (frame(i) for i in frame_indices(len(reader), args.frames))
+    frames = (supplemented_frame(reader[i], extra) for i in frame_indices(len(reader), args.frames))
     report = consistency_report(predictor, frames)
     gate = predictor.model.ground_gate
     print(

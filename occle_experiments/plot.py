@@ -1,8 +1,10 @@
-"""Line charts with error bars drawn with PIL (no matplotlib dependency): label curves and learning curves."""
+"""Charts drawn with PIL (no matplotlib dependency): line charts with error bars (label curves, learning curves)
+and scatter charts with target lines (trade-offs)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,76 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [first + i * step for i in range(int(math.ceil((hi - first) / step)) + 1)]
 
 
+class _Canvas:
+    """A white PNG canvas with a framed plot area, grid lines and ticks: data coordinates -> pixels."""
+
+    def __init__(self, x_range: tuple[float, float], y_ticks: list[float], x_ticks: list[float], title: str,
+                 x_label: str, y_label: str, fx: Callable[[float], float] = float) -> None:  # fmt: skip
+        self.fx, self.x_lo, self.x_hi, self.yt = fx, *x_range, y_ticks
+        w, h = SIZE
+        self.left, self.top, right, bottom = MARGIN
+        self.pw, self.ph = w - self.left - right, h - self.top - bottom
+        self.img = Image.new("RGB", SIZE, "white")
+        self.draw = d = ImageDraw.Draw(self.img)
+        self.font = font = _font()
+        left, top, pw, ph = self.left, self.top, self.pw, self.ph
+        for y in y_ticks:
+            _, yy = self.px(x_range[0], y, raw_x=True)
+            d.line([left, yy, left + pw, yy], fill=(225, 225, 225))
+            d.text((left - 6, yy), f"{y:g}", fill=(0, 0, 0), font=font, anchor="rm")
+        d.rectangle([left, top, left + pw, top + ph], outline=(0, 0, 0))
+        for x in x_ticks:
+            xx, _ = self.px(x, y_ticks[0])
+            d.line([xx, top + ph, xx, top + ph + 4], fill=(0, 0, 0))
+            d.text((xx, top + ph + 6), f"{x:g}", fill=(0, 0, 0), font=font, anchor="mt")
+        d.text((left + pw / 2, h - 8), x_label, fill=(0, 0, 0), font=font, anchor="ms")
+        d.text((left + pw / 2, 4), title, fill=(0, 0, 0), font=font, anchor="mt")
+        label = Image.new("RGB", (ph, 20), "white")
+        ImageDraw.Draw(label).text((ph / 2, 10), y_label, fill=(0, 0, 0), font=font, anchor="mm")
+        self.img.paste(label.rotate(90, expand=True), (4, top))
+
+    def px(self, x: float, y: float, raw_x: bool = False) -> tuple[float, float]:
+        """Pixel of data point (x, y) (``raw_x``: x is already on the axis scale)."""
+        fx = x if raw_x else self.fx(x)
+        yt = self.yt
+        return (
+            self.left + (fx - self.x_lo) / (self.x_hi - self.x_lo) * self.pw,
+            self.top + (yt[-1] - y) / (yt[-1] - yt[0]) * self.ph,
+        )
+
+    def dashed_x(self, x: float) -> None:
+        """A dashed vertical line at data x."""
+        xx, _ = self.px(x, self.yt[0])
+        for y0 in range(self.top, self.top + self.ph, 8):
+            self.draw.line([xx, y0, xx, min(y0 + 4, self.top + self.ph)], fill=(120, 120, 120))
+
+    def dashed_y(self, y: float) -> None:
+        """A dashed horizontal line at data y."""
+        _, yy = self.px(self.x_lo, y, raw_x=True)
+        for x0 in range(self.left, self.left + self.pw, 8):
+            self.draw.line([x0, yy, min(x0 + 4, self.left + self.pw), yy], fill=(120, 120, 120))
+
+    def legend(self, i: int, name: str, color: tuple[int, int, int], width: int = 0) -> None:
+        """Legend entry ``i``: top left of the plot area, or top right in a column ``width`` pixels wide."""
+        left = self.left if width == 0 else self.left + self.pw - width - 30
+        top = self.top
+        self.draw.rectangle([left + 10, top + 10 + 18 * i, left + 22, top + 22 + 18 * i], fill=color)
+        self.draw.text((left + 28, top + 16 + 18 * i), name, fill=(0, 0, 0), font=self.font, anchor="lm")
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.img.save(path)
+        return path
+
+
+def _padded(lo: float, hi: float) -> tuple[float, float]:
+    if hi == lo:
+        lo, hi = lo - 1, hi + 1
+    pad = 0.04 * (hi - lo)
+    return lo - pad, hi + pad
+
+
 def line_chart(
     series: list[Series],
     path: str | Path,
@@ -63,60 +135,69 @@ def line_chart(
     pts = [p for s in series for p in s.points]
     if not pts:
         raise ValueError(f"line_chart {title!r}: no points to draw")
-    fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
+    fx = math.log10 if log_x else float
     xs = [fx(x) for x, _, _ in pts]
     y_lo = min(min(y - e for _, y, e in pts), 0.0)
     yt = _ticks(y_lo, max(y + e for _, y, e in pts))
-    x_lo, x_hi = min(xs), max(xs)
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    pad = 0.04 * (x_hi - x_lo)
-    x_lo, x_hi = x_lo - pad, x_hi + pad
-    w, h = SIZE
-    left, top, right, bottom = MARGIN
-    pw, ph = w - left - right, h - top - bottom
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return left + (fx(x) - x_lo) / (x_hi - x_lo) * pw, top + (yt[-1] - y) / (yt[-1] - yt[0]) * ph
-
-    img = Image.new("RGB", SIZE, "white")
-    d = ImageDraw.Draw(img)
-    font = _font()
-    for y in yt:
-        yy = top + (yt[-1] - y) / (yt[-1] - yt[0]) * ph
-        d.line([left, yy, left + pw, yy], fill=(225, 225, 225))
-        d.text((left - 6, yy), f"{y:g}", fill=(0, 0, 0), font=font, anchor="rm")
-    d.rectangle([left, top, left + pw, top + ph], outline=(0, 0, 0))
     x_ticks = sorted({x for x, _, _ in pts})
-    for x in x_ticks if len(x_ticks) <= 12 else _ticks(x_ticks[0], x_ticks[-1]):
-        xx, _ = px(x, yt[0])
-        d.line([xx, top + ph, xx, top + ph + 4], fill=(0, 0, 0))
-        d.text((xx, top + ph + 6), f"{x:g}", fill=(0, 0, 0), font=font, anchor="mt")
+    if len(x_ticks) > 12:
+        x_ticks = _ticks(x_ticks[0], x_ticks[-1])
+    c = _Canvas(_padded(min(xs), max(xs)), yt, x_ticks, title, x_label, y_label, fx)
     for x in x_marks or []:
-        xx, _ = px(x, yt[0])
-        for y0 in range(top, top + ph, 8):
-            d.line([xx, y0, xx, min(y0 + 4, top + ph)], fill=(120, 120, 120))
-    d.text((left + pw / 2, h - 8), x_label, fill=(0, 0, 0), font=font, anchor="ms")
-    d.text((left + pw / 2, 4), title, fill=(0, 0, 0), font=font, anchor="mt")
-    label = Image.new("RGB", (ph, 20), "white")
-    ImageDraw.Draw(label).text((ph / 2, 10), y_label, fill=(0, 0, 0), font=font, anchor="mm")
-    img.paste(label.rotate(90, expand=True), (4, top))
+        c.dashed_x(x)
+    d = c.draw
     for i, s in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
-        xy = [px(x, y) for x, y, _ in sorted(s.points)]
+        xy = [c.px(x, y) for x, y, _ in sorted(s.points)]
         if len(xy) > 1:
             d.line(xy, fill=color, width=2)
         for (x, y, e), (xx, yy) in zip(sorted(s.points), xy):
             if e > 0:
-                _, y0 = px(x, y - e)
-                _, y1 = px(x, y + e)
+                _, y0 = c.px(x, y - e)
+                _, y1 = c.px(x, y + e)
                 d.line([xx, y0, xx, y1], fill=color, width=1)
                 d.line([xx - 4, y0, xx + 4, y0], fill=color)
                 d.line([xx - 4, y1, xx + 4, y1], fill=color)
             d.ellipse([xx - 3, yy - 3, xx + 3, yy + 3], fill=color)
-        d.rectangle([left + 10, top + 10 + 18 * i, left + 22, top + 22 + 18 * i], fill=color)
-        d.text((left + 28, top + 16 + 18 * i), s.name, fill=(0, 0, 0), font=font, anchor="lm")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+        c.legend(i, s.name, color)
+    return c.save(path)
+
+
+def scatter_chart(
+    groups: list[Series],
+    path: str | Path,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_target: float | None = None,
+    y_target: float | None = None,
+) -> Path:
+    """Draw each group's points (``(x, y, _)``, no lines) in its colour, with dashed target lines, into a PNG.
+
+    Args:
+        groups: the point sets (at least one point in all); the third value of a point is ignored.
+        x_target / y_target: dashed lines at these values (e.g. the targets a run must pass).
+
+    Returns:
+        ``path``.
+    """
+    pts = [p for s in groups for p in s.points]
+    if not pts:
+        raise ValueError(f"scatter_chart {title!r}: no points to draw")
+    xs = [x for x, _, _ in pts] + ([x_target] if x_target is not None else [])
+    ys = [y for _, y, _ in pts] + ([y_target] if y_target is not None else [])
+    xt = _ticks(*_padded(min(xs), max(xs)))
+    c = _Canvas((xt[0], xt[-1]), _ticks(*_padded(min(ys), max(ys))), xt, title, x_label, y_label)
+    if x_target is not None:
+        c.dashed_x(x_target)
+    if y_target is not None:
+        c.dashed_y(y_target)
+    for i, s in enumerate(groups):
+        color = PALETTE[i % len(PALETTE)]
+        for x, y, _ in s.points:
+            xx, yy = c.px(x, y)
+            c.draw.ellipse([xx - 4, yy - 4, xx + 4, yy + 4], fill=color)
+    width = max(int(c.draw.textlength(s.name, font=c.font)) for s in groups)
+    for i, s in enumerate(groups):  # top right: a trade-off's points keep to the other corners
+        c.legend(i, s.name, PALETTE[i % len(PALETTE)], width)
+    return c.save(path)

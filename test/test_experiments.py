@@ -9,14 +9,17 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from test_train import tiny_data, tiny_overrides  # noqa: F401  (session fixture)
 
 from occle_core.config import load_config
 from occle_core.labels import class_table
 from occle_core.train import parse_overrides
 from occle_experiments.__main__ import main
+from occle_experiments.plot import PALETTE, Series, scatter_chart
 from occle_experiments.report import BEGIN, END, LABEL_CURVE_IOU_PNG, LABEL_CURVE_PNG, LEARNING_CURVES_PNG
 from occle_experiments.rows import load_experiments
 from occle_experiments.runner import class_scores, plateau_step, record_run
@@ -157,3 +160,16 @@ def test_superseded_runs_leave_the_tables_but_not_the_schedule(tmp_path):
     assert "| occle_10 | 10% | voxel | 3 | 1 |" in text and "| occle_10 | 10% | voxel | 2 |" not in text
     assert "| occle_10 | 1 | 2 | 40.00 | 10.00 | projection changed |" in text
     assert "S = 1 steps" in text  # the superseded pilot curve still fixed the schedule
+
+
+def test_scatter_chart_draws_each_group_in_its_colour_with_the_target_lines(tmp_path):
+    groups = [Series("a", [(84.3, 65.1, 0.0), (85.4, 70.8, 0.0)]), Series("b", [(87.1, 69.6, 0.0)])]
+    path = scatter_chart(groups, tmp_path / "sub" / "s.png", "t", "x", "y", x_target=85.0, y_target=70.0)
+    img = np.asarray(Image.open(path).convert("RGB"))
+    for i, n_points in enumerate((2, 1)):
+        mask = (img == PALETTE[i]).all(axis=-1)
+        assert mask.sum() > 60 * n_points  # the dots (and the legend swatch)
+    assert (img == (120, 120, 120)).all(axis=-1).sum() > 100  # the dashed targets
+    assert not (img == PALETTE[2]).all(axis=-1).any()  # two groups, two colours
+    with pytest.raises(ValueError, match="no points"):
+        scatter_chart([Series("empty")], tmp_path / "e.png", "t", "x", "y")
