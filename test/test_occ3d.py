@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from occle_core.config import OccleConfig
+from occle_core.data.augment import mirror_y
 from occle_core.data.batch import collate
 from occle_core.data.label_png import write_label_png
 from occle_core.data.nuscenes import CAMERAS
 from occle_core.data.occ3d import Occ3DDataset, discover_tokens, read_annotations, read_occ3d_labels
-from occle_core.data.sample import Sample
+from occle_core.data.sample import Sample, lidar_origin
 from occle_core.geometry import OCC3D_GRID
 from occle_core.metrics_occ3d import Occ3DMIoU
 from occle_core.synth.released import lidar_extrinsic, write_nuscenes_replica
@@ -183,3 +184,22 @@ def test_occ3d_miou_by_hand_under_one_mask():
         Occ3DMIoU("both")
     with pytest.raises(ValueError, match="outside 0..17"):
         none.update(pred * 0 + 30, gt)
+
+
+def test_mirror_of_a_six_camera_ego_frame_keeps_every_camera_projection(replica):
+    s = Occ3DDataset(replica.root, "train", invalid_from="none")[0]
+    t = mirror_y(s, OCC3D_GRID)
+    assert [v.name for v in t.cameras] == [v.name for v in s.cameras] and len(t.cameras) == 6
+    np.testing.assert_array_equal(t.camera_mask, s.camera_mask[:, ::-1])
+    np.testing.assert_array_equal(t.voxel_labels, s.voxel_labels[:, ::-1])
+    ox, oy, oz = lidar_origin(s)
+    assert lidar_origin(t) == pytest.approx((ox, -oy, oz))
+    seen = 0
+    for a, b in zip(s.cameras, t.cameras):  # the mirrored scan lands on each flipped image where it was
+        uv_a, d_a, vis_a = a.calib.project(s.points[:, :3])
+        uv_b, d_b, vis_b = b.calib.project(t.points[:, :3])
+        np.testing.assert_allclose(d_b, d_a, rtol=1e-4, atol=1e-4)
+        w = a.calib.image_size[1]
+        np.testing.assert_allclose(uv_b[vis_a], uv_a[vis_a] * [-1, 1] + [w, 0], atol=2e-2)
+        seen += int(vis_a.sum())
+    assert seen > 0
