@@ -55,12 +55,12 @@ class _Canvas:
         self.font = font = _font()
         left, top, pw, ph = self.left, self.top, self.pw, self.ph
         for y in y_ticks:
-            _, yy = self.px(x_range[0], y, raw_x=True)
+            yy = self.y_px(y)
             d.line([left, yy, left + pw, yy], fill=(225, 225, 225))
             d.text((left - 6, yy), f"{y:g}", fill=(0, 0, 0), font=font, anchor="rm")
         d.rectangle([left, top, left + pw, top + ph], outline=(0, 0, 0))
         for x in x_ticks:
-            xx, _ = self.px(x, y_ticks[0])
+            xx = self.x_px(x)
             d.line([xx, top + ph, xx, top + ph + 4], fill=(0, 0, 0))
             d.text((xx, top + ph + 6), f"{x:g}", fill=(0, 0, 0), font=font, anchor="mt")
         d.text((left + pw / 2, h - 8), x_label, fill=(0, 0, 0), font=font, anchor="ms")
@@ -69,24 +69,27 @@ class _Canvas:
         ImageDraw.Draw(label).text((ph / 2, 10), y_label, fill=(0, 0, 0), font=font, anchor="mm")
         self.img.paste(label.rotate(90, expand=True), (4, top))
 
-    def px(self, x: float, y: float, raw_x: bool = False) -> tuple[float, float]:
-        """Pixel of data point (x, y) (``raw_x``: x is already on the axis scale)."""
-        fx = x if raw_x else self.fx(x)
-        yt = self.yt
-        return (
-            self.left + (fx - self.x_lo) / (self.x_hi - self.x_lo) * self.pw,
-            self.top + (yt[-1] - y) / (yt[-1] - yt[0]) * self.ph,
-        )
+    def x_px(self, x: float) -> float:
+        """Pixel column of data x."""
+        return self.left + (self.fx(x) - self.x_lo) / (self.x_hi - self.x_lo) * self.pw
+
+    def y_px(self, y: float) -> float:
+        """Pixel row of data y."""
+        return self.top + (self.yt[-1] - y) / (self.yt[-1] - self.yt[0]) * self.ph
+
+    def px(self, x: float, y: float) -> tuple[float, float]:
+        """Pixel of data point (x, y)."""
+        return self.x_px(x), self.y_px(y)
 
     def dashed_x(self, x: float) -> None:
         """A dashed vertical line at data x."""
-        xx, _ = self.px(x, self.yt[0])
+        xx = self.x_px(x)
         for y0 in range(self.top, self.top + self.ph, 8):
             self.draw.line([xx, y0, xx, min(y0 + 4, self.top + self.ph)], fill=(120, 120, 120))
 
     def dashed_y(self, y: float) -> None:
         """A dashed horizontal line at data y."""
-        _, yy = self.px(self.x_lo, y, raw_x=True)
+        yy = self.y_px(y)
         for x0 in range(self.left, self.left + self.pw, 8):
             self.draw.line([x0, yy, min(x0 + 4, self.left + self.pw), yy], fill=(120, 120, 120))
 
@@ -151,10 +154,9 @@ def line_chart(
         xy = [c.px(x, y) for x, y, _ in sorted(s.points)]
         if len(xy) > 1:
             d.line(xy, fill=color, width=2)
-        for (x, y, e), (xx, yy) in zip(sorted(s.points), xy):
+        for (_, y, e), (xx, yy) in zip(sorted(s.points), xy):
             if e > 0:
-                _, y0 = c.px(x, y - e)
-                _, y1 = c.px(x, y + e)
+                y0, y1 = c.y_px(y - e), c.y_px(y + e)
                 d.line([xx, y0, xx, y1], fill=color, width=1)
                 d.line([xx - 4, y0, xx + 4, y0], fill=color)
                 d.line([xx - 4, y1, xx + 4, y1], fill=color)
