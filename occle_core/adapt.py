@@ -228,20 +228,20 @@ def split_frames(reader: Dataset, hold_out: Sequence[str]) -> tuple[list[int], l
     return train, held
 
 
-def training_frames(args: argparse.Namespace, base: OccleConfig, cfg: OccleConfig, target: Dataset) -> Dataset:
+def training_frames(
+    args: argparse.Namespace, base: OccleConfig, cfg: OccleConfig, target: Dataset, augment: Augmentation
+) -> Dataset:
     """The adaptation's training set: the target frames, with ``args.replay``'s labelled frames mixed in.
 
     The replay frames are read in the checkpoint's grid and classes (``base``) from ``args.replay`` (sequences
-    ``args.replay_sequences``, default the checkpoint's training sequences) under its label budget.
+    ``args.replay_sequences``, default the checkpoint's training sequences) under its label budget, with the
+    adaptation's own ``augment`` (the target frames').
     """
     if not getattr(args, "replay", None):
         return target
     sequences = list(args.replay_sequences or base.data.train_sequences)
-    d = replace(
-        base.data, root=str(args.replay), train_sequences=sequences, val_sequences=[],
-        height_shift=cfg.data.height_shift, flip=cfg.data.flip,
-    )  # fmt: skip
-    labelled = TrainFrames.of(build_dataset(replace(base, data=d), "train"), d, cfg.train.seed)
+    d = replace(base.data, root=str(args.replay), train_sequences=sequences, val_sequences=[])
+    labelled = TrainFrames.of(build_dataset(replace(base, data=d), "train"), d, cfg.train.seed, augment)
     return MixedFrames(target, ReplayFrames(labelled, replay_slots(len(target), args.replay_share)))
 
 
@@ -285,8 +285,9 @@ def run_adaptation(args: argparse.Namespace, hooks: Sequence[Callable] = (), rea
     guard = OccupancyGuard(
         [reader[i] for i in guard_idx], args.guard_every, args.guard_warn, args.guard_stop, out / GUARD_LOG
     )
-    target = AdaptFrames(reader, train_idx, pseudo_dir, Augmentation.of(cfg.data), cfg.train.seed)
-    train_set = training_frames(args, base, cfg, target)
+    augment = Augmentation.of(cfg.data)
+    target = AdaptFrames(reader, train_idx, pseudo_dir, augment, cfg.train.seed)
+    train_set = training_frames(args, base, cfg, target, augment)
     trainer = Trainer(
         cfg, out, resume=args.resume, device=args.device, progress=not args.no_progress,
         train_set=train_set, step_hooks=[*hooks, guard], class_weights=ckpt.get("class_weights"),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers_adapt import tiny_checkpoint, write_object_replica, write_pseudo_cache
 
-from occle_core.adapt import PSEUDO_DIR, main
+from occle_core.adapt import PSEUDO_DIR, main, training_frames
 from occle_core.checkpoint import load_checkpoint
+from occle_core.config import OccleConfig
+from occle_core.data.augment import Augmentation, mirror_y
 from occle_core.data.replay import MixedFrames, ReplayFrames, replay_slots
 from occle_core.engine.trainer import MODEL_NAME, TRAIN_LOG
 from occle_core.synth.sensors import LidarModel
@@ -83,3 +87,16 @@ def test_adapt_with_replay_trains_voxel_terms_on_the_replayed_frames_only(synthe
     bad = tmp_path / "bad"
     write_pseudo_cache(bad / PSEUDO_DIR)
     assert main([*[a if a != str(out) else str(bad) for a in argv], "--steps", "1", "--replay-share", "1.5"]) == 2
+
+
+def test_replayed_frames_take_the_adaptation_augmentation(synthetic_root, tmp_path):
+    base = OccleConfig.from_saved(load_checkpoint(tiny_checkpoint(tmp_path / "tiny.pt"))["config"])
+    args = argparse.Namespace(replay=str(synthetic_root), replay_sequences=["00"], replay_share=0.5)
+    grid = base.data.voxel_grid()
+    target = Numbered("real", 2)
+    plain = training_frames(args, base, base, target, Augmentation(grid))
+    mirrored = training_frames(args, base, base, target, Augmentation(grid, flip=1.0))
+    a, b = plain[len(target)], mirrored[len(target)]  # the first replayed frame
+    np.testing.assert_array_equal(b.points, mirror_y(a, grid).points)
+    np.testing.assert_array_equal(b.voxel_labels, a.voxel_labels[:, ::-1])
+    assert training_frames(argparse.Namespace(replay=None), base, base, target, Augmentation(grid)) is target

@@ -140,11 +140,12 @@ class TrainFrames(Dataset):
         )  # fmt: skip
 
     @classmethod
-    def of(cls, base: Dataset, data: DataConfig, seed: int) -> TrainFrames:
-        """The training view of ``base`` under the budget and augmentation of ``data`` (a ``DataConfig``)."""
+    def of(cls, base: Dataset, data: DataConfig, seed: int, augment: Augmentation | None = None) -> TrainFrames:
+        """The training view of ``base`` under the budget of ``data`` (a ``DataConfig``) and ``augment`` (None:
+        the augmentation of ``data`` too)."""
         return cls(
-            base, data.label_ratio, data.label_seed, seed, data.label_budget, Augmentation.of(data),
-            data.labelled_frame_share,
+            base, data.label_ratio, data.label_seed, seed, data.label_budget,
+            Augmentation.of(data) if augment is None else augment, data.labelled_frame_share,
         )  # fmt: skip
 
     def __len__(self) -> int:
