@@ -192,7 +192,8 @@ class ModelConfig:
     # checkpoint trained without it loads with that input's weights at zero
     hit_skip: bool = False
     # the class decision only (OccLE.predict_labels, not the logits): a voxel whose centre lies more than this many
-    # metres above the ground plane fitted to its frame's scan takes no ground class (road, sidewalk, terrain...);
+    # metres above the ground plane fitted to its frame's scan (and above the returns beside it), or on the lower
+    # flank of an object standing on it, takes no ground class (road, sidewalk, terrain...; model/ground_gate.py);
     # 0 = off. Where the ground is not one plane (hills, ramps, multi-level car parks) keep it off or generous
     ground_gate: float = 0.0
 

@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ground-gate",
         type=float,
-        help="metres above the scan's fitted ground plane beyond which no voxel takes a ground class "
-        "(model.ground_gate; 0 = off); default: the checkpoint's",
+        help="metres above the scan's fitted ground plane beyond which no voxel takes a ground class, nor the lower "
+        "flank of an object (model.ground_gate; 0 = off); default: the checkpoint's",
     )
     p.add_argument(
         "--consistency", action="store_true", help="label-free checks against each frame's LiDAR scan (no voxel truth)"

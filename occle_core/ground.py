@@ -154,7 +154,7 @@ def plane_heights(grid: VoxelGrid, planes: torch.Tensor) -> torch.Tensor:
     """(B, X, Y, Z) float32 signed distance of each voxel centre above each frame's plane, on ``planes``' device.
 
     The ground gate of the class decision reads it (``model.ground_gate``: no ground class above it,
-    :meth:`occle_core.model.occle.OccLE.ground_forbid`).
+    :func:`occle_core.model.ground_gate.gate_mask`).
 
     Args:
         planes: (B, 4) ``n . x + d = 0`` with the normal up (:func:`fit_ground_plane`), in the grid frame.

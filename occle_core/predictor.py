@@ -58,8 +58,8 @@ class Predictor:
         checkpoint: an occle checkpoint; None takes the shipped default (``models/occle_tiny_synthetic.pt``).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         ground_gate: metres above the scan's fitted ground plane beyond which :meth:`predict` gives a voxel no
-            ground class (``model.ground_gate``, :meth:`~occle_core.model.occle.OccLE.predict_labels`); 0 = off;
-            None keeps the checkpoint's.
+            ground class, nor to the lower flank of an object (``model.ground_gate``,
+            :mod:`~occle_core.model.ground_gate`); 0 = off; None keeps the checkpoint's.
 
     Attributes:
         grid: the output voxel grid; classes: the class table; config: the model's config; device.
@@ -199,7 +199,7 @@ class Predictor:
 
         Returns:
             (X, Y, Z) uint8 class ids of ``self.classes`` (``predict_logits(...).argmax(0)``, computed without
-            the float logits grid, and with ``model.ground_gate`` on no ground class above the gate);
+            the float logits grid, and with ``model.ground_gate`` on no ground class where the scan says no ground);
             ``classes.empty_index`` marks free space.
         """
         return self.model.predict_labels(self.batch(image, points, calib))[0].cpu().numpy()

@@ -59,8 +59,8 @@ SPECS: dict[str, Spec] = {
     "device": Spec("auto (cuda when available, else cpu) | cpu | cuda | cuda:N"),
     "torch_threads": Spec("torch intra-op threads (process-wide); 0 = torch's default", (0, 1024)),
     "ground_gate": Spec(
-        "no ground class more than this many metres above the scan's fitted ground plane; 0 = off, "
-        "negative (-1) = the checkpoint's model.ground_gate",
+        "no ground class more than this many metres above the scan's fitted ground plane, nor on the lower flank "
+        "of an object; 0 = off, negative (-1) = the checkpoint's model.ground_gate",
         (-1.0, 100.0),
     ),
     "cameras.names": Spec("camera names, front first (the checkpoint's camera set, e.g. CAM_FRONT ... or image_2)"),

@@ -11,7 +11,6 @@ from occle_core.geometry import VoxelGrid
 from occle_core.model.lidar_encoder import (
     LidarEncoder,
     SparseConv3d,
-    column_floor,
     hit_bits,
     in_channels_for,
     spconv_available,
@@ -217,22 +216,3 @@ def test_points_must_be_m_by_5_or_6():
         voxelize_points(torch.zeros(3, 4), GRID, 2, 1)
     with pytest.raises(ValueError, match=r"\(M, 6\) with dt"):
         voxelize_points(torch.zeros(3, 7), GRID, 2, 1)
-
-
-def test_column_floor_is_the_lowest_return_near_each_column():
-    grid = VoxelGrid((0.0, 0.0, -2.0), 1.0, (6, 4, 4))
-    pts = torch.tensor(
-        [
-            [0, 1.5, 1.5, -1.0, 0],  # column (1, 1)
-            [0, 1.5, 1.2, 1.0, 0],  # same column, higher
-            [0, 4.5, 2.5, -1.5, 0],  # column (4, 2)
-            [1, 0.5, 0.5, 0.5, 0],  # frame 1, column (0, 0)
-            [0, 9.0, 1.0, -3.0, 0],  # outside the grid: left out
-            [0, float("nan"), 1.0, -3.0, 0],
-        ]
-    )
-    low = column_floor(pts, grid, 2, radius=1.0)  # a 3 x 3 window of columns
-    assert low.shape == (2, 6, 4)
-    assert low[0, 1, 1] == -1.0 and low[0, 0, 0] == -1.0 and low[0, 2, 2] == -1.0  # (1, 1) is within one column
-    assert low[0, 3, 1] == -1.5 and low[0, 5, 3] == -1.5  # (4, 2) reaches them; it is lower than (1, 1)
-    assert torch.isinf(low[0, 5, 0]) and low[1, 1, 1] == 0.5 and torch.isinf(low[1, 3, 3])

@@ -6,8 +6,8 @@ its height, and which of its ``stride**3`` output-resolution children are hit (s
 no output-resolution detail is lost while the 3D convolutions run on a grid ``stride**3`` times smaller).
 A multi-frame model (``model.time_features``) adds two channels per voxel, the share of its points from the current
 scan and their mean age (:func:`voxelize_points`); a single-frame model's input width is unchanged. The same
-in-grid indexing (``_in_grid``) gives two maps of the scan read beside the encoder: :func:`hit_bits` (the logits
-head's hit skip) and :func:`column_floor` (the class decision's ground gate).
+in-grid indexing (:func:`in_grid`) gives the maps of the scan read beside the encoder: :func:`hit_bits` (the logits
+head's hit skip) and the class decision's ground gate (:mod:`occle_core.model.ground_gate`).
 
 Two interchangeable backends run the sparse convolutions:
 
@@ -93,7 +93,7 @@ def _flat(b: Tensor, i: Tensor, j: Tensor, k: Tensor, shape: tuple[int, int, int
     return ((b * X + i) * Y + j) * Z + k
 
 
-def _in_grid(points: Tensor, grid: VoxelGrid, batch_size: int) -> tuple[Tensor, Tensor]:
+def in_grid(points: Tensor, grid: VoxelGrid, batch_size: int) -> tuple[Tensor, Tensor]:
     """The rows of ``points`` (M, 5 or 6) inside the grid and the batch, as float32, and their (M', 3) int64
     output-resolution voxel indices; rows with a non-finite coordinate or intensity are dropped."""
     origin = torch.tensor(grid.origin, dtype=torch.float32, device=points.device)
@@ -124,34 +124,11 @@ def hit_bits(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int, curr
     """
     if current_only and points.shape[1] == 6:
         points = points[points[:, 5] == 0]
-    pts, fine = _in_grid(points, grid, batch_size)  # (M, 3)
+    pts, fine = in_grid(points, grid, batch_size)  # (M, 3)
     b = pts[:, 0].long()
     occ = torch.zeros(batch_size * grid.num_voxels, dtype=torch.float32, device=points.device)
     occ[_flat(b, *fine.unbind(1), grid.shape)] = 1.0
     return to_cl(space_to_depth3d(occ.view(batch_size, 1, *grid.shape), stride))
-
-
-def column_floor(points: Tensor, grid: VoxelGrid, batch_size: int, radius: float) -> Tensor:
-    """(B, X, Y) float32: the lowest z of the returns within ``radius`` metres of each BEV column of ``grid`` (a
-    square window of columns), +inf where there is none.
-
-    The ground gate's second condition (:meth:`occle_core.model.occle.OccLE.ground_forbid`): a voxel is barred from
-    the ground classes only when it lies above the scan's plane *and* above the lowest return near it, so a road
-    that rises away from the plane (a hill, a ramp) keeps its class where it was seen, while a car roof, with the
-    road's returns beside it, does not.
-
-    Args:
-        points: (M, 5) or (M, 6) as :func:`voxelize_points` (rows outside the grid or the batch are left out).
-        radius: metres (rounded to whole columns).
-    """
-    pts, fine = _in_grid(points, grid, batch_size)  # (M, 5 or 6), (M, 3)
-    X, Y, _ = grid.shape
-    col = (pts[:, 0].long() * X + fine[:, 0]) * Y + fine[:, 1]  # (M,) flat (b, i, j)
-    low = torch.full((batch_size * X * Y,), float("inf"), device=points.device)
-    low.scatter_reduce_(0, col, pts[:, 3], reduce="amin")
-    r = max(0, round(radius / grid.voxel_size))
-    low = -F.max_pool2d(-low.view(batch_size, 1, X, Y), 2 * r + 1, stride=1, padding=r)  # min over the window
-    return low.view(batch_size, X, Y)
 
 
 def voxelize_points(
@@ -190,7 +167,7 @@ def voxelize_points(
     coarse_shape = tuple(s // stride for s in grid.shape)
     if any(s % stride for s in grid.shape):
         raise ValueError(f"grid shape {grid.shape} is not divisible by the feature stride {stride}")
-    pts, fine = _in_grid(points, grid, batch_size)  # (M, 5 or 6), (M, 3)
+    pts, fine = in_grid(points, grid, batch_size)  # (M, 5 or 6), (M, 3)
     origin = torch.tensor(grid.origin, dtype=torch.float32, device=points.device)
     b = pts[:, 0].long()
     coarse = torch.div(fine, stride, rounding_mode="floor")  # (M, 3)

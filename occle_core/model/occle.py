@@ -32,9 +32,10 @@ upsampled (nearest, ``coarse``; the shipped tiny checkpoint's).
 Inference that only needs class ids (the node, ``occle-predict``) calls :meth:`OccLE.predict_labels`: the
 trunk, then the logits head fused with the class decision block by block, so the (B, K, X, Y, Z) float logits
 are never built (and the ``geo`` head, a training output, is skipped). With ``model.ground_gate`` the class
-decision gives no ground class to a voxel whose centre lies more than that many metres above the ground plane
-fitted to the frame's scan (:func:`~occle_core.ground.fit_ground_plane`): a flat car roof is not road. It is a rule
-of the decision, not of the network: the logits, training and the losses do not see it.
+decision gives no ground class to a voxel the frame's scan says is not ground (:mod:`occle_core.model.ground_gate`:
+more than that many metres above the ground plane fitted to the scan, or the lower flank of an object standing on
+it): a flat car roof or a car's side is not road. It is a rule of the decision, not of the network: the logits,
+training and the losses do not see it.
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ from torch import Tensor, nn
 from occle_core.config import OccleConfig
 from occle_core.data.batch import Batch
 from occle_core.geometry import Calib
-from occle_core.ground import GROUND_CLASSES, axis_centres, class_ids, fit_ground_plane, plane_heights
+from occle_core.ground import GROUND_CLASSES, class_ids
 from occle_core.model.geometric_branch import GeometricBranch
+from occle_core.model.ground_gate import gate_mask
 from occle_core.model.image_encoder import ImageEncoder
 from occle_core.model.layers import PointwiseConv3d, UpsampleHead, cat_cl, conv3d_bn_relu
-from occle_core.model.lidar_encoder import LidarEncoder, column_floor, hit_bits
+from occle_core.model.lidar_encoder import LidarEncoder, hit_bits
 from occle_core.model.projection import LayoutCache, composite, gather_voxels, occupied_class_probs
 from occle_core.model.semantic_branch import SemanticBranch, lift_cameras
 from occle_core.model.sparse_unet3d import SparseUNet3D
@@ -71,12 +73,6 @@ SEMANTIC_ENCODERS = ("semantic_image_unet", "semantic_lidar_unet")
 # learning rate per step, so at the base rate a fine-tune of a few hundred steps could not give a hit more than a
 # fraction of a logit (a weight of the fused features is ~0.3)
 HIT_SKIP_LR_SCALE = 10.0
-# returns scoring the ground-plane hypotheses of the ground gate (model.ground_gate): the fit's cost is that of scoring,
-# and a few thousand returns pick the same plane (the winner is refitted on all its inliers)
-PLANE_SAMPLES = 4096
-# metres: the ground gate bars a voxel only if it also lies above the lowest return this close to its column, so that
-# a road rising away from the scan's plane keeps its class; 2 m reaches past the middle of a car to the road beside it
-GATE_FLOOR_RADIUS = 2.0
 
 
 @dataclass
@@ -338,37 +334,13 @@ class OccLE(nn.Module):
             raise ValueError(f"model.ground_gate needs ground classes; the {self.classes.name} class table has none")
         self.ground_gate = float(metres)
 
-    def ground_planes(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Each frame's ground plane, fitted to its points (:func:`~occle_core.ground.fit_ground_plane`, hypotheses
-        scored on :data:`PLANE_SAMPLES` returns): (B, 4) float32 ``n . x + d = 0`` and (B,) bool "fitted", on the
-        points' device. A frame whose points give no plane (too few, none near-horizontal) gets zeros and False."""
-        pts = batch.points.detach().cpu().numpy()  # (M, 5 or 6) [frame, x, y, z, intensity, (dt)]
-        B = batch.batch_size
-        planes = np.zeros((B, 4))
-        fitted = np.zeros(B, bool)
-        for b in range(B):
-            try:
-                planes[b] = fit_ground_plane(pts[pts[:, 0] == b, 1:4], samples=PLANE_SAMPLES)
-                fitted[b] = True
-            except ValueError:
-                pass
-        device = batch.points.device
-        return torch.from_numpy(planes).float().to(device), torch.from_numpy(fitted).to(device)
-
     def ground_forbid(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
-        """The ground gate of a batch as :meth:`UpsampleHead.labels` takes it: (B, X, Y, Z) bool voxels whose
-        centre lies more than ``model.ground_gate`` above each frame's ground plane (:meth:`ground_planes`) and
-        more than that above the lowest return within :data:`GATE_FLOOR_RADIUS` of its column
-        (:func:`~occle_core.model.lidar_encoder.column_floor`; a voxel with no return near it is not barred), and
-        the ground class ids; None when the gate is off. A frame whose points give no plane is not gated."""
+        """The ground gate of a batch as :meth:`UpsampleHead.labels` takes it: (B, X, Y, Z) bool voxels the scan
+        says are not ground (:func:`~occle_core.model.ground_gate.gate_mask` at ``model.ground_gate`` metres:
+        above the ground, or the flank of an object) and the ground class ids; None when the gate is off."""
         if self.ground_gate <= 0:
             return None
-        plane, fitted = self.ground_planes(batch)
-        where = plane_heights(self.grid, plane) > self.ground_gate  # (B, X, Y, Z)
-        floor = column_floor(batch.points, self.grid, batch.batch_size, GATE_FLOOR_RADIUS)  # (B, X, Y)
-        z = axis_centres(self.grid, floor.device)[2]  # (Z,) voxel centre heights
-        where &= z - floor[..., None] > self.ground_gate
-        return where & fitted[:, None, None, None], self.ground_class_ids
+        return gate_mask(batch.points, self.grid, batch.batch_size, self.ground_gate), self.ground_class_ids
 
     def predict_labels(self, batch: Batch) -> Tensor:
         """(B, X, Y, Z) uint8 class ids of a batch: :meth:`features` then :meth:`classify`, with the ground gate
