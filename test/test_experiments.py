@@ -173,3 +173,8 @@ def test_scatter_chart_draws_each_group_in_its_colour_with_the_target_lines(tmp_
     assert not (img == PALETTE[2]).all(axis=-1).any()  # two groups, two colours
     with pytest.raises(ValueError, match="no points"):
         scatter_chart([Series("empty")], tmp_path / "e.png", "t", "x", "y")
+
+
+def test_the_palette_gives_the_groups_of_the_trade_off_chart_colours_of_their_own():
+    assert len(set(PALETTE)) == len(PALETTE) >= 7  # docs/img/real_frames_tradeoff.png has seven groups
+    assert (120, 120, 120) not in PALETTE  # the target lines' grey
