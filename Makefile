@@ -104,14 +104,14 @@ checkpoint: synth-data
 
 # The KITTI-adapted checkpoint: the shipped model adapted label-free on the real KITTI object frames 000000-000003
 # (../shared/real/kitti, 002155 and 007347 held out and reported), the real Cityscapes DeepLab's pseudo labels,
-# the scan's ground (--ground 0.5), 120 steps; the class decision's ground gate at 0.6 m (docs/real_frames.md,
-# "The ground gate": fold 2 of the shipped chain).
+# the scan's ground (--ground 0.35), half of the frames mirrored (data.flip 0.5), 120 steps; the class decision's
+# ground gate at 0.6 m (docs/real_frames.md, "The flank rule and the chain shipped now": fold 2 of that chain).
 KITTI_OBJECT ?= ../shared/real/kitti/training
 checkpoint-kitti: install
 	OMP_NUM_THREADS=2 $(BIN)/occle-adapt --checkpoint models/occle_tiny_synthetic.pt --dataset kitti_object \
 		--data $(KITTI_OBJECT) --segmenter deeplab-cityscapes --segmenter-model $(DEEPLAB) \
-		--out runs/adapt_kitti --steps 120 --hold-out 002155 007347 --ground 0.5 --set model.ground_gate=0.6 \
-		--no-progress
+		--out runs/adapt_kitti --steps 120 --hold-out 002155 007347 --ground 0.35 --set model.ground_gate=0.6 \
+		--set data.flip=0.5 --no-progress
 	cp runs/adapt_kitti/model.pt models/occle_tiny_kitti_adapted.pt
 
 # One row of the label-efficiency experiment (docs/results.md): `make results ROW=occle_10 SEED=1 [STEPS=...]`
