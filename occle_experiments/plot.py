@@ -96,12 +96,22 @@ class _Canvas:
         for x0 in range(self.left, self.left + self.pw, 8):
             self.draw.line([x0, yy, min(x0 + 4, self.left + self.pw), yy], fill=(120, 120, 120))
 
-    def legend(self, i: int, name: str, color: tuple[int, int, int], width: int = 0) -> None:
-        """Legend entry ``i``: top left of the plot area, or top right in a column ``width`` pixels wide."""
-        left = self.left if width == 0 else self.left + self.pw - width - 30
-        top = self.top
-        self.draw.rectangle([left + 10, top + 10 + 18 * i, left + 22, top + 22 + 18 * i], fill=color)
-        self.draw.text((left + 28, top + 16 + 18 * i), name, fill=(0, 0, 0), font=self.font, anchor="lm")
+    def legend_box(self, series: list[Series], corner: str = "tl") -> tuple[int, int, int, int]:
+        """The pixel box (left, top, right, bottom) the legend of ``series`` takes in a ``corner`` of the plot area:
+        ``tl``, ``tr``, ``bl`` or ``br``."""
+        w = max(int(self.draw.textlength(s.name, font=self.font)) for s in series) + 40
+        h = 18 * len(series) + 14
+        left = self.left if corner[1] == "l" else self.left + self.pw - w
+        top = self.top if corner[0] == "t" else self.top + self.ph - h
+        return left, top, left + w, top + h
+
+    def legend(self, series: list[Series], corner: str = "tl") -> None:
+        """One entry per series, in its palette colour, in a ``corner`` of the plot area (:meth:`legend_box`)."""
+        left, top = self.legend_box(series, corner)[:2]
+        for i, s in enumerate(series):
+            color = PALETTE[i % len(PALETTE)]
+            self.draw.rectangle([left + 10, top + 10 + 18 * i, left + 22, top + 22 + 18 * i], fill=color)
+            self.draw.text((left + 28, top + 16 + 18 * i), s.name, fill=(0, 0, 0), font=self.font, anchor="lm")
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -164,7 +174,7 @@ def line_chart(
                 d.line([xx - 4, y0, xx + 4, y0], fill=color)
                 d.line([xx - 4, y1, xx + 4, y1], fill=color)
             d.ellipse([xx - 3, yy - 3, xx + 3, yy + 3], fill=color)
-        c.legend(i, s.name, color)
+    c.legend(series)
     return c.save(path)
 
 
@@ -197,12 +207,17 @@ def scatter_chart(
         c.dashed_x(x_target)
     if y_target is not None:
         c.dashed_y(y_target)
+    dots = []
     for i, s in enumerate(groups):
         color = PALETTE[i % len(PALETTE)]
         for x, y, _ in s.points:
             xx, yy = c.px(x, y)
             c.draw.ellipse([xx - 4, yy - 4, xx + 4, yy + 4], fill=color)
-    width = max(int(c.draw.textlength(s.name, font=c.font)) for s in groups)
-    for i, s in enumerate(groups):  # top right: a trade-off's points keep to the other corners
-        c.legend(i, s.name, PALETTE[i % len(PALETTE)], width)
+            dots.append((xx, yy))
+
+    def covered(corner: str) -> int:
+        left, top, right, bottom = c.legend_box(groups, corner)
+        return sum(left - 4 <= xx <= right + 4 and top - 4 <= yy <= bottom + 4 for xx, yy in dots)
+
+    c.legend(groups, min(("tr", "tl", "br", "bl"), key=covered))  # the corner that hides the fewest points
     return c.save(path)

@@ -19,7 +19,7 @@ from occle_core.config import load_config
 from occle_core.labels import class_table
 from occle_core.train import parse_overrides
 from occle_experiments.__main__ import main
-from occle_experiments.plot import PALETTE, Series, scatter_chart
+from occle_experiments.plot import MARGIN, PALETTE, Series, scatter_chart
 from occle_experiments.report import BEGIN, END, LABEL_CURVE_IOU_PNG, LABEL_CURVE_PNG, LEARNING_CURVES_PNG
 from occle_experiments.rows import load_experiments
 from occle_experiments.runner import class_scores, plateau_step, record_run
@@ -173,6 +173,21 @@ def test_scatter_chart_draws_each_group_in_its_colour_with_the_target_lines(tmp_
     assert not (img == PALETTE[2]).all(axis=-1).any()  # two groups, two colours
     with pytest.raises(ValueError, match="no points"):
         scatter_chart([Series("empty")], tmp_path / "e.png", "t", "x", "y")
+
+
+def test_the_scatter_legend_takes_the_corner_that_hides_no_point(tmp_path):
+    # a row of points along the top and a column down the left: only the bottom right corner is free for a
+    # legend of ten entries (the default, top right, would write over the row)
+    top = [(x / 2, 100.0, 0.0) for x in range(21)]
+    left_column = [(0.0, y * 10.0, 0.0) for y in range(10)]
+    groups = [Series("series 0 with a fairly long name", top + left_column)]
+    groups += [Series(f"series {k} with a fairly long name", [(0.0, 0.0, 0.0)]) for k in range(1, 10)]
+    img = np.asarray(Image.open(scatter_chart(groups, tmp_path / "s.png", "t", "x", "y")).convert("RGB"))
+    left, top_margin, right, bottom = MARGIN
+    plot = img[top_margin + 2 : img.shape[0] - bottom - 2, left + 2 : img.shape[1] - right - 2]
+    rows, cols = np.nonzero((plot == 0).all(axis=-1))  # black inside the plot area: the legend's names
+    assert len(rows) > 500
+    assert cols.min() > plot.shape[1] / 2 and rows.max() > 0.9 * plot.shape[0]  # the bottom right corner
 
 
 def test_the_palette_gives_the_groups_of_the_trade_off_chart_colours_of_their_own():
