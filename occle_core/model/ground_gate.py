@@ -15,7 +15,8 @@ it never saw it then calls car roofs and the lower flanks of cars road. The scan
   and its returns lie in the plane.
 
 A barred voxel takes its best other class, empty included. It is a rule of the decision: the logits, the losses and
-training do not see it. The measured effect is in ``docs/real_frames.md`` ("The ground gate", "The flank rule").
+training do not see it. The measured effect is in ``docs/real_frames.md`` ("The ground gate"; "The flank rule and
+the chain shipped now").
 """
 
 from __future__ import annotations
