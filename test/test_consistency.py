@@ -22,14 +22,7 @@ from occle_core.consistency import (
 from occle_core.data.kitti import read_object_labels
 from occle_core.evaluate import main as eval_main
 from occle_core.geometry import VoxelGrid
-from occle_core.ground import (
-    GROUND,
-    NEITHER,
-    RAISED,
-    fit_ground_plane,
-    ground_target,
-    plane_heights,
-)
+from occle_core.ground import GROUND, NEITHER, RAISED, fit_ground_plane, ground_target, plane_heights
 from occle_core.labels import class_table
 from occle_core.predictor import default_checkpoint
 

@@ -106,6 +106,10 @@ def mirror_y(sample: Sample, grid: VoxelGrid) -> Sample:
     cam_mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
     points = sample.points.copy()
     points[:, 1] = 2.0 * yc - points[:, 1]
+
+    def flip(array: np.ndarray | None) -> np.ndarray | None:  # along axis 1: Y of a volume, u of an image
+        return None if array is None else np.ascontiguousarray(array[:, ::-1])
+
     cameras = []
     for v in sample.cameras:
         h, w = v.calib.image_size
@@ -117,16 +121,9 @@ def mirror_y(sample: Sample, grid: VoxelGrid) -> Sample:
                 )
         flip_u = np.array([[-1.0, 0.0, float(w)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # u -> W - u
         calib = Calib(flip_u @ v.calib.P @ cam_mirror, cam_mirror @ v.calib.T_cam_lidar @ reflect, (h, w))
-        pseudo = None if v.pseudo2d is None else np.ascontiguousarray(v.pseudo2d[:, ::-1])
-        cameras.append(
-            dataclasses.replace(v, image=np.ascontiguousarray(v.image[:, ::-1]), calib=calib, pseudo2d=pseudo)
-        )
+        cameras.append(dataclasses.replace(v, image=flip(v.image), calib=calib, pseudo2d=flip(v.pseudo2d)))
     ox, oy, oz = lidar_origin(sample)
     extras = {**sample.extras, "lidar_origin": (ox, 2.0 * yc - oy, oz)}
-
-    def flip(volume: np.ndarray | None) -> np.ndarray | None:
-        return None if volume is None else np.ascontiguousarray(volume[:, ::-1])
-
     return dataclasses.replace(
         sample,
         points=points,

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from occle_core.geometry import VoxelGrid
 from occle_core.ground import axis_centres, fit_ground_plane, plane_heights
-from occle_core.model.lidar_encoder import in_grid
+from occle_core.model.lidar_encoder import flat_index, in_grid
 
 # returns scoring the ground-plane hypotheses: the fit's cost is that of scoring, and a few thousand returns pick
 # the same plane (the winner is refitted on all its inliers)
@@ -104,7 +104,7 @@ def flank_voxels(pts: Tensor, fine: Tensor, grid: VoxelGrid, planes: Tensor, flo
     plane = planes[b]  # (M, 4)
     height = (pts[:, 1:4] * plane[:, :3]).sum(1) + plane[:, 3]  # (M,) above the plane
     high = (height > FLANK_HEIGHT) & (pts[:, 3] - floor[b, i, j] > FLANK_HEIGHT)
-    flat = ((b * X + i) * Y + j) * Z + k  # (M,)
+    flat = flat_index(b, i, j, k, grid.shape)  # (M,)
     # +1 per high return, -1 per other: the voxel's returns are mostly high where the sum is positive
     vote = torch.zeros(B * X * Y * Z, dtype=torch.int32, device=pts.device)
     vote.index_add_(0, flat, high.int() * 2 - 1)

@@ -78,7 +78,7 @@ class VoxelFeatures:
         """Zero-filled dense grid (B, C, Xs, Ys, Zs) (channels-last memory) and its mask (B, 1, Xs, Ys, Zs) float."""
         B, C = self.batch_size, self.feats.shape[1]
         Xs, Ys, Zs = self.spatial_shape
-        flat = _flat(*self.coords.unbind(1), self.spatial_shape)  # (N,)
+        flat = flat_index(*self.coords.unbind(1), self.spatial_shape)  # (N,)
         grid = self.feats.new_zeros(B * Xs * Ys * Zs, C)
         grid.index_copy_(0, flat, self.feats)
         mask = self.feats.new_zeros(B * Xs * Ys * Zs)
@@ -87,7 +87,7 @@ class VoxelFeatures:
         return grid, mask.view(B, 1, Xs, Ys, Zs)
 
 
-def _flat(b: Tensor, i: Tensor, j: Tensor, k: Tensor, shape: tuple[int, int, int]) -> Tensor:
+def flat_index(b: Tensor, i: Tensor, j: Tensor, k: Tensor, shape: tuple[int, int, int]) -> Tensor:
     """(N,) flat index of voxel (i, j, k) of batch item b in a (B, X, Y, Z) grid."""
     X, Y, Z = shape
     return ((b * X + i) * Y + j) * Z + k
@@ -127,7 +127,7 @@ def hit_bits(points: Tensor, grid: VoxelGrid, stride: int, batch_size: int, curr
     pts, fine = in_grid(points, grid, batch_size)  # (M, 3)
     b = pts[:, 0].long()
     occ = torch.zeros(batch_size * grid.num_voxels, dtype=torch.float32, device=points.device)
-    occ[_flat(b, *fine.unbind(1), grid.shape)] = 1.0
+    occ[flat_index(b, *fine.unbind(1), grid.shape)] = 1.0
     return to_cl(space_to_depth3d(occ.view(batch_size, 1, *grid.shape), stride))
 
 
@@ -172,7 +172,7 @@ def voxelize_points(
     b = pts[:, 0].long()
     coarse = torch.div(fine, stride, rounding_mode="floor")  # (M, 3)
     Xs, Ys, Zs = coarse_shape
-    key = _flat(b, *coarse.unbind(1), coarse_shape)  # (M,) flat (b, x, y, z)
+    key = flat_index(b, *coarse.unbind(1), coarse_shape)  # (M,) flat (b, x, y, z)
     uniq, inverse = torch.unique(key, return_inverse=True)  # (N,), (M,)
     n = uniq.numel()
     coords = torch.stack([uniq // (Xs * Ys * Zs), (uniq // (Ys * Zs)) % Xs, (uniq // Zs) % Ys, uniq % Zs], 1)  # (N, 4)
